@@ -1,0 +1,1 @@
+"""shardline: sim package."""
