@@ -1,0 +1,197 @@
+"""The model actor: one per loaded workflow, its mailbox is its batch queue.
+
+The actor takes requests off its bounded mailbox, closes a batch by the
+``BatchPolicy`` (max size or max delay since the first request was enqueued), drops
+requests whose asker gave up or whose deadline has passed, and hands the whole batch
+to its device's worker thread: per request ``preprocess``, one batched ``forward``
+under ``torch.inference_mode()``, per request ``postprocess``. A bad input fails only
+its own request (INVALID_ARGUMENT); a failing ``forward`` fails the batch and crashes
+the actor so the supervisor restarts it with a fresh workflow instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from node.actors import Actor, Envelope, Mailbox
+from node.errors import DeadlineExceeded, Internal, InvalidArgument
+from workflows.batching import BatchPolicy
+from workflows.devices import DeviceExecutors
+from workflows.loader import LoadedWorkflow
+from workflows.sdk import ContextLike, InputError
+
+log = logging.getLogger("shardline.model")
+
+
+@dataclass(slots=True)
+class Job:
+    """One request for a model actor (what goes in an ``Envelope``)."""
+
+    context: ContextLike
+    inputs: Mapping[str, Any]
+    synthetic: bool = False
+
+
+@dataclass(slots=True)
+class Timing:
+    queue_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    compute_ms: float = 0.0
+    postprocess_ms: float = 0.0
+    batch_size: int = 0
+
+
+@dataclass(slots=True)
+class JobResult:
+    outputs: dict[str, np.ndarray]
+    timing: Timing = field(default_factory=Timing)
+
+
+@dataclass(slots=True)
+class _Slot:
+    """Per-request state while its batch runs on the worker thread."""
+
+    job: Job
+    timing: Timing
+    features: Any = None
+    outcome: JobResult | BaseException | None = None
+
+
+BatchObserver = Callable[[str, int, float, float], None]
+"""Called once per batch: (model key, batch size, queue seconds of the oldest, compute seconds)."""
+
+
+class ModelActor(Actor[Job]):
+    """Dynamic batching around one ``LoadedWorkflow``."""
+
+    def __init__(
+        self,
+        loaded: LoadedWorkflow,
+        executors: DeviceExecutors,
+        policy: BatchPolicy | None = None,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.executors = executors
+        batching = loaded.manifest.batching
+        self.policy = policy or BatchPolicy(batching.max_batch_size, batching.max_delay_ms)
+        self.observer = observer
+
+    @staticmethod
+    async def _get_within(mailbox: Mailbox[Job], timeout_s: float) -> Envelope[Job] | None:
+        """The next envelope within ``timeout_s``, else None; a get that raced the
+        timeout still hands its envelope over, so nothing is lost to a cancelled wait."""
+        task = asyncio.ensure_future(mailbox.get())
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if not done:
+            task.cancel()
+            try:
+                return await task
+            except asyncio.CancelledError:
+                if task.cancelled():
+                    return None
+                raise
+        return task.result()
+
+    async def next_batch(self, mailbox: Mailbox[Job]) -> list[Envelope[Job]]:
+        """Block for a first request, then gather more until the policy closes the batch."""
+        first = await mailbox.get()
+        batch = [first]
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = self.policy.wait_s(len(batch), first.enqueued_at, loop.time())
+            if wait <= 0:
+                return batch
+            env = mailbox.get_nowait()
+            if env is None:
+                env = await self._get_within(mailbox, wait)
+                if env is None:
+                    return batch
+            batch.append(env)
+
+    async def run(self, mailbox: Mailbox[Job]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self.next_batch(mailbox)
+            now = loop.time()
+            live: list[Envelope[Job]] = []
+            for env in batch:
+                if env.done:
+                    continue  # the asker timed out or went away
+                if env.deadline is not None and now >= env.deadline:
+                    env.set_exception(DeadlineExceeded("deadline passed while queued"))
+                    continue
+                live.append(env)
+            if not live:
+                continue
+            slots = [
+                _Slot(env.message, Timing(queue_ms=(now - env.enqueued_at) * 1000.0))
+                for env in live
+            ]
+            started = time.perf_counter()
+            try:
+                await self.executors.run(
+                    self.loaded.device, functools.partial(self._process, slots)
+                )
+            except BaseException as exc:
+                err = Internal(f"{self.loaded.manifest.model_key}: forward failed: {exc}")
+                for env in live:
+                    env.set_exception(err)
+                raise
+            if self.observer is not None:
+                self.observer(
+                    self.loaded.manifest.model_key,
+                    len(slots),
+                    max(s.timing.queue_ms for s in slots) / 1000.0,
+                    time.perf_counter() - started,
+                )
+            for env, slot in zip(live, slots, strict=True):
+                if isinstance(slot.outcome, BaseException):
+                    env.set_exception(slot.outcome)
+                else:
+                    env.set_result(slot.outcome)
+
+    def _process(self, slots: list[_Slot]) -> None:
+        """Runs on the device worker thread, under ``torch.inference_mode()``."""
+        wf = self.loaded.workflow
+        good: list[_Slot] = []
+        for slot in slots:
+            t0 = time.perf_counter()
+            try:
+                slot.features = wf.preprocess(slot.job.context, slot.job.inputs)
+                good.append(slot)
+            except InputError as exc:
+                slot.outcome = InvalidArgument(f"inputs.{exc.field}", exc.message)
+            except Exception as exc:
+                log.exception("%s: preprocess failed", self.loaded.manifest.model_key)
+                slot.outcome = Internal(f"{self.loaded.manifest.model_key}: preprocess: {exc}")
+            slot.timing.preprocess_ms = (time.perf_counter() - t0) * 1000.0
+        if not good:
+            return
+        t0 = time.perf_counter()
+        raws = wf.forward([s.features for s in good])
+        compute_ms = (time.perf_counter() - t0) * 1000.0
+        if len(raws) != len(good):
+            raise RuntimeError(f"forward returned {len(raws)} results for {len(good)} requests")
+        for slot, raw in zip(good, raws, strict=True):
+            slot.timing.compute_ms = compute_ms
+            slot.timing.batch_size = len(good)
+            t0 = time.perf_counter()
+            try:
+                outputs = wf.postprocess(slot.job.context, slot.job.inputs, raw)
+                slot.outcome = JobResult(outputs, slot.timing)
+            except InputError as exc:
+                slot.outcome = InvalidArgument(f"inputs.{exc.field}", exc.message)
+            except Exception as exc:
+                log.exception("%s: postprocess failed", self.loaded.manifest.model_key)
+                slot.outcome = Internal(f"{self.loaded.manifest.model_key}: postprocess: {exc}")
+            slot.timing.postprocess_ms = (time.perf_counter() - t0) * 1000.0
+            slot.features = None

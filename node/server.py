@@ -1,0 +1,151 @@
+"""Start and stop one node: gRPC server, runtime, signals, graceful drain.
+
+``NodeServer.start`` binds the gRPC port (``port=0`` picks a free one; ``bound_port``
+tells which) after everything it serves is loaded, so a node that answers health
+checks is ready. ``stop`` refuses new requests with UNAVAILABLE, waits for the ones in
+flight (up to a grace period), then closes the server and drains the actors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, cast
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.health.service import Health
+from grpclib.server import Server, Stream
+
+from node.runtime import NodeConfig, NodeRuntime
+from node.service import InferenceService, WireCodec
+from router.rules import load_objective_file, load_objectives_dir
+from workflows.loader import discover_packages
+
+log = logging.getLogger("shardline.server")
+
+
+class InFlight:
+    """Counts requests in flight; refuses new ones once draining."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def wrap(self, handler: Callable[[Stream[Any, Any]], Awaitable[None]]) -> Any:
+        async def guarded(stream: Stream[Any, Any]) -> None:
+            if self.draining:
+                raise GRPCError(Status.UNAVAILABLE, "node is shutting down; retry on another node")
+            self.count += 1
+            self._idle.clear()
+            try:
+                await handler(stream)
+            finally:
+                self.count -= 1
+                if self.count == 0:
+                    self._idle.set()
+
+        return guarded
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
+class NodeServer:
+    def __init__(self, runtime: NodeRuntime) -> None:
+        self.runtime = runtime
+        self.config = runtime.config
+        self.in_flight = InFlight()
+        inference = InferenceService(runtime)
+        mapping = inference.__mapping__()
+        for path, handler in mapping.items():
+            mapping[path] = handler._replace(func=self.in_flight.wrap(handler.func))
+        inference.__mapping__ = lambda: mapping  # type: ignore[method-assign]
+        self.server = Server([inference, Health()], codec=WireCodec(self.config.max_message_bytes))
+        self.bound_port = 0
+        self.metrics_port: int | None = None
+
+    async def start(self) -> None:
+        await self.server.start(self.config.host, self.config.port)
+        listener = cast(asyncio.Server | None, self.server._server)  # grpclib keeps it private
+        sockets = listener.sockets if listener is not None else ()
+        self.bound_port = sockets[0].getsockname()[1] if sockets else self.config.port
+        if self.config.metrics_port is not None:
+            self.metrics_port = self.runtime.metrics.serve_http(
+                self.config.host, self.config.metrics_port
+            )
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        self.in_flight.draining = True
+        try:
+            await asyncio.wait_for(self.in_flight.wait_idle(), grace_s)
+        except TimeoutError:
+            log.warning(
+                "%d requests still in flight after %.1fs; cancelling", self.in_flight.count, grace_s
+            )
+        self.server.close()
+        await self.server.wait_closed()
+        await self.runtime.stop()
+
+
+def load_objectives(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        return dict(load_objectives_dir(path))
+    cfg = load_objective_file(path)
+    return {cfg.name: cfg}
+
+
+def default_objectives_path(workflows_dir: Path) -> Path | None:
+    """Objectives default to an ``objectives/`` folder beside the workflow packages."""
+    candidate = workflows_dir / "objectives"
+    return candidate if candidate.is_dir() else None
+
+
+async def build_standalone(
+    config: NodeConfig, workflows_dir: Path, objectives_path: Path | None
+) -> NodeRuntime:
+    """A runtime serving every workflow package under ``workflows_dir`` (no etcd)."""
+    runtime = NodeRuntime(config)
+    packages = discover_packages(workflows_dir)
+    if not packages:
+        raise FileNotFoundError(f"no workflow packages (workflow.toml) under {workflows_dir}")
+    for package in packages:
+        await runtime.load_workflow(package)
+    path = objectives_path or default_objectives_path(workflows_dir)
+    if path is not None:
+        runtime.set_objectives(load_objectives(path))
+    for objective, keys in runtime.missing_models().items():
+        log.warning("objective %s routes to models not loaded here: %s", objective, ", ".join(keys))
+    runtime.freeze_gc()
+    return runtime
+
+
+async def serve_standalone(
+    config: NodeConfig,
+    workflows_dir: Path,
+    objectives_path: Path | None,
+    announce: Callable[[str], None] = print,
+) -> None:
+    """Run a standalone node until SIGINT/SIGTERM, then drain and exit."""
+    runtime = await build_standalone(config, workflows_dir, objectives_path)
+    node = NodeServer(runtime)
+    await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    announce(
+        f"shardline node {config.node_id} serving on {config.host}:{node.bound_port} "
+        f"({len(runtime.models)} models: {', '.join(sorted(runtime.models))}; "
+        f"objectives: {', '.join(sorted(runtime.objectives)) or 'none'})"
+        + (f" metrics on :{node.metrics_port}" if node.metrics_port is not None else "")
+    )
+    await stop.wait()
+    announce(f"shardline node {config.node_id} stopping: draining in-flight requests")
+    await node.stop()
+    announce(f"shardline node {config.node_id} stopped")

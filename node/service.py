@@ -1,0 +1,137 @@
+"""gRPC services of a node (grpclib): ``shardline.v1.Inference`` and ``grpc.health.v1``.
+
+The Predict handler receives the request as raw bytes (``WireCodec`` hands bytes to
+handlers that ask for them) so the runtime decodes it once, with the fast protobuf
+runtime, and a router can forward the original bytes untouched. Every failure leaves
+as a gRPC status with a human message: ``RequestError`` maps to its status, anything
+unexpected becomes INTERNAL with a reference into the node log — never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from grpclib.const import Cardinality, Handler, Status
+from grpclib.encoding.base import CodecBase
+from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
+
+from node._proto.shardline import v1
+from node.errors import RequestError
+from node.runtime import NodeRuntime
+
+log = logging.getLogger("shardline.service")
+
+
+class RawBytes:
+    """Marker request/reply type: the handler gets (or sends) the message bytes as they are."""
+
+
+class WireCodec(CodecBase):
+    """Protobuf codec for betterproto and upb messages alike, plus ``RawBytes`` passthrough.
+
+    Inbound messages above ``max_message_bytes`` are refused with INVALID_ARGUMENT.
+    """
+
+    __content_subtype__ = "proto"
+
+    def __init__(self, max_message_bytes: int | None = None) -> None:
+        self.max_message_bytes = max_message_bytes
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        if isinstance(message, bytes | bytearray | memoryview):
+            return bytes(message)
+        return message.SerializeToString()  # type: ignore[no-any-return]
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        limit = self.max_message_bytes
+        if limit is not None and len(data) > limit:
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"request: message of {len(data)} bytes exceeds the limit of {limit} bytes",
+            )
+        if message_type is RawBytes:
+            return bytes(data)
+        try:
+            return message_type.FromString(data)
+        except Exception:
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"request: not a valid {getattr(message_type, '__name__', 'message')}",
+            ) from None
+
+
+async def guarded(call: Callable[[], Awaitable[Any]], what: str) -> Any:
+    """Run a handler body; map every failure to a clean gRPC status."""
+    try:
+        return await call()
+    except RequestError as exc:
+        raise exc.to_grpc() from None
+    except GRPCError:
+        raise
+    except Exception:
+        ref = uuid.uuid4().hex[:12]
+        log.exception("%s failed (ref %s)", what, ref)
+        raise GRPCError(Status.INTERNAL, f"internal error in {what} (node log ref {ref})") from None
+
+
+class InferenceService:
+    """``shardline.v1.Inference`` over a ``NodeRuntime``."""
+
+    def __init__(self, runtime: NodeRuntime) -> None:
+        self.runtime = runtime
+
+    async def predict(self, stream: Stream[bytes, bytes]) -> None:
+        raw = await stream.recv_message()
+        assert raw is not None
+        remaining = stream.deadline.time_remaining() if stream.deadline else None
+        answer = await guarded(lambda: self.runtime.predict(raw, remaining), "Predict")
+        await stream.send_message(answer)
+
+    async def list_objectives(self, stream: Stream[Any, Any]) -> None:
+        await stream.recv_message()
+        await stream.send_message(await guarded(self._list_objectives, "ListObjectives"))
+
+    async def _list_objectives(self) -> v1.ListObjectivesResponse:
+        rt = self.runtime
+        infos = []
+        for name, cfg in sorted(rt.objectives.items()):
+            info = v1.ObjectiveInfo(
+                name=name,
+                description=cfg.description,
+                default_model=cfg.default,
+                model_keys=sorted(cfg.model_keys()),
+                allow_override=cfg.allow_override,
+            )
+            model = rt.models.get(cfg.default)
+            if model is not None:
+                info.inputs = [_schema(s) for s in model.manifest.inputs]
+                info.outputs = [_schema(s) for s in model.manifest.outputs]
+            infos.append(info)
+        return v1.ListObjectivesResponse(objectives=infos)
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            "/shardline.v1.Inference/Predict": Handler(
+                self.predict, Cardinality.UNARY_UNARY, RawBytes, RawBytes
+            ),
+            "/shardline.v1.Inference/ListObjectives": Handler(
+                self.list_objectives,
+                Cardinality.UNARY_UNARY,
+                v1.ListObjectivesRequest,
+                v1.ListObjectivesResponse,
+            ),
+        }
+
+
+def _schema(spec: Any) -> v1.TensorSchema:
+    return v1.TensorSchema(
+        name=spec.name,
+        dtype=spec.dtype,
+        shape=list(spec.shape),
+        optional=spec.optional,
+        description=spec.description,
+    )
