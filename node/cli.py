@@ -300,3 +300,7 @@ def explain(
     console.print(f"cell: {d.cell}")
     console.print(f"shadows: {', '.join(d.shadows) or 'none'}")
     console.print(f"why: {d.reason}")
+
+
+if __name__ == "__main__":
+    main()

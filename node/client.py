@@ -114,10 +114,15 @@ class Client:
         self._inference = v1.InferenceStub(self.channel)
 
     async def predict_raw(self, raw: bytes, *, timeout_s: float | None = None) -> bytes:
+        timeout = timeout_s or self.timeout_s
         try:
-            reply = await self._predict(raw, timeout=timeout_s or self.timeout_s)
+            reply = await self._predict(raw, timeout=timeout)
         except GRPCError as exc:
             raise PredictError(exc.status, exc.message or "") from None
+        except TimeoutError:
+            raise PredictError(
+                Status.DEADLINE_EXCEEDED, f"no answer from {self.target} within {timeout:g}s"
+            ) from None
         assert isinstance(reply, bytes)
         return reply
 

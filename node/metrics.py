@@ -6,7 +6,7 @@ endpoint is optional (``--metrics-port``); tests read the registry or scrape it.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -20,6 +20,11 @@ class NodeMetrics:
             "shardline_requests_total",
             "Predict requests answered, by objective, model key, cell and gRPC status code.",
             ["objective", "model_key", "cell", "code"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "shardline_requests_in_flight",
+            "gRPC requests this node is handling right now.",
             registry=r,
         )
         self.request_seconds = Histogram(

@@ -102,20 +102,23 @@ class ModelActor(Actor[Job]):
         return task.result()
 
     async def next_batch(self, mailbox: Mailbox[Job]) -> list[Envelope[Job]]:
-        """Block for a first request, then gather more until the policy closes the batch."""
+        """Block for a first request, take whatever is already queued (up to the max size),
+        then wait for more only while the policy keeps the batch open."""
         first = await mailbox.get()
         batch = [first]
+        limit = self.policy.max_batch_size
         loop = asyncio.get_running_loop()
-        while True:
-            wait = self.policy.wait_s(len(batch), first.enqueued_at, loop.time())
-            if wait <= 0:
-                return batch
+        while len(batch) < limit:
             env = mailbox.get_nowait()
             if env is None:
+                wait = self.policy.wait_s(len(batch), first.enqueued_at, loop.time())
+                if wait <= 0:
+                    break
                 env = await self._get_within(mailbox, wait)
                 if env is None:
-                    return batch
+                    break
             batch.append(env)
+        return batch
 
     async def run(self, mailbox: Mailbox[Job]) -> None:
         loop = asyncio.get_running_loop()

@@ -1,13 +1,14 @@
-"""Generate (or check) the committed protobuf code in ``node/_proto`` from ``node/proto``.
+"""Generate (or check) the committed protobuf code from the project's ``.proto`` files.
 
-Two generators run over the same ``.proto`` files: betterproto (service stubs and
-control-plane messages, ``node/_proto/shardline/v1/__init__.py``) and protoc's own Python
-output (``*_pb2.py``, the upb runtime) for the data-plane messages that are decoded on
-every request — see README, "Stack changes".
+Each package owns its wire contract: ``node/proto`` -> ``node/_proto`` (the client and
+peer API) and ``membership/proto`` -> ``membership/_proto`` (gossip). Two generators run
+over the node contract: betterproto (service stubs and control-plane messages) and
+protoc's own Python output (``*_pb2.py``, the upb runtime) for the data-plane messages
+decoded on every request — see README, "Stack changes".
 
 Run ``python -m node.protogen`` after editing a ``.proto`` file; ``--check`` exits 1 when
-the committed code differs from what the ``.proto`` files generate (the staleness test
-calls it). Needs the ``[dev]`` extra (``grpcio-tools`` and ``betterproto[compiler]``).
+the committed code differs from what the ``.proto`` files generate (a test calls it).
+Needs the ``[dev]`` extra (``grpcio-tools`` and ``betterproto[compiler]``).
 """
 
 from __future__ import annotations
@@ -18,32 +19,43 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-PROTO_ROOT = PACKAGE_DIR / "proto"
-OUT_DIR = PACKAGE_DIR / "_proto"
+REPO = Path(__file__).resolve().parent.parent
 
 
-def proto_files() -> list[Path]:
-    """Every .proto file of the contract, sorted (stable generator input)."""
-    return sorted(PROTO_ROOT.rglob("*.proto"))
+@dataclass(frozen=True)
+class Contract:
+    proto_root: Path
+    out_dir: Path
+    upb: bool  # also emit *_pb2.py / *_pb2.pyi for the hot path
+
+    def proto_files(self) -> list[Path]:
+        return sorted(self.proto_root.rglob("*.proto"))
 
 
-def generate(out_dir: Path) -> None:
-    """Run protoc with the betterproto plugin into ``out_dir``."""
+CONTRACTS = (
+    Contract(REPO / "node" / "proto", REPO / "node" / "_proto", upb=True),
+    Contract(REPO / "membership" / "proto", REPO / "membership" / "_proto", upb=False),
+)
+
+
+def generate(contract: Contract, out_dir: Path) -> None:
+    """Run protoc over one contract into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = [f"--python_betterproto_out={out_dir}"]
+    if contract.upb:
+        outputs += [f"--python_out={out_dir}", f"--pyi_out={out_dir}"]
     cmd = [
         sys.executable,
         "-m",
         "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
-        f"--python_betterproto_out={out_dir}",
-        f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
-        *(str(p.relative_to(PROTO_ROOT)) for p in proto_files()),
+        f"-I{contract.proto_root}",
+        *outputs,
+        *(str(p.relative_to(contract.proto_root)) for p in contract.proto_files()),
     ]
-    done = subprocess.run(cmd, cwd=PROTO_ROOT, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, cwd=contract.proto_root, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"protoc failed ({done.returncode}):\n{done.stderr}")
 
@@ -57,34 +69,45 @@ def _tree(root: Path) -> dict[str, Path]:
 
 
 def stale_files() -> list[str]:
-    """Files of ``node/_proto`` that differ from a fresh generation (empty when current)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh_root = Path(tmp)
-        generate(fresh_root)
-        fresh, committed = _tree(fresh_root), _tree(OUT_DIR)
-        diffs = sorted(set(fresh) ^ set(committed))
-        for name in sorted(set(fresh) & set(committed)):
-            if not filecmp.cmp(fresh[name], committed[name], shallow=False):
-                diffs.append(name)
-        return diffs
+    """Generated files that differ from a fresh generation (empty when all are current)."""
+    diffs: list[str] = []
+    for contract in CONTRACTS:
+        if not contract.proto_files():
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            fresh_root = Path(tmp)
+            generate(contract, fresh_root)
+            fresh, committed = _tree(fresh_root), _tree(contract.out_dir)
+            rel = contract.out_dir.relative_to(REPO)
+            names = sorted(set(fresh) ^ set(committed))
+            names += [
+                n
+                for n in sorted(set(fresh) & set(committed))
+                if not filecmp.cmp(fresh[n], committed[n], shallow=False)
+            ]
+            diffs += [f"{rel}/{n}" for n in names]
+    return diffs
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail if node/_proto is stale")
+    parser.add_argument("--check", action="store_true", help="fail if generated code is stale")
     args = parser.parse_args(argv)
     if args.check:
         diffs = stale_files()
         if diffs:
-            print("node/_proto is stale; run `python -m node.protogen`:", *diffs, sep="\n  ")
+            print("generated code is stale; run `python -m node.protogen`:", *diffs, sep="\n  ")
             return 1
-        print("node/_proto is up to date")
+        print("generated code is up to date")
         return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        generate(Path(tmp))
-        shutil.rmtree(OUT_DIR, ignore_errors=True)
-        shutil.copytree(tmp, OUT_DIR)
-    print(f"generated {len(_tree(OUT_DIR))} modules into {OUT_DIR}")
+    for contract in CONTRACTS:
+        if not contract.proto_files():
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            generate(contract, Path(tmp))
+            shutil.rmtree(contract.out_dir, ignore_errors=True)
+            shutil.copytree(tmp, contract.out_dir)
+        print(f"generated {len(_tree(contract.out_dir))} modules into {contract.out_dir}")
     return 0
 
 

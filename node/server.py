@@ -19,6 +19,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.service import Health
 from grpclib.server import Server, Stream
+from prometheus_client import Gauge
 
 from node.runtime import NodeConfig, NodeRuntime
 from node.service import InferenceService, WireCodec
@@ -31,7 +32,8 @@ log = logging.getLogger("shardline.server")
 class InFlight:
     """Counts requests in flight; refuses new ones once draining."""
 
-    def __init__(self) -> None:
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
         self.count = 0
         self.draining = False
         self._idle = asyncio.Event()
@@ -42,11 +44,13 @@ class InFlight:
             if self.draining:
                 raise GRPCError(Status.UNAVAILABLE, "node is shutting down; retry on another node")
             self.count += 1
+            self.gauge.inc()
             self._idle.clear()
             try:
                 await handler(stream)
             finally:
                 self.count -= 1
+                self.gauge.dec()
                 if self.count == 0:
                     self._idle.set()
 
@@ -60,7 +64,7 @@ class NodeServer:
     def __init__(self, runtime: NodeRuntime) -> None:
         self.runtime = runtime
         self.config = runtime.config
-        self.in_flight = InFlight()
+        self.in_flight = InFlight(runtime.metrics.in_flight)
         inference = InferenceService(runtime)
         mapping = inference.__mapping__()
         for path, handler in mapping.items():

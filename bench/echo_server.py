@@ -1,0 +1,44 @@
+"""A bare grpclib server answering one unary method with fixed bytes: the transport floor.
+
+    python -m bench.echo_server PORT REPLY_BYTES
+
+It speaks the same codec as a node (``WireCodec`` with raw bytes, no message decoding),
+so the difference to ``Predict`` is everything shardline does per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from grpclib.const import Cardinality, Handler
+from grpclib.server import Server, Stream
+
+from node.service import RawBytes, WireCodec
+
+ECHO_PATH = "/bench.Echo/Call"
+
+
+class Echo:
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+
+    async def call(self, stream: Stream[Any, Any]) -> None:
+        await stream.recv_message()
+        await stream.send_message(self.reply)
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {ECHO_PATH: Handler(self.call, Cardinality.UNARY_UNARY, RawBytes, RawBytes)}
+
+
+async def main(port: int, reply_bytes: int) -> None:
+    server = Server([Echo(b"x" * reply_bytes)], codec=WireCodec())
+    await server.start("127.0.0.1", port)
+    bound = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(f"echo serving on 127.0.0.1:{bound}", flush=True)
+    await server.wait_closed()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))

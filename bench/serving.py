@@ -1,0 +1,180 @@
+"""Benchmark: what a node costs over the bare transport, and what batching buys.
+
+    python -m bench.serving [--duration 10] [--concurrency 64]
+
+Side by side, in one run on this machine, server and client in separate processes:
+  (a) a bare grpclib server answering fixed bytes of the size of a Predict answer,
+      called with request bytes of the size of a Predict request;
+  (b) ``Predict`` on the shipped ``payment_fraud`` objective of a standalone node;
+and the ratio (b)/(a) of their throughput (target >= 0.8). Then, in this process, the
+``payment_fraud@1`` model actor with dynamic batching vs ``max_batch_size=1`` at the same
+concurrency (target >= 3x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from grpclib.client import Channel, UnaryUnaryMethod
+from rich.console import Console
+from rich.table import Table
+
+from bench.echo_server import ECHO_PATH
+from bench.loadgen import LoadResult, run_closed_loop
+from node.actors import ActorSystem
+from node.client import Client, build_request
+from node.model_actor import Job, ModelActor
+from node.service import RawBytes, WireCodec
+from tests.procs import EXAMPLES, REPO, NodeProcess
+from workflows.batching import BatchPolicy
+from workflows.devices import DeviceExecutors
+from workflows.loader import LoadedWorkflow, load_package
+from workflows.sdk import StaticContext
+
+FRAUD = {
+    "amount": 912.5,
+    "currency": "USD",
+    "country_mismatch": True,
+    "account_age_days": 3.0,
+    "tx_last_24h": 9,
+    "card_present": False,
+}
+
+
+def start_echo(reply_bytes: int) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.echo_server", "0", str(reply_bytes)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    m = re.search(r":(\d+)$", line.strip())
+    if not m:
+        proc.kill()
+        raise RuntimeError(f"echo server did not start: {line!r}")
+    return proc, int(m.group(1))
+
+
+async def transport_vs_predict(duration_s: float, concurrency: int) -> list[LoadResult]:
+    node = NodeProcess.start(workflows=EXAMPLES, metrics=False, args=["--cpu-threads", "1"])
+    try:
+        requests = [
+            build_request("payment_fraud", FRAUD, user_id=f"user-{i}", country="US")
+            for i in range(1000)
+        ]
+        async with Client(node.target) as client:
+            reply = await client.predict_raw(requests[0])
+            counter = iter(range(10**12))
+
+            async def predict() -> object:
+                return await client.predict_raw(requests[next(counter) % len(requests)])
+
+            predict_result = await run_closed_loop(
+                "(b) Predict payment_fraud", predict, concurrency=concurrency, duration_s=duration_s
+            )
+    finally:
+        node.stop()
+    echo, port = start_echo(len(reply))
+    try:
+        channel = Channel("127.0.0.1", port, codec=WireCodec())
+        method = UnaryUnaryMethod[Any, Any](channel, ECHO_PATH, RawBytes, RawBytes)
+        payload = b"y" * len(requests[0])
+
+        async def echo_call() -> object:
+            return await method(payload, timeout=10)
+
+        echo_result = await run_closed_loop(
+            f"(a) bare grpclib, {len(payload)} B in / {len(reply)} B out",
+            echo_call,
+            concurrency=concurrency,
+            duration_s=duration_s,
+        )
+        channel.close()
+    finally:
+        echo.terminate()
+        echo.wait()
+    return [echo_result, predict_result]
+
+
+async def measure_actor(
+    label: str,
+    loaded: LoadedWorkflow,
+    job: Job,
+    policy: BatchPolicy,
+    duration_s: float,
+    concurrency: int,
+) -> LoadResult:
+    system = ActorSystem("bench")
+    executors = DeviceExecutors(cpu_threads=1)
+    ref = await system.spawn(
+        "model", lambda: ModelActor(loaded, executors, policy), mailbox_size=4096
+    )
+
+    async def ask() -> object:
+        return await ref.ask(job, timeout_s=10)
+
+    try:
+        return await run_closed_loop(label, ask, concurrency=concurrency, duration_s=duration_s)
+    finally:
+        await system.shutdown()
+        executors.shutdown()
+
+
+async def batching_on_vs_off(duration_s: float, concurrency: int) -> list[LoadResult]:
+    loaded = load_package(EXAMPLES / "payment_fraud" / "v1")
+    ctx_fields, inputs = loaded.workflow.example_request()
+    job = Job(StaticContext.from_fields(ctx_fields), inputs)
+    b = loaded.manifest.batching
+    return [
+        await measure_actor(
+            f"model actor, batching ({b.max_batch_size}, {b.max_delay_ms} ms)",
+            loaded,
+            job,
+            BatchPolicy(b.max_batch_size, b.max_delay_ms),
+            duration_s,
+            concurrency,
+        ),
+        await measure_actor(
+            "model actor, max_batch_size=1",
+            loaded,
+            job,
+            BatchPolicy(1, 0.0),
+            duration_s,
+            concurrency,
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    console = Console()
+    console.print(f"machine: {Path('/proc/cpuinfo').read_text().count('processor')} CPUs")
+    transport = asyncio.run(transport_vs_predict(args.duration, args.concurrency))
+    batching = asyncio.run(batching_on_vs_off(args.duration / 2, args.concurrency))
+    table = Table(title=f"{args.concurrency} in flight, {args.duration:g} s each")
+    for col in ("setup", "req/s", "p50 ms", "p99 ms", "errors"):
+        table.add_column(col)
+    for r in (*transport, *batching):
+        table.add_row(r.name, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.errors))
+    console.print(table)
+    echo, predict = transport
+    on, off = batching
+    console.print(
+        f"Predict / bare transport throughput: {predict.rps / echo.rps:.2f} (target >= 0.8)"
+    )
+    console.print(f"batching on / off throughput: {on.rps / off.rps:.2f}x (target >= 3x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Example workflow packages (title ranking, payment fraud), their synthetic data and training."""

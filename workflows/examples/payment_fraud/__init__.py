@@ -1,0 +1,1 @@
+"""Payment-fraud example packages (one directory per version)."""

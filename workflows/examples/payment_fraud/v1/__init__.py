@@ -1,0 +1,1 @@
+"""payment_fraud@1 workflow package."""

@@ -1,0 +1,1 @@
+"""payment_fraud@2 workflow package."""

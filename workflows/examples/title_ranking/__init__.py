@@ -1,0 +1,1 @@
+"""Title-ranking example packages (one directory per version)."""

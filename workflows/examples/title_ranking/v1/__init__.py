@@ -1,0 +1,1 @@
+"""title_ranking@1 workflow package."""

@@ -1,0 +1,1 @@
+"""title_ranking@2 workflow package."""

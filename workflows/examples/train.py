@@ -1,0 +1,319 @@
+"""Trains the example workflows on synthetic data and writes their artifacts.
+
+    python -m workflows.examples.train           # retrain, write weights/facts, fix sha256s
+    python -m workflows.examples.train --check   # retrain into a temp dir, compare digests
+
+Each package's own module supplies its features and model (so serving and training share
+one code path); `synthetic` supplies the data. Training is deterministic (fixed seeds,
+`torch.use_deterministic_algorithms(True)`, one thread), so `--check` reproduces the committed
+files bit for bit on the same platform and library versions, and exits 1 on any difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import save_file as save_torch
+from torch import nn
+
+from workflows.examples import synthetic
+from workflows.examples.payment_fraud.v1 import workflow as fraud_v1
+from workflows.examples.payment_fraud.v2 import workflow as fraud_v2
+from workflows.examples.title_ranking.v1 import workflow as ranking_v1
+from workflows.examples.title_ranking.v2 import workflow as ranking_v2
+from workflows.loader import sha256_file
+from workflows.manifest import MANIFEST_FILE, load_manifest
+from workflows.sdk import Array, real_ids, standardize
+
+EXAMPLES_DIR = Path(__file__).resolve().parent
+FRAUD_SEED, FRAUD_TRAIN, FRAUD_CALIB = 11, 24_000, 8_000
+RANKING_SEED = 21
+EVAL_SEED = 99
+
+
+def fit(
+    model: nn.Module,
+    n: int,
+    loss_of: Callable[[torch.Tensor], torch.Tensor],
+    epochs: int,
+    lr: float,
+) -> None:
+    """Adam on shuffled mini-batches of row indices (seeded: same result every run)."""
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, 256):
+            optimizer.zero_grad()
+            torch.autograd.backward(loss_of(order[start : start + 256]))
+            optimizer.step()
+    model.eval()
+
+
+def fit_platt(logits: Array, labels: Array) -> tuple[float, float]:
+    """Platt scaling: (a, b) maximizing the likelihood of labels under sigmoid(a*s + b)."""
+    s, y = logits.astype(np.float64), labels.astype(np.float64)
+    a, b = 1.0, 0.0
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(a * s + b)))
+        w = p * (1.0 - p)
+        grad = np.array([np.sum((p - y) * s), np.sum(p - y)])
+        hess = np.array([[np.sum(w * s * s), np.sum(w * s)], [np.sum(w * s), np.sum(w)]])
+        step = np.linalg.solve(hess + 1e-9 * np.eye(2), grad)
+        a, b = a - float(step[0]), b - float(step[1])
+        if float(np.max(np.abs(step))) < 1e-12:
+            break
+    return a, b
+
+
+def auc(labels: Array, scores: Array) -> float:
+    """Area under the ROC curve (Mann-Whitney U; tied scores get their average rank)."""
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]
+    pos = labels > 0.5
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def state(model: nn.Module, prefix: str = "model.") -> dict[str, torch.Tensor]:
+    return {prefix + k: v.detach().contiguous() for k, v in model.state_dict().items()}
+
+
+def train_fraud(module: ModuleType, currencies: Sequence[str]) -> dict[str, torch.Tensor]:
+    """MLP on standardized features, then Platt scaling on a held-out split."""
+    columns, labels = synthetic.transactions(FRAUD_TRAIN + FRAUD_CALIB, FRAUD_SEED)
+    raw = module.features(columns, currencies)
+    mean = raw[:FRAUD_TRAIN].mean(axis=0).astype(np.float32)
+    std = raw[:FRAUD_TRAIN].std(axis=0).astype(np.float32)
+    std[std < 1e-6] = 1.0
+    x = torch.from_numpy(standardize(raw, mean, std))
+    y = torch.from_numpy(labels)
+    torch.manual_seed(1)
+    model: nn.Module = module.build_model(x.shape[1])
+    bce = nn.BCEWithLogitsLoss()
+    fit(model, FRAUD_TRAIN, lambda idx: bce(model(x[idx]).squeeze(-1), y[idx]), 6, 3e-3)
+    with torch.no_grad():
+        calib_logits = model(x[FRAUD_TRAIN:]).squeeze(-1).numpy()
+    a, b = fit_platt(calib_logits, labels[FRAUD_TRAIN:])
+    return {
+        **state(model),
+        "norm.mean": torch.from_numpy(mean),
+        "norm.std": torch.from_numpy(std),
+        "calib.a": torch.tensor([a], dtype=torch.float32),
+        "calib.b": torch.tensor([b], dtype=torch.float32),
+    }
+
+
+def fraud_auc(module: ModuleType, currencies: Sequence[str], weights: Mapping[str, Any]) -> float:
+    columns, labels = synthetic.transactions(5_000, EVAL_SEED)
+    x = standardize(
+        module.features(columns, currencies),
+        weights["norm.mean"].numpy(),
+        weights["norm.std"].numpy(),
+    )
+    model: nn.Module = module.build_model(x.shape[1])
+    model.load_state_dict({k[6:]: v for k, v in weights.items() if k.startswith("model.")})
+    with torch.no_grad():
+        return auc(labels, model(torch.from_numpy(x)).squeeze(-1).numpy())
+
+
+class RankingData:
+    """Facts plus labelled requests expressed with the packages' own feature functions."""
+
+    def __init__(self, world: synthetic.TitleWorld, seed: int, per_user: int) -> None:
+        self.facts = world.facts()
+        self.embedding = self.facts["title_embedding"]
+        popularity = self.facts["title_popularity"].astype(np.float64) * synthetic.N_TITLES
+        self.log_popularity = np.log(popularity).astype(np.float32)
+        requests = synthetic.ranking_requests(world, seed, per_user=per_user)
+        self.candidates = requests["candidates"]
+        self.labels = requests["labels"]
+        country = np.eye(len(synthetic.COUNTRIES), dtype=np.float32)[requests["countries"]]
+        device = np.eye(len(synthetic.DEVICES), dtype=np.float32)[requests["devices"]]
+        self.context = np.concatenate([country, device], axis=1)
+        self.history = [real_ids(world.user_history[u]).astype(np.int64) for u in requests["users"]]
+
+    def mlp_features(self) -> Array:
+        return np.concatenate(
+            [
+                ranking_v1.candidate_features(self.embedding, self.log_popularity, h, c, cand)
+                for h, c, cand in zip(self.history, self.context, self.candidates, strict=True)
+            ]
+        )
+
+    def user_features(self) -> Array:
+        return np.stack(
+            [
+                ranking_v2.user_features(self.embedding, h, c)
+                for h, c in zip(self.history, self.context, strict=True)
+            ]
+        )
+
+
+def train_ranking_mlp(data: RankingData) -> tuple[dict[str, torch.Tensor], nn.Module]:
+    x = torch.from_numpy(data.mlp_features())
+    y = torch.from_numpy(data.labels.reshape(-1))
+    torch.manual_seed(2)
+    model = ranking_v1.build_model(x.shape[1])
+    bce = nn.BCEWithLogitsLoss()
+    fit(model, len(y), lambda idx: bce(model(x[idx]).squeeze(-1), y[idx]), 6, 3e-3)
+    return state(model), model
+
+
+def two_tower_scores(
+    model: ranking_v2.TwoTower, data: RankingData, idx: torch.Tensor
+) -> torch.Tensor:
+    users = torch.from_numpy(data.user_features())[idx]
+    items = torch.from_numpy(ranking_v2.item_features(data.embedding, data.log_popularity))
+    cand = torch.from_numpy(data.candidates)[idx]
+    owner = torch.arange(len(idx)).repeat_interleave(cand.shape[1])
+    scores: torch.Tensor = model(users, items[cand.reshape(-1) - 1], owner)
+    return scores.reshape(cand.shape)
+
+
+def train_two_tower(data: RankingData) -> tuple[dict[str, torch.Tensor], ranking_v2.TwoTower]:
+    """Sampled softmax: the viewed title (column 0) against the sampled negatives."""
+    n_user = data.user_features().shape[1]
+    torch.manual_seed(3)
+    model = ranking_v2.TwoTower(n_user, data.embedding.shape[1] + 1)
+    users = torch.from_numpy(data.user_features())
+    items = torch.from_numpy(ranking_v2.item_features(data.embedding, data.log_popularity))
+    cand = torch.from_numpy(data.candidates)
+    target = torch.zeros(len(cand), dtype=torch.int64)
+    ce = nn.CrossEntropyLoss()
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
+        owner = torch.arange(len(idx)).repeat_interleave(cand.shape[1])
+        scores = model(users[idx], items[cand[idx].reshape(-1) - 1], owner)
+        loss: torch.Tensor = ce(scores.reshape(len(idx), -1), target[idx])
+        return loss
+
+    fit(model, len(cand), loss_of, 6, 3e-3)
+    return state(model), model
+
+
+def pairwise_accuracy(scores: Array) -> float:
+    """Share of (viewed, negative) pairs where the viewed title scores higher."""
+    return float((scores[:, :1] > scores[:, 1:]).mean())
+
+
+def write_package(
+    out_dir: Path, tensors: Mapping[str, torch.Tensor], facts: Mapping[str, Array] | None
+) -> dict[str, str]:
+    """Write weights (and facts) into `out_dir`; return {file name: sha256}."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_torch(dict(tensors), str(out_dir / "weights.safetensors"))
+    if facts is not None:
+        arrays = {k: np.ascontiguousarray(v) for k, v in facts.items()}
+        save_numpy(arrays, str(out_dir / "facts.safetensors"))
+    digests = {}
+    for name in ("weights.safetensors", "facts.safetensors"):
+        if (out_dir / name).exists() and (name == "weights.safetensors" or facts is not None):
+            (out_dir / name).chmod(0o644)
+            digests[name] = sha256_file(out_dir / name)
+    return digests
+
+
+def train_all(out_root: Path) -> dict[str, dict[str, str]]:
+    """Train every example, writing its files under `out_root/<package>`; return digests."""
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    digests: dict[str, dict[str, str]] = {}
+    for rel, module in (("payment_fraud/v1", fraud_v1), ("payment_fraud/v2", fraud_v2)):
+        currencies = list(load_manifest(EXAMPLES_DIR / rel).params["currencies"])
+        weights = train_fraud(module, currencies)
+        print(f"{rel}: test AUC {fraud_auc(module, currencies, weights):.3f}")
+        digests[rel] = write_package(out_root / rel, weights, None)
+    for rel in ("title_ranking/v1", "title_ranking/v2"):
+        params = load_manifest(EXAMPLES_DIR / rel).params
+        if (
+            tuple(params["countries"]) != synthetic.COUNTRIES
+            or tuple(params["devices"]) != synthetic.DEVICES
+        ):
+            raise SystemExit(f"{rel}: params.countries/devices differ from the synthetic data")
+    world = synthetic.title_world()
+    data = RankingData(world, RANKING_SEED, per_user=8)
+    held_out = RankingData(world, EVAL_SEED, per_user=2)
+    weights, mlp_model = train_ranking_mlp(data)
+    with torch.no_grad():
+        scores = mlp_model(torch.from_numpy(held_out.mlp_features())).reshape(
+            held_out.candidates.shape
+        )
+    print(f"title_ranking/v1: held-out pairwise accuracy {pairwise_accuracy(scores.numpy()):.3f}")
+    digests["title_ranking/v1"] = write_package(out_root / "title_ranking/v1", weights, data.facts)
+    weights, tower = train_two_tower(data)
+    with torch.no_grad():
+        scores = two_tower_scores(tower, held_out, torch.arange(len(held_out.candidates)))
+    print(f"title_ranking/v2: held-out pairwise accuracy {pairwise_accuracy(scores.numpy()):.3f}")
+    digests["title_ranking/v2"] = write_package(out_root / "title_ranking/v2", weights, data.facts)
+    return digests
+
+
+def rewrite_digests(text: str, digests: Mapping[str, str]) -> str:
+    """`text` (a workflow.toml) with the sha256 of each [weights] / [[files]] entry whose
+    path is in `digests` replaced; comments and layout are kept."""
+    blocks: list[list[str]] = [[]]
+    for line in text.splitlines(keepends=True):
+        if re.match(r"\s*\[", line):
+            blocks.append([])
+        blocks[-1].append(line)
+    out: list[str] = []
+    for block in blocks:
+        header = block[0].strip() if block else ""
+        path = next(
+            (m.group(1) for ln in block if (m := re.match(r'\s*path\s*=\s*"([^"]*)"', ln))), None
+        )
+        if header in ("[weights]", "[[files]]") and path is not None and path in digests:
+            block = [
+                re.sub(r'^(\s*sha256\s*=\s*)"[^"]*"', rf'\g<1>"{digests[path]}"', ln)
+                for ln in block
+            ]
+        out.extend(block)
+    return "".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m workflows.examples.train", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="retrain into a temp dir and compare digests"
+    )
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    if args.check:
+        with tempfile.TemporaryDirectory() as tmp:
+            digests = train_all(Path(tmp))
+        bad = 0
+        for rel, files in digests.items():
+            manifest = load_manifest(EXAMPLES_DIR / rel)
+            pinned = {ref.path: ref.sha256 for ref in (manifest.weights, *manifest.files)}
+            for path, digest in files.items():
+                if pinned.get(path) != digest:
+                    bad += 1
+                    print(f"MISMATCH {rel}/{path}: manifest {pinned.get(path)}, retrained {digest}")
+        print(f"{'FAILED' if bad else 'OK'}: trained in {time.perf_counter() - started:.1f} s")
+        return 1 if bad else 0
+    digests = train_all(EXAMPLES_DIR)
+    for rel, files in digests.items():
+        toml = EXAMPLES_DIR / rel / MANIFEST_FILE
+        toml.write_text(rewrite_digests(toml.read_text(encoding="utf-8"), files), encoding="utf-8")
+        load_manifest(EXAMPLES_DIR / rel)  # still valid
+    print(f"wrote {len(digests)} packages in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
