@@ -295,6 +295,13 @@ class _Cell(Generic[M]):
         self.stopped = asyncio.Event()
 
 
+def _expire(reply: asyncio.Future[object], name: str, timeout_s: float) -> None:
+    if not reply.done():
+        reply.set_exception(
+            AskTimeoutError(f"ask to actor {name!r} timed out after {timeout_s:g}s")
+        )
+
+
 class ActorRef(Generic[M]):
     """A handle to a spawned actor; stays valid (but dead) after the actor stops."""
 
@@ -329,17 +336,23 @@ class ActorRef(Generic[M]):
         self._cell.mailbox.put_nowait(
             Envelope(message, enqueued_at=now, deadline=deadline, reply=reply)
         )
+        # A timer on the reply future is far cheaper than asyncio.wait/wait_for on the
+        # hot path; an expired reply is done, so the actor skips its envelope.
+        timer = (
+            loop.call_later(timeout_s, _expire, reply, self.name, timeout_s)
+            if timeout_s is not None
+            else None
+        )
         try:
-            await asyncio.wait((reply,), timeout=timeout_s)
+            return await reply
         except asyncio.CancelledError:
             if reply.done() and not reply.cancelled():
                 reply.exception()  # mark retrieved: nobody will read it now
             reply.cancel()
             raise
-        if not reply.done():
-            reply.cancel()  # marks the envelope done so the actor skips it
-            raise AskTimeoutError(f"ask to actor {self.name!r} timed out after {timeout_s:g}s")
-        return reply.result()
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     @property
     def mailbox_depth(self) -> int:

@@ -125,7 +125,7 @@ async def build_standalone(
         runtime.set_objectives(load_objectives(path))
     for objective, keys in runtime.missing_models().items():
         log.warning("objective %s routes to models not loaded here: %s", objective, ", ".join(keys))
-    runtime.freeze_gc()
+    runtime.tune_process()
     return runtime
 
 

@@ -8,9 +8,10 @@ thresholds, business rules).
 
 Tensor convention (see `workflows.manifest`): inputs and outputs are numpy arrays; numeric
 ones have exactly the declared dtype, string ones have dtype `str_` (`'<U…'`, never object
-arrays), scalars are 0-d arrays. `Workflow.check_inputs` validates a request against the
-manifest's input schema (`WorkflowManifest.check_inputs`); the example workflows call it at
-the start of `preprocess`, so a caller may but need not check first.
+arrays), scalars are 0-d arrays. Inputs reach `preprocess` already validated against the
+manifest's input schema (names, dtypes, shapes: the node does it before queueing, and
+`run_batch` does it here through `Workflow.check_inputs`), so `preprocess` only checks
+values (ranges, vocabularies, ids) — per-request work on the hot path stays small.
 
 Workflow modules are imported by file path (not as package members), so they must use
 absolute imports only (`from workflows.sdk import ...`).
@@ -373,8 +374,11 @@ def band(value: float, bands: Sequence[tuple[float, str]], default: str) -> str:
 
 
 def run_batch(workflow: Workflow, requests: Sequence[tuple[ContextLike, Inputs]]) -> list[Outputs]:
-    """Run whole requests synchronously as one batch (warm-up, tests, CLI): preprocess each,
-    one `forward` under `torch.inference_mode()`, postprocess each, check output schemas."""
+    """Run whole requests synchronously as one batch (warm-up, tests, CLI) as the node would:
+    check input schemas, preprocess each, one `forward` under `torch.inference_mode()`,
+    postprocess each, check output schemas."""
+    for _, inputs in requests:
+        workflow.check_inputs(inputs)
     prepared = [workflow.preprocess(ctx, inputs) for ctx, inputs in requests]
     with torch.inference_mode():
         raw = workflow.forward(prepared)

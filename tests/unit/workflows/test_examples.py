@@ -175,6 +175,7 @@ def test_ranking_input_errors(loaded: dict[str, Workflow], key: str) -> None:
     ]
     for inputs, field, message in bad:
         with pytest.raises(InputError, match=message) as info:
+            workflow.check_inputs(inputs)  # schema first, as the node does
             workflow.preprocess(ctx, inputs)
         assert info.value.field == field
         assert str(info.value).startswith(field)
@@ -252,12 +253,13 @@ def test_fraud_input_errors(loaded: dict[str, Workflow], key: str) -> None:
     ]
     for field, value, message in bad:
         with pytest.raises(InputError) as info:
+            workflow.check_inputs({**good, field: value})  # schema first, as the node does
             workflow.preprocess(ctx, {**good, field: value})
         assert info.value.field == field
         assert message in str(info.value)
     missing = {k: v for k, v in good.items() if k != "card_present"}
     with pytest.raises(InputError, match="card_present: required input is missing"):
-        workflow.preprocess(ctx, missing)
+        workflow.check_inputs(missing)
 
 
 @pytest.mark.gpu

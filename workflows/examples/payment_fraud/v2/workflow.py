@@ -122,15 +122,16 @@ class FraudWorkflow(Workflow):
         self.calib_a = float(weights["calib.a"].item())
         self.calib_b = float(weights["calib.b"].item())
 
-    def preprocess(self, context: ContextLike, inputs: Inputs) -> Array:
-        self.check_inputs(inputs)
-        row = features(transaction_columns(inputs, self.max_amount), self.currencies)[0]
-        return standardize(row, self.mean, self.std)
+    def preprocess(self, context: ContextLike, inputs: Inputs) -> dict[str, list[Any]]:
+        """Check one transaction's values; feature rows are built for the whole batch."""
+        return transaction_columns(inputs, self.max_amount)
 
     def forward(self, batch: list[Any]) -> list[Any]:
         if not batch:
             return []
-        logits = self.model(self.to_device(np.stack(batch))).squeeze(-1)
+        columns = {key: [v for row in batch for v in row[key]] for key in batch[0]}
+        rows = standardize(features(columns, self.currencies), self.mean, self.std)
+        logits = self.model(self.to_device(rows)).squeeze(-1)
         return [float(p) for p in to_numpy(platt(logits, self.calib_a, self.calib_b))]
 
     def postprocess(self, context: ContextLike, inputs: Inputs, raw: Any) -> Outputs:

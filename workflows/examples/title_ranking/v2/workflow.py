@@ -118,7 +118,6 @@ class TwoTowerWorkflow(Workflow):
             self.item_vectors: torch.Tensor = self.model.item_tower(self.to_device(items))
 
     def preprocess(self, context: ContextLike, inputs: Inputs) -> Prepared:
-        self.check_inputs(inputs)
         candidates = get_ids(inputs, "candidates", 1, self.n_titles, self.max_candidates)
         k = get_int(inputs, "k", default=self.top_k, low=1, high=self.max_k)
         history = row_ids(self.users, self.history, context.user_id)

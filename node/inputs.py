@@ -1,0 +1,99 @@
+"""Request inputs decoded and validated against a model's manifest, on the hot path.
+
+An ``InputDecoder`` is compiled once per loaded model from its manifest's input specs;
+``decode`` then checks each wire tensor's name, dtype and shape with plain comparisons
+and turns it into a zero-copy numpy view. Errors are ``InvalidArgument`` naming the
+field (``inputs.amount: expected float32 of shape [], got int64 of shape [3]``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from node import tensors
+from node.errors import InvalidArgument
+from workflows.manifest import WorkflowManifest
+
+MAX_ELEMENTS = 50_000_000
+
+
+def _fmt(shape: Iterable[int]) -> str:
+    return "[" + ", ".join("N" if d < 0 else str(d) for d in shape) + "]"
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    name: str
+    field: str
+    dtype: str
+    np_dtype: np.dtype[Any] | None
+    shape: tuple[int, ...]  # -1: any length
+    optional: bool
+
+    def shape_ok(self, shape: tuple[int, ...]) -> bool:
+        if len(shape) != len(self.shape):
+            return False
+        return all(want < 0 or want == got for want, got in zip(self.shape, shape, strict=True))
+
+
+class InputDecoder:
+    """Validates and decodes the inputs of one model key."""
+
+    def __init__(self, manifest: WorkflowManifest) -> None:
+        self.model_key = manifest.model_key
+        self._specs = {
+            s.name: _Spec(
+                s.name,
+                f"inputs.{s.name}",
+                s.dtype,
+                tensors.WIRE_DTYPES.get(s.dtype),
+                tuple(s.shape),
+                s.optional,
+            )
+            for s in manifest.inputs
+        }
+        self._required = tuple(s.name for s in manifest.inputs if not s.optional)
+
+    def decode(self, wire_inputs: Iterable[Any]) -> dict[str, np.ndarray]:
+        specs = self._specs
+        out: dict[str, np.ndarray] = {}
+        for t in wire_inputs:
+            name = t.name
+            spec = specs.get(name)
+            if spec is None:
+                expected = ", ".join(specs) or "none"
+                raise InvalidArgument(
+                    f"inputs.{name}", f"unknown input for {self.model_key}; expected {expected}"
+                )
+            if name in out:
+                raise InvalidArgument(spec.field, "given more than once")
+            shape = tuple(t.shape)
+            if t.dtype != spec.dtype or not spec.shape_ok(shape):
+                raise InvalidArgument(
+                    spec.field,
+                    f"expected {spec.dtype} of shape {_fmt(spec.shape)}, "
+                    f"got {t.dtype or '?'} of shape {_fmt(shape)}",
+                )
+            np_dtype = spec.np_dtype
+            if np_dtype is None or any(d < 0 for d in shape):
+                out[name] = tensors.decode(spec.field, t.dtype, shape, t.data, t.strings)
+                continue
+            count = math.prod(shape)
+            data = t.data
+            if count > MAX_ELEMENTS or len(data) != count * np_dtype.itemsize:
+                raise InvalidArgument(
+                    spec.field,
+                    f"shape {list(shape)} of {spec.dtype} needs {count * np_dtype.itemsize} "
+                    f"bytes, got {len(data)}",
+                )
+            out[name] = np.frombuffer(data, dtype=np_dtype).reshape(shape)
+        if len(out) < len(self._required):
+            for name in self._required:
+                if name not in out:
+                    raise InvalidArgument(f"inputs.{name}", "required input is missing")
+        return out
