@@ -15,10 +15,10 @@ import gc
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError
 
@@ -43,7 +43,7 @@ from node.errors import (
 from node.inputs import InputDecoder
 from node.metrics import NodeMetrics
 from node.model_actor import Job, JobResult, ModelActor
-from router.rules import ObjectiveConfig, OverrideNotAllowed, RequestContext, evaluate
+from router.rules import Decision, ObjectiveConfig, OverrideNotAllowed, RequestContext, evaluate
 from workflows.devices import DeviceExecutors
 from workflows.loader import LoadedWorkflow, load_package
 from workflows.manifest import WorkflowManifest
@@ -91,6 +91,31 @@ class LoadedModel:
         return self.loaded.manifest
 
 
+def context_of(message: Any) -> RequestContext:
+    """The rules' context from a request (or request head) message."""
+    c = message.context
+    return RequestContext(
+        user_id=c.user_id,
+        country=c.country,
+        device=c.device,
+        surface=c.surface,
+        attributes=dict(c.attributes),
+    )
+
+
+class Router(Protocol):
+    """Where a decided request runs: here (standalone) or on an owner (cluster)."""
+
+    async def route(
+        self,
+        raw: bytes,
+        context: RequestContext,
+        decision: Decision,
+        timeout_s: float,
+        started: float,
+    ) -> bytes: ...
+
+
 class NodeRuntime:
     """Everything one node serves, independent of the transport."""
 
@@ -101,7 +126,8 @@ class NodeRuntime:
         self.executors = DeviceExecutors(cpu_threads=config.cpu_threads)
         self.models: dict[str, LoadedModel] = {}
         self.objectives: Mapping[str, ObjectiveConfig] = {}
-        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._shadow_tasks: set[asyncio.Future[None]] = set()
+        self.router: Router = LocalRouter(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -153,17 +179,24 @@ class NodeRuntime:
     # -- request path ----------------------------------------------------------------------
 
     async def predict(self, raw: bytes, timeout_s: float | None) -> bytes:
-        """Serve one encoded ``PredictRequest``; returns the encoded ``PredictResponse``."""
+        """Serve one encoded ``PredictRequest``; returns the encoded ``PredictResponse``.
+
+        Only the routing fields are decoded here (``PredictRequestHead``); the router
+        then runs the request locally or forwards the original bytes to an owner.
+        """
         started = time.perf_counter()
-        request = pb.PredictRequest()
+        head = pb.PredictRequestHead()
         try:
-            request.ParseFromString(raw)
+            head.ParseFromString(raw)
         except DecodeError:
             raise InvalidArgument("request", "not a valid shardline.v1.PredictRequest") from None
-        objective = request.objective
+        objective = head.objective
         labels = [objective or "-", "-", "-"]
         try:
-            response = await self._predict(request, timeout_s, labels, started)
+            context, decision = self.resolve(head)
+            labels[1], labels[2] = decision.model_key, decision.cell
+            timeout = self.config.default_deadline_s if timeout_s is None else timeout_s
+            response = await self.router.route(raw, context, decision, timeout, started)
         except RequestError as exc:
             self.metrics.requests.labels(*labels, exc.status.name).inc()
             raise
@@ -171,40 +204,45 @@ class NodeRuntime:
         self.metrics.request_seconds.labels(objective).observe(time.perf_counter() - started)
         return response
 
-    async def _predict(
-        self, request: Any, timeout_s: float | None, labels: list[str], started: float
-    ) -> bytes:
-        if not request.objective:
+    def resolve(self, head: Any) -> tuple[RequestContext, Decision]:
+        """Objective config + request context -> model key, cell and shadows (pure rules)."""
+        if not head.objective:
             raise InvalidArgument("objective", "required")
-        config = self.objectives.get(request.objective)
+        config = self.objectives.get(head.objective)
         if config is None:
             known = ", ".join(sorted(self.objectives)) or "none"
-            raise NotFound(f"unknown objective {request.objective!r}; this node serves: {known}")
-        c = request.context
-        context = RequestContext(
-            user_id=c.user_id,
-            country=c.country,
-            device=c.device,
-            surface=c.surface,
-            attributes=dict(c.attributes),
-        )
+            raise NotFound(f"unknown objective {head.objective!r}; this node serves: {known}")
+        context = context_of(head)
         try:
-            decision = evaluate(config, context, request.model_override or None)
+            decision = evaluate(config, context, head.model_override or None)
         except OverrideNotAllowed as exc:
             raise InvalidArgument("model_override", str(exc)) from None
-        labels[1], labels[2] = decision.model_key, decision.cell
-        model = self.models.get(decision.model_key)
+        return context, decision
+
+    async def execute(
+        self,
+        raw: bytes,
+        model_key: str,
+        cell: str,
+        *,
+        hops: int,
+        timeout_s: float,
+        started: float,
+        context: RequestContext | None = None,
+    ) -> bytes:
+        """Run a request on the local actor of ``model_key`` (decided by the ingress)."""
+        model = self.models.get(model_key)
         if model is None:
-            raise Unavailable(
-                f"model {decision.model_key} (objective {request.objective}) "
-                f"is not loaded on node {self.config.node_id}"
-            )
+            raise Unavailable(f"model {model_key} is not loaded on node {self.config.node_id}")
+        request = pb.PredictRequest()
+        try:
+            request.ParseFromString(raw)
+        except DecodeError:
+            raise InvalidArgument("request", "not a valid shardline.v1.PredictRequest") from None
         inputs = model.inputs.decode(request.inputs)
-        for key in decision.shadows:
-            self._start_shadow(key, context, request.inputs)
-        timeout = self.config.default_deadline_s if timeout_s is None else timeout_s
-        result = await self._ask(model, Job(context, inputs, request.synthetic), timeout)
-        return self._encode(request, decision.model_key, decision.cell, result, started)
+        job = Job(context or context_of(request), inputs, request.synthetic)
+        result = await self._ask(model, job, timeout_s)
+        return self._encode(request, model_key, cell, result, started, hops)
 
     async def _ask(self, model: LoadedModel, job: Job, timeout_s: float) -> JobResult:
         key = model.manifest.model_key
@@ -223,7 +261,13 @@ class NodeRuntime:
         return result
 
     def _encode(
-        self, request: Any, model_key: str, cell: str, result: JobResult, started: float
+        self,
+        request: Any,
+        model_key: str,
+        cell: str,
+        result: JobResult,
+        started: float,
+        hops: int,
     ) -> bytes:
         response = pb.PredictResponse()
         for name, value in result.outputs.items():
@@ -232,7 +276,7 @@ class NodeRuntime:
         p.model_key = model_key
         p.cell = cell
         p.node_id = self.config.node_id
-        p.hops = 0
+        p.hops = hops
         p.request_id = request.request_id
         t, timing = p.timing, result.timing
         t.queue_ms = timing.queue_ms
@@ -245,36 +289,76 @@ class NodeRuntime:
 
     # -- shadows ---------------------------------------------------------------------------
 
-    def _start_shadow(self, key: str, context: RequestContext, wire_inputs: Any) -> None:
+    def start_local_shadow(self, key: str, context: RequestContext, raw: bytes) -> None:
+        """Run a shadow copy on the local actor of ``key``: bounded, never awaited."""
         counter = self.metrics.shadow_requests
-        model = self.models.get(key)
-        if model is None:
+        if key not in self.models:
             counter.labels(key, "not_loaded").inc()
             return
         if len(self._shadow_tasks) >= self.config.max_shadow_in_flight:
             counter.labels(key, "dropped").inc()
             return
-        task = asyncio.create_task(self._run_shadow(model, context, wire_inputs))
+        self.track_shadow(key, self._local_shadow(key, context, raw))
+
+    def track_shadow(self, key: str, work: Awaitable[object]) -> None:
+        """Run ``work`` in the background and count its outcome under ``key``."""
+        task = asyncio.ensure_future(self._count_shadow(key, work))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
-    async def _run_shadow(self, model: LoadedModel, context: RequestContext, wire: Any) -> None:
-        key = model.manifest.model_key
+    @property
+    def shadows_in_flight(self) -> int:
+        return len(self._shadow_tasks)
+
+    async def _local_shadow(self, key: str, context: RequestContext, raw: bytes) -> None:
+        started = time.perf_counter()
+        timeout = self.config.shadow_timeout_s
+        await self.execute(
+            raw, key, "shadow", hops=0, timeout_s=timeout, started=started, context=context
+        )
+
+    async def _count_shadow(self, key: str, work: Awaitable[object]) -> None:
         outcome = "ok"
         try:
-            inputs = model.inputs.decode(wire)
-            await self._ask(model, Job(context, inputs, True), self.config.shadow_timeout_s)
+            await work
         except Overloaded:
             outcome = "dropped"
         except RequestError as exc:
             outcome = "error"
             log.info("shadow %s failed: %s", key, exc)
-        except Exception:
+        except Exception as exc:
             outcome = "error"
-            log.exception("shadow %s failed", key)
+            log.info("shadow %s failed: %s", key, exc)
         self.metrics.shadow_requests.labels(key, outcome).inc()
 
     async def drain_shadows(self) -> None:
         """Wait for the shadow copies now in flight (tests and shutdown)."""
         while self._shadow_tasks:
             await asyncio.gather(*list(self._shadow_tasks), return_exceptions=True)
+
+
+class LocalRouter:
+    """Standalone: every model is local; shadows run on the local actors."""
+
+    def __init__(self, runtime: NodeRuntime) -> None:
+        self.runtime = runtime
+
+    async def route(
+        self,
+        raw: bytes,
+        context: RequestContext,
+        decision: Decision,
+        timeout_s: float,
+        started: float,
+    ) -> bytes:
+        for key in decision.shadows:
+            self.runtime.start_local_shadow(key, context, raw)
+        return await self.runtime.execute(
+            raw,
+            decision.model_key,
+            decision.cell,
+            hops=0,
+            timeout_s=timeout_s,
+            started=started,
+            context=context,
+        )
