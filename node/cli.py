@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 import numpy as np
+from grpclib.exceptions import GRPCError
 from rich.console import Console
 from rich.table import Table
 
@@ -44,47 +45,71 @@ def main(log_level: str) -> None:
 
 @main.command()
 @click.option("--standalone", is_flag=True, help="Serve without etcd: one node, local files.")
+@click.option("--etcd", default=None, help="Cluster mode: etcd HOST:PORT.")
+@click.option("--cluster", "cluster_name", default="default", show_default=True)
 @click.option(
     "--workflows",
     "workflows_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=EXAMPLES_DIR,
     show_default=True,
-    help="Directory of workflow packages (searched recursively for workflow.toml).",
+    help="Standalone: directory of workflow packages (searched for workflow.toml).",
 )
 @click.option(
     "--objectives",
     "objectives_path",
     type=click.Path(exists=True, path_type=Path),
     default=None,
-    help="Objective config file or directory [default: WORKFLOWS/objectives].",
+    help="Standalone: objective config file or directory [default: WORKFLOWS/objectives].",
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=7400, show_default=True, type=int, help="gRPC port (0: any).")
 @click.option("--node-id", default="node-1", show_default=True)
+@click.option("--zone", default="", help="Cluster mode: this node's zone.")
+@click.option("--capacity", default=1.0, show_default=True, help="Cluster mode: ring weight.")
+@click.option("--gossip-port", default=0, show_default=True, help="UDP gossip port (0: any).")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus /metrics here.")
 @click.option("--cpu-threads", type=int, default=None, help="Torch intra-op threads on CPU.")
 def serve(
     standalone: bool,
+    etcd: str | None,
+    cluster_name: str,
     workflows_dir: Path,
     objectives_path: Path | None,
     host: str,
     port: int,
     node_id: str,
+    zone: str,
+    capacity: float,
+    gossip_port: int,
     metrics_port: int | None,
     cpu_threads: int | None,
 ) -> None:
     """Run a node until Ctrl-C (then it drains in-flight requests and exits)."""
-    from node.server import serve_standalone
+    from membership.etcd import ControlPlaneUnavailable
 
-    if not standalone:
-        raise click.UsageError("only --standalone is available in this version")
-    config = NodeConfig(
-        node_id=node_id, host=host, port=port, metrics_port=metrics_port, cpu_threads=cpu_threads
-    )
+    if standalone == (etcd is not None):
+        raise click.UsageError("choose one: --standalone, or --etcd HOST:PORT for cluster mode")
     try:
-        asyncio.run(serve_standalone(config, workflows_dir, objectives_path, _announce))
-    except (OSError, ValueError) as exc:
+        config = NodeConfig(
+            node_id=node_id, host=host, port=port, metrics_port=metrics_port,
+            cpu_threads=cpu_threads,
+        )  # fmt: skip
+        if standalone:
+            from node.server import serve_standalone
+
+            asyncio.run(serve_standalone(config, workflows_dir, objectives_path, _announce))
+        else:
+            from node.cluster import ClusterConfig
+            from node.cluster_node import serve_cluster
+
+            assert etcd is not None
+            cluster = ClusterConfig(
+                cluster=cluster_name, etcd=etcd, zone=zone, capacity=capacity,
+                gossip_host=host, gossip_port=gossip_port,
+            )  # fmt: skip
+            asyncio.run(serve_cluster(config, cluster, _announce))
+    except (OSError, ValueError, ControlPlaneUnavailable) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         sys.exit(1)
 
@@ -238,6 +263,61 @@ def list_objectives(target: str) -> None:
         ins = ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in info.inputs)
         table.add_row(info.name, info.default_model, ", ".join(info.model_keys), ins)
     console.print(table)
+
+
+@main.command()
+@click.option("--target", default="127.0.0.1:7400", show_default=True, help="Any node.")
+@click.option("--json", "as_json", is_flag=True, help="Print the routing table as JSON.")
+def status(target: str, as_json: bool) -> None:
+    """The cluster as one node sees it: members, load, and which node owns which model."""
+    from node.localcluster import routing_table
+
+    try:
+        table = asyncio.run(routing_table(target, timeout_s=5.0))
+    except (OSError, TimeoutError, GRPCError) as exc:
+        err_console.print(f"[red]cannot reach {target}[/red]: {exc}")
+        sys.exit(3)
+    if as_json:
+        print(table.to_json())
+        return
+    console.print(
+        f"node {table.node_id} ({table.mode}), catalog revision {table.revision}, "
+        f"{len(table.members)} members" + (f", dead: {', '.join(table.dead)}" if table.dead else "")
+    )
+    members = Table("node", "state", "zone", "liveness", "in-flight", "loaded models", "address")
+    for m in table.members:
+        members.add_row(
+            m.node_id, m.state, m.zone or "-", m.liveness, str(m.in_flight),
+            ", ".join(m.models) or "-", m.grpc_address,
+        )  # fmt: skip
+    if table.members:
+        console.print(members)
+    ring = Table("model key", "replicas", "owners (primary first)")
+    for p in table.placements:
+        ring.add_row(p.model_key, str(p.replicas), ", ".join(p.owners) or "[red]none[/red]")
+    console.print(ring)
+    for key, error in sorted(table.load_failures.items()):
+        console.print(f"[red]load failed[/red] {key}: {error}")
+
+
+@main.command()
+@click.option("--nodes", default=3, show_default=True, help="Node processes to start.")
+@click.option("--cluster", "cluster_name", default="local", show_default=True)
+@click.option("--detach", is_flag=True, help="Leave it running; stop with `shardline down`.")
+def up(nodes: int, cluster_name: str, detach: bool) -> None:
+    """Start a local cluster (etcd + N nodes) with the example workflows and objectives."""
+    from node.localcluster import up as start
+
+    sys.exit(start(nodes, cluster_name, detach, _announce))
+
+
+@main.command()
+@click.option("--cluster", "cluster_name", default="local", show_default=True)
+def down(cluster_name: str) -> None:
+    """Stop a local cluster started with `shardline up --detach`."""
+    from node.localcluster import down as stop
+
+    sys.exit(stop(cluster_name, _announce))
 
 
 @main.group()

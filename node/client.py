@@ -11,7 +11,10 @@ server's message.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import json
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -19,12 +22,14 @@ from typing import Any
 import numpy as np
 from grpclib.client import Channel, UnaryUnaryMethod
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from node import tensors
 from node._proto.shardline import v1
 from node._proto.shardline.v1 import inference_pb2 as pb
 from node.service import RawBytes, WireCodec
+from router.replica import rendezvous
+from router.rules import ObjectiveConfig, OverrideNotAllowed, RequestContext, evaluate
 
 
 class PredictError(Exception):
@@ -123,6 +128,8 @@ class Client:
             raise PredictError(
                 Status.DEADLINE_EXCEEDED, f"no answer from {self.target} within {timeout:g}s"
             ) from None
+        except (OSError, StreamTerminatedError, ProtocolError) as exc:
+            raise PredictError(Status.UNAVAILABLE, f"{self.target}: {exc}") from None
         assert isinstance(reply, bytes)
         return reply
 
@@ -138,6 +145,14 @@ class Client:
         raw = build_request(objective, inputs, **request)
         return parse_response(await self.predict_raw(raw, timeout_s=timeout_s))
 
+    async def routing_table(self) -> v1.RoutingTable:
+        try:
+            return await v1.ClusterStub(self.channel).get_routing_table(
+                v1.GetRoutingTableRequest(), timeout=self.timeout_s
+            )
+        except GRPCError as exc:
+            raise PredictError(exc.status, exc.message or "") from None
+
     async def list_objectives(self) -> list[v1.ObjectiveInfo]:
         try:
             reply = await self._inference.list_objectives(
@@ -151,6 +166,131 @@ class Client:
         self.channel.close()
 
     async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class SmartClient:
+    """Routes each request straight to an owner of its model, from a routing table.
+
+    It fetches the table (members, placements, objective configs) from any node, decides
+    the model version locally with the same pure rules the nodes use, and sends the
+    request to a warm owner (rendezvous-sticky per user), where it is served without a
+    hop. When the table is older than ``refresh_s`` it is refreshed; when the owner fails
+    (UNAVAILABLE or no connection) the table is refreshed and the request goes to any
+    other node, which routes it.
+    """
+
+    def __init__(
+        self, seeds: Sequence[str], *, timeout_s: float = 10.0, refresh_s: float = 5.0
+    ) -> None:
+        if not seeds:
+            raise ValueError("SmartClient needs at least one seed node")
+        self.seeds = list(seeds)
+        self.timeout_s = timeout_s
+        self.refresh_s = refresh_s
+        self._clients: dict[str, Client] = {}
+        self._table: v1.RoutingTable | None = None
+        self._fetched_at = -1e9
+        self._configs: dict[str, ObjectiveConfig] = {}
+        self._owners: dict[str, list[str]] = {}  # model key -> addresses of warm owners
+        self._nodes: list[str] = []
+
+    def _client(self, target: str) -> Client:
+        client = self._clients.get(target)
+        if client is None:
+            client = self._clients[target] = Client(target, timeout_s=self.timeout_s)
+        return client
+
+    async def refresh(self) -> None:
+        """Fetch the routing table from the first node that answers."""
+        last: Exception | None = None
+        for target in [*self._nodes, *self.seeds]:
+            try:
+                table = await self._client(target).routing_table()
+            except (PredictError, OSError, TimeoutError) as exc:
+                last = exc
+                continue
+            self._install(table)
+            return
+        raise PredictError(Status.UNAVAILABLE, f"no node answered for the routing table: {last}")
+
+    def _install(self, table: v1.RoutingTable) -> None:
+        address = {m.node_id: m.grpc_address for m in table.members}
+        warm = {m.node_id: set(m.models) for m in table.members}
+        self._owners = {
+            p.model_key: [address[o] for o in p.owners if o in address and p.model_key in warm[o]]
+            for p in table.placements
+        }
+        self._configs = {
+            name: ObjectiveConfig.from_dict(json.loads(doc))
+            for name, doc in table.objectives_json.items()
+        }
+        self._nodes = [m.grpc_address for m in table.members]
+        self._table = table
+        self._fetched_at = time.monotonic()
+
+    def owner_for(self, objective: str, context: RequestContext, override: str = "") -> str | None:
+        """The node this client would send the request to (None: let any node route it)."""
+        config = self._configs.get(objective)
+        if config is None:
+            return None
+        try:
+            decision = evaluate(config, context, override or None)
+        except OverrideNotAllowed:
+            return None
+        owners = self._owners.get(decision.model_key)
+        return rendezvous(context.user_id, owners) if owners else None
+
+    async def predict(
+        self,
+        objective: str,
+        inputs: Mapping[str, Any],
+        *,
+        timeout_s: float | None = None,
+        **request: Any,
+    ) -> Prediction:
+        if time.monotonic() - self._fetched_at > self.refresh_s:
+            with contextlib.suppress(PredictError):  # keep the stale table; nodes route anyway
+                await self.refresh()
+        raw = build_request(objective, inputs, **request)
+        context = RequestContext(
+            user_id=request.get("user_id", ""),
+            country=request.get("country", ""),
+            device=request.get("device", ""),
+            surface=request.get("surface", ""),
+            attributes=dict(request.get("attributes") or {}),
+        )
+        target = self.owner_for(objective, context, request.get("model_override", ""))
+        fallbacks = [n for n in [*self._nodes, *self.seeds] if n != target]
+        attempts = [target] if target else []
+        attempts += fallbacks[:1] if target else fallbacks[:2]
+        last: PredictError | None = None
+        for i, node in enumerate(attempts):
+            try:
+                answer = await self._client(node).predict_raw(raw, timeout_s=timeout_s)
+                return parse_response(answer)
+            except PredictError as exc:
+                last = exc
+                if exc.status not in (Status.UNAVAILABLE,) or i == len(attempts) - 1:
+                    raise
+                self._fetched_at = -1e9  # stale: refresh on the next call
+        assert last is not None
+        raise last
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    async def __aenter__(self) -> SmartClient:
         return self
 
     async def __aexit__(

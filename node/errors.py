@@ -57,3 +57,21 @@ class PermissionDenied(RequestError):
 
 class Internal(RequestError):
     status = Status.INTERNAL
+
+
+_BY_STATUS: dict[str, type[RequestError]] = {
+    "NOT_FOUND": NotFound,
+    "UNAVAILABLE": Unavailable,
+    "CONNECTION": Unavailable,
+    "RESOURCE_EXHAUSTED": Overloaded,
+    "DEADLINE_EXCEEDED": DeadlineExceeded,
+    "PERMISSION_DENIED": PermissionDenied,
+}
+
+
+def error_for_status(status: str, message: str) -> RequestError:
+    """A RequestError carrying a status that came back from a peer (by gRPC status name)."""
+    if status == "INVALID_ARGUMENT":
+        field, _, rest = message.partition(": ")
+        return InvalidArgument(field, rest) if rest else InvalidArgument("request", message)
+    return _BY_STATUS.get(status, Internal)(message)

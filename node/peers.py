@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from grpclib.client import Channel, UnaryUnaryMethod
-from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from node._proto.shardline.v1 import peer_pb2
 from node.service import RawBytes, WireCodec

@@ -47,6 +47,7 @@ from router.rules import Decision, ObjectiveConfig, OverrideNotAllowed, RequestC
 from workflows.devices import DeviceExecutors
 from workflows.loader import LoadedWorkflow, load_package
 from workflows.manifest import WorkflowManifest
+from workflows.sdk import StaticContext
 
 log = logging.getLogger("shardline.node")
 
@@ -128,13 +129,25 @@ class NodeRuntime:
         self.objectives: Mapping[str, ObjectiveConfig] = {}
         self._shadow_tasks: set[asyncio.Future[None]] = set()
         self.router: Router = LocalRouter(self)
+        self.in_flight = 0
+        self.catalog_manifests: Mapping[str, WorkflowManifest] = {}
+        """Cluster mode: every model key's manifest from the catalog (loaded here or not)."""
+        """Requests executing on this node's model actors (what gossip reports as load)."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def load_workflow(self, package_dir: Path) -> LoadedModel:
-        """Load one workflow package and start its model actor (replaces nothing)."""
+    async def load_workflow(
+        self, package_dir: Path, *, expect_key: str | None = None, warm: bool = False
+    ) -> LoadedModel:
+        """Load one workflow package and start its model actor (replaces nothing).
+
+        With ``warm``, one real batch (the workflow's example request) runs through the
+        actor before the model is offered to requests.
+        """
         loaded = await asyncio.to_thread(load_package, package_dir)
         key = loaded.manifest.model_key
+        if expect_key is not None and key != expect_key:
+            raise ValueError(f"{package_dir} holds {key}, not {expect_key}")
         if key in self.models:
             raise ValueError(
                 f"{key} is already loaded (from {self.models[key].loaded.package_dir})"
@@ -146,9 +159,29 @@ class NodeRuntime:
             restart=RestartPolicy(),
         )
         model = LoadedModel(loaded, ref, InputDecoder(loaded.manifest))
+        if warm:
+            try:
+                fields, inputs = loaded.workflow.example_request()
+                job = Job(StaticContext.from_fields(fields), inputs, synthetic=True)
+                await self._ask(model, job, self.config.default_deadline_s)
+            except BaseException:
+                await self.system.stop(ref, drain=False)
+                raise
         self.models[key] = model
         log.info("loaded %s on %s from %s", key, loaded.device, package_dir)
         return model
+
+    async def unload_workflow(self, key: str, timeout_s: float = 30.0) -> None:
+        """Stop offering ``key``, let its queued and running requests finish, stop its actor."""
+        model = self.models.pop(key, None)
+        if model is None:
+            return
+        await self.system.stop(model.ref, drain=True, timeout_s=timeout_s)
+        log.info("unloaded %s", key)
+
+    def manifest_of(self, model_key: str) -> WorkflowManifest | None:
+        model = self.models.get(model_key)
+        return model.manifest if model is not None else self.catalog_manifests.get(model_key)
 
     def set_objectives(self, objectives: Mapping[str, ObjectiveConfig]) -> None:
         """Swap the objective configs atomically (one reference assignment)."""
@@ -241,7 +274,11 @@ class NodeRuntime:
             raise InvalidArgument("request", "not a valid shardline.v1.PredictRequest") from None
         inputs = model.inputs.decode(request.inputs)
         job = Job(context or context_of(request), inputs, request.synthetic)
-        result = await self._ask(model, job, timeout_s)
+        self.in_flight += 1
+        try:
+            result = await self._ask(model, job, timeout_s)
+        finally:
+            self.in_flight -= 1
         return self._encode(request, model_key, cell, result, started, hops)
 
     async def _ask(self, model: LoadedModel, job: Job, timeout_s: float) -> JobResult:

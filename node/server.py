@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,8 +21,9 @@ from grpclib.health.service import Health
 from grpclib.server import Server, Stream
 from prometheus_client import Gauge
 
+from node.describe import describe
 from node.runtime import NodeConfig, NodeRuntime
-from node.service import InferenceService, WireCodec
+from node.service import ClusterService, InferenceService, WireCodec
 from router.rules import load_objective_file, load_objectives_dir
 from workflows.loader import discover_packages
 
@@ -60,17 +61,29 @@ class InFlight:
         await self._idle.wait()
 
 
+class _Wrapped:
+    """A service whose handlers run inside the in-flight counter."""
+
+    def __init__(self, mapping: dict[str, Any]) -> None:
+        self._mapping = mapping
+
+    def __mapping__(self) -> dict[str, Any]:
+        return self._mapping
+
+
 class NodeServer:
-    def __init__(self, runtime: NodeRuntime) -> None:
+    def __init__(self, runtime: NodeRuntime, services: Sequence[Any] = ()) -> None:
         self.runtime = runtime
         self.config = runtime.config
         self.in_flight = InFlight(runtime.metrics.in_flight)
-        inference = InferenceService(runtime)
-        mapping = inference.__mapping__()
-        for path, handler in mapping.items():
-            mapping[path] = handler._replace(func=self.in_flight.wrap(handler.func))
-        inference.__mapping__ = lambda: mapping  # type: ignore[method-assign]
-        self.server = Server([inference, Health()], codec=WireCodec(self.config.max_message_bytes))
+        wrapped: list[Any] = []
+        for service in (InferenceService(runtime), *services):
+            mapping = {
+                path: handler._replace(func=self.in_flight.wrap(handler.func))
+                for path, handler in service.__mapping__().items()
+            }
+            wrapped.append(_Wrapped(mapping))
+        self.server = Server([*wrapped, Health()], codec=WireCodec(self.config.max_message_bytes))
         self.bound_port = 0
         self.metrics_port: int | None = None
 
@@ -137,7 +150,7 @@ async def serve_standalone(
 ) -> None:
     """Run a standalone node until SIGINT/SIGTERM, then drain and exit."""
     runtime = await build_standalone(config, workflows_dir, objectives_path)
-    node = NodeServer(runtime)
+    node = NodeServer(runtime, [ClusterService(lambda: describe(runtime))])
     await node.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

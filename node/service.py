@@ -10,16 +10,19 @@ unexpected becomes INTERNAL with a reference into the node log — never a trace
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
 from node._proto.shardline import v1
+from node._proto.shardline.v1 import peer_pb2
 from node.errors import RequestError
 from node.runtime import NodeRuntime
 
@@ -106,10 +109,10 @@ class InferenceService:
                 model_keys=sorted(cfg.model_keys()),
                 allow_override=cfg.allow_override,
             )
-            model = rt.models.get(cfg.default)
-            if model is not None:
-                info.inputs = [_schema(s) for s in model.manifest.inputs]
-                info.outputs = [_schema(s) for s in model.manifest.outputs]
+            manifest = rt.manifest_of(cfg.default)
+            if manifest is not None:
+                info.inputs = [_schema(s) for s in manifest.inputs]
+                info.outputs = [_schema(s) for s in manifest.outputs]
             infos.append(info)
         return v1.ListObjectivesResponse(objectives=infos)
 
@@ -135,3 +138,59 @@ def _schema(spec: Any) -> v1.TensorSchema:
         optional=spec.optional,
         description=spec.description,
     )
+
+
+class PeerService:
+    """``shardline.v1.Peer``: forwarded requests from other nodes (raw bytes both ways)."""
+
+    def __init__(self, router: Any) -> None:
+        self.router = router
+
+    async def forward(self, stream: Stream[bytes, bytes]) -> None:
+        raw = await stream.recv_message()
+        assert raw is not None
+        started = time.perf_counter()
+        remaining = stream.deadline.time_remaining() if stream.deadline else 10.0
+
+        async def serve() -> bytes:
+            message = peer_pb2.ForwardRequest()
+            try:
+                message.ParseFromString(raw)
+            except DecodeError:
+                raise GRPCError(Status.INVALID_ARGUMENT, "not a ForwardRequest") from None
+            answer: bytes = await self.router.serve_forward(message, remaining, started)
+            return answer
+
+        await stream.send_message(await guarded(serve, "Forward"))
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            "/shardline.v1.Peer/Forward": Handler(
+                self.forward, Cardinality.UNARY_UNARY, RawBytes, RawBytes
+            )
+        }
+
+
+class ClusterService:
+    """``shardline.v1.Cluster``: the routing table as this node sees it."""
+
+    def __init__(self, describe: Callable[[], v1.RoutingTable]) -> None:
+        self.describe = describe
+
+    async def get_routing_table(self, stream: Stream[Any, Any]) -> None:
+        await stream.recv_message()
+
+        async def table() -> v1.RoutingTable:
+            return self.describe()
+
+        await stream.send_message(await guarded(table, "GetRoutingTable"))
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            "/shardline.v1.Cluster/GetRoutingTable": Handler(
+                self.get_routing_table,
+                Cardinality.UNARY_UNARY,
+                v1.GetRoutingTableRequest,
+                v1.RoutingTable,
+            )
+        }

@@ -44,18 +44,28 @@ class NodeProcess:
         metrics: bool = True,
         timeout_s: float = 120.0,
         env: dict[str, str] | None = None,
+        etcd: str | None = None,
     ) -> NodeProcess:
+        """A standalone node serving ``workflows``, or with ``etcd`` a cluster node (then
+        ``args`` carry ``--cluster``, ``--node-id`` …)."""
+        mode = (
+            ["--etcd", etcd]
+            if etcd
+            else [
+                "--standalone",
+                "--workflows",
+                str(workflows),
+                *(["--objectives", str(objectives)] if objectives else []),
+            ]
+        )
         cmd = [
             sys.executable,
             "-m",
             "node.cli",
             "serve",
-            "--standalone",
+            *mode,
             "--port",
             "0",
-            "--workflows",
-            str(workflows),
-            *(["--objectives", str(objectives)] if objectives else []),
             *(["--metrics-port", "0"] if metrics else []),
             *args,
         ]
@@ -88,6 +98,11 @@ class NodeProcess:
         m_port = found.get("m")
         metrics_port = int(m_port) if m_port else None
         return cls(proc, f"{found['host']}:{found['port']}", metrics_port, lines)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no goodbye to the cluster."""
+        self.proc.kill()
+        self.proc.wait()
 
     def stop(self, timeout_s: float = 30.0) -> int:
         if self.proc.poll() is None:

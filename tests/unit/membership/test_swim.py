@@ -17,7 +17,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from membership.swim import Member, MemberChanged, MemberState, Message, Send, Swim, SwimConfig
+from membership.swim import (
+    Effect,
+    LoadChanged,
+    Member,
+    MemberChanged,
+    MemberState,
+    Message,
+    Swim,
+    SwimConfig,
+)
 from membership.swim_state import Ack, PushPull, Suspicion, Update
 
 ALIVE, SUSPECT, DEAD, LEFT = (
@@ -41,6 +50,19 @@ def address(i: int) -> str:
     return f"10.0.0.{i + 1}:7946"
 
 
+@dataclass(frozen=True)
+class Timer:
+    node: str
+    version: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    node: str
+    message: Message
+    from_address: str
+
+
 @dataclass
 class Net:
     """A virtual network of Swim instances (see the module docstring)."""
@@ -56,19 +78,18 @@ class Net:
     nodes: dict[str, Swim] = field(default_factory=dict)
     crashed: set[str] = field(default_factory=set)
     events: list[tuple[float, str, MemberChanged]] = field(default_factory=list)
+    load_events: list[tuple[float, str, LoadChanged]] = field(default_factory=list)
     delivered: int = 0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
-        self._heap: list[tuple[float, int, str, object]] = []
+        self._heap: list[tuple[float, int, Timer | Delivery]] = []
         self._seq = 0
         self._timer_version: dict[str, int] = {}
         self.by_address: dict[str, str] = {}
         for i in range(self.n):
             self.by_address[address(i)] = node_id(i)
-            swim = Swim(
-                node_id(i), address(i), self.config, random.Random(f"{self.seed}/{i}"), 0.0
-            )
+            swim = Swim(node_id(i), address(i), self.config, random.Random(f"{self.seed}/{i}"), 0.0)
             self.nodes[node_id(i)] = swim
         roster = {node_id(i): address(i) for i in range(self.n)}
         for nid, swim in self.nodes.items():
@@ -76,21 +97,24 @@ class Net:
 
     # -- scheduling
 
-    def _push(self, at: float, kind: str, payload: object) -> None:
+    def _push(self, at: float, item: Timer | Delivery) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, (at, self._seq, kind, payload))
+        heapq.heappush(self._heap, (at, self._seq, item))
 
     def _reschedule(self, nid: str) -> None:
         version = self._timer_version.get(nid, 0) + 1
         self._timer_version[nid] = version
         deadline = self.nodes[nid].next_deadline()
         if deadline is not None:
-            self._push(max(deadline, self.now), "tick", (nid, version))
+            self._push(max(deadline, self.now), Timer(nid, version))
 
-    def _dispatch(self, src: str, effects: list[Send | MemberChanged]) -> None:
+    def _dispatch(self, src: str, effects: list[Effect]) -> None:
         for effect in effects:
             if isinstance(effect, MemberChanged):
                 self.events.append((self.now, src, effect))
+                continue
+            if isinstance(effect, LoadChanged):
+                self.load_events.append((self.now, src, effect))
                 continue
             dst = self.by_address.get(effect.to_address)
             if dst is None:
@@ -102,27 +126,26 @@ class Net:
                 if self.drop is not None and self.drop(self.now, src, dst, effect.message):
                     continue
                 at = self.now + self.rng.uniform(*self.delay_s)
-                self._push(at, "msg", (dst, effect.message, self.nodes[src].address))
+                self._push(at, Delivery(dst, effect.message, self.nodes[src].address))
         self._reschedule(src)
 
     def inject(self, dst: str, message: Message, from_address: str) -> None:
-        self._push(self.now, "msg", (dst, message, from_address))
+        self._push(self.now, Delivery(dst, message, from_address))
 
     def run_until(self, t_end: float, until: Callable[[], bool] | None = None) -> None:
         while self._heap and self._heap[0][0] <= t_end:
-            at, _, kind, payload = heapq.heappop(self._heap)
+            at, _, item = heapq.heappop(self._heap)
             self.now = at
-            if kind == "tick":
-                nid, version = payload  # type: ignore[misc]
-                if nid in self.crashed or self._timer_version[nid] != version:
+            swim = self.nodes[item.node]
+            if item.node in self.crashed:
+                continue
+            if isinstance(item, Timer):
+                if self._timer_version[item.node] != item.version:
                     continue
-                self._dispatch(nid, self.nodes[nid].on_tick(at))
+                self._dispatch(item.node, swim.on_tick(at))
             else:
-                dst, message, src_addr = payload  # type: ignore[misc]
-                if dst in self.crashed:
-                    continue
                 self.delivered += 1
-                self._dispatch(dst, self.nodes[dst].on_message(message, src_addr, at))
+                self._dispatch(item.node, swim.on_message(item.message, item.from_address, at))
             if until is not None and until():
                 return
         self.now = max(self.now, t_end)
@@ -134,6 +157,11 @@ class Net:
 
     def view(self, observer: str, subject: str) -> Member | None:
         return self.nodes[observer].members().get(subject)
+
+    def member(self, observer: str, subject: str) -> Member:
+        member = self.view(observer, subject)
+        assert member is not None, f"{observer} does not know {subject}"
+        return member
 
     def state(self, observer: str, subject: str) -> MemberState | None:
         member = self.view(observer, subject)
@@ -235,7 +263,7 @@ def test_false_suspicion_is_refuted_and_nobody_marks_dead() -> None:
     net.run_until(5.0)
     assert converged(net)
     target, liar = "n03", "n05"
-    inc = net.view("n00", target).incarnation  # type: ignore[union-attr]
+    inc = net.member("n00", target).incarnation
     rumour = Update(target, address(3), inc, SUSPECT, liar)
     for i in range(6):
         if node_id(i) not in (target, liar):
@@ -260,7 +288,7 @@ def test_member_declared_dead_refutes_when_it_hears_it() -> None:
     assert net.state("n00", "n02") is DEAD
     net.run_until(net.now + 15.0, lambda: converged(net))
     assert converged(net), net.tables()
-    assert net.view("n00", "n02").incarnation >= 1  # type: ignore[union-attr]
+    assert net.member("n00", "n02").incarnation >= 1
 
 
 # ----------------------------------------------------------------------------- loss
@@ -289,8 +317,8 @@ def test_load_update_reaches_all_within_lambda_log_n_periods() -> None:
 
     def everyone_knows() -> bool:
         return all(
-            net.view(o, "n07").in_flight == 42  # type: ignore[union-attr]
-            and net.view(o, "n07").models == ("fraud@3", "ranking@9")  # type: ignore[union-attr]
+            net.member(o, "n07").in_flight == 42
+            and net.member(o, "n07").models == ("fraud@3", "ranking@9")
             for o in net.live()
         )
 
@@ -301,6 +329,8 @@ def test_load_update_reaches_all_within_lambda_log_n_periods() -> None:
     assert took <= rounds, f"took {took:.1f} periods"
     me = net.nodes["n07"].members()["n07"]
     assert me.incarnation == 0 and me.load_seq == 1, "load does not bump the incarnation"
+    observers = {obs for _, obs, ev in net.load_events if ev.member.node_id == "n07"}
+    assert observers == set(net.live()) - {"n07"}, "every other member emitted LoadChanged"
 
 
 def test_newer_load_wins_and_set_local_load_validates() -> None:
@@ -311,7 +341,7 @@ def test_newer_load_wins_and_set_local_load_validates() -> None:
         net.run_until(net.now + 0.2)
     net.run_until(net.now + 5.0)
     for observer in net.live():
-        assert net.view(observer, "n01").in_flight == 5  # type: ignore[union-attr]
+        assert net.member(observer, "n01").in_flight == 5
     swim = net.nodes["n01"]
     with pytest.raises(ValueError, match="in_flight"):
         swim.set_local_load(-1, [])
@@ -326,19 +356,37 @@ def test_push_pull_heals_a_member_that_missed_updates() -> None:
 
     def deaf_n04(now: float, src: str, dst: str, msg: Message) -> bool:
         # During the window n04 gets no piggybacked updates and no push-pull at all.
-        return dst == "n04" and window[0] <= now < window[1] and (
-            bool(msg.updates) or isinstance(msg.body, PushPull)
+        return (
+            dst == "n04"
+            and window[0] <= now < window[1]
+            and (bool(msg.updates) or isinstance(msg.body, PushPull))
         )
 
     net = Net(6, seed=41, drop=deaf_n04)
     net.run_until(window[0])
     net.nodes["n01"].set_local_load(7, ["a@1"])
     net.run_until(window[1])
-    assert net.view("n02", "n01").in_flight == 7  # type: ignore[union-attr]
-    assert net.view("n04", "n01").in_flight == 0, "n04 missed the update"  # type: ignore[union-attr]
-    net.run_until(window[1] + 2 * CFG.push_pull_interval_s, lambda: net.view("n04", "n01").in_flight == 7)  # type: ignore[union-attr]
-    assert net.view("n04", "n01").in_flight == 7  # type: ignore[union-attr]
+    assert net.member("n02", "n01").in_flight == 7
+    assert net.member("n04", "n01").in_flight == 0, "n04 missed the update"
+    net.run_until(
+        window[1] + 2 * CFG.push_pull_interval_s, lambda: net.member("n04", "n01").in_flight == 7
+    )
+    assert net.member("n04", "n01").in_flight == 7
     assert net.now < window[1] + 2 * CFG.push_pull_interval_s
+
+
+def test_a_node_that_cannot_send_raises_its_local_health_and_probes_slower() -> None:
+    def mute_n02(now: float, src: str, dst: str, msg: Message) -> bool:
+        return src == "n02" and now >= 3.0
+
+    net = Net(5, seed=45, drop=mute_n02)
+    net.run_until(3.0)
+    assert all(net.nodes[n].local_health == 0 for n in net.live())
+    net.run_until(6.0)
+    assert net.nodes["n02"].local_health > 0, "missed nacks count against the prober"
+    assert all(net.nodes[n].local_health == 0 for n in net.live() if n != "n02"), (
+        "probers whose relays nack keep a clean bill of health"
+    )
 
 
 def test_leave_is_seen_as_left_not_dead() -> None:

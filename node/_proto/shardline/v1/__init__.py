@@ -81,6 +81,13 @@ class RoutingTable(betterproto.Message):
     mode: str = betterproto.string_field(8)
     """standalone | cluster"""
 
+    load_failures: Dict[str, str] = betterproto.map_field(
+        9, betterproto.TYPE_STRING, betterproto.TYPE_STRING
+    )
+    """
+    Model keys this node failed to load or warm, with the error (retried with backoff).
+    """
+
 
 @dataclass(eq=False, repr=False)
 class Tensor(betterproto.Message):

@@ -47,8 +47,15 @@ class GetRoutingTableRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class RoutingTable(_message.Message):
-    __slots__ = ("node_id", "revision", "members", "dead", "placements", "objectives_json", "loaded_models", "mode")
+    __slots__ = ("node_id", "revision", "members", "dead", "placements", "objectives_json", "loaded_models", "mode", "load_failures")
     class ObjectivesJsonEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LoadFailuresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +70,7 @@ class RoutingTable(_message.Message):
     OBJECTIVES_JSON_FIELD_NUMBER: _ClassVar[int]
     LOADED_MODELS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FAILURES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     revision: int
     members: _containers.RepeatedCompositeFieldContainer[MemberInfo]
@@ -71,4 +79,5 @@ class RoutingTable(_message.Message):
     objectives_json: _containers.ScalarMap[str, str]
     loaded_models: _containers.RepeatedScalarFieldContainer[str]
     mode: str
-    def __init__(self, node_id: _Optional[str] = ..., revision: _Optional[int] = ..., members: _Optional[_Iterable[_Union[MemberInfo, _Mapping]]] = ..., dead: _Optional[_Iterable[str]] = ..., placements: _Optional[_Iterable[_Union[ModelPlacement, _Mapping]]] = ..., objectives_json: _Optional[_Mapping[str, str]] = ..., loaded_models: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ...) -> None: ...
+    load_failures: _containers.ScalarMap[str, str]
+    def __init__(self, node_id: _Optional[str] = ..., revision: _Optional[int] = ..., members: _Optional[_Iterable[_Union[MemberInfo, _Mapping]]] = ..., dead: _Optional[_Iterable[str]] = ..., placements: _Optional[_Iterable[_Union[ModelPlacement, _Mapping]]] = ..., objectives_json: _Optional[_Mapping[str, str]] = ..., loaded_models: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., load_failures: _Optional[_Mapping[str, str]] = ...) -> None: ...

