@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from grpclib.exceptions import GRPCError
 from rich.console import Console
 from rich.table import Table
 
+from node.cli_admin import register_admin_commands
 from node.client import Client, PredictError, Prediction
 from node.runtime import NodeConfig
 
@@ -70,6 +72,18 @@ def main(log_level: str) -> None:
 @click.option("--gossip-port", default=0, show_default=True, help="UDP gossip port (0: any).")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus /metrics here.")
 @click.option("--cpu-threads", type=int, default=None, help="Torch intra-op threads on CPU.")
+@click.option(
+    "--admin-token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Cluster mode: file holding the admin token [default: $SHARDLINE_ADMIN_TOKEN].",
+)
+@click.option(
+    "--artifact-store",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Cluster mode: directory where `shardline deploy` stores packages.",
+)
 def serve(
     standalone: bool,
     etcd: str | None,
@@ -84,6 +98,8 @@ def serve(
     gossip_port: int,
     metrics_port: int | None,
     cpu_threads: int | None,
+    admin_token_file: Path | None,
+    artifact_store: Path | None,
 ) -> None:
     """Run a node until Ctrl-C (then it drains in-flight requests and exits)."""
     from membership.etcd import ControlPlaneUnavailable
@@ -108,7 +124,16 @@ def serve(
                 cluster=cluster_name, etcd=etcd, zone=zone, capacity=capacity,
                 gossip_host=host, gossip_port=gossip_port,
             )  # fmt: skip
-            asyncio.run(serve_cluster(config, cluster, _announce))
+            token = (
+                admin_token_file.read_text().strip()
+                if admin_token_file
+                else os.environ.get("SHARDLINE_ADMIN_TOKEN")
+            )
+            asyncio.run(
+                serve_cluster(
+                    config, cluster, _announce, admin_token=token, artifact_store=artifact_store
+                )
+            )
     except (OSError, ValueError, ControlPlaneUnavailable) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         sys.exit(1)
@@ -284,11 +309,14 @@ def status(target: str, as_json: bool) -> None:
         f"node {table.node_id} ({table.mode}), catalog revision {table.revision}, "
         f"{len(table.members)} members" + (f", dead: {', '.join(table.dead)}" if table.dead else "")
     )
-    members = Table("node", "state", "zone", "liveness", "in-flight", "loaded models", "address")
+    applied = asyncio.run(_applied_revisions([m.grpc_address for m in table.members]))
+    members = Table(
+        "node", "state", "zone", "liveness", "in-flight", "revision", "loaded models", "address"
+    )
     for m in table.members:
         members.add_row(
             m.node_id, m.state, m.zone or "-", m.liveness, str(m.in_flight),
-            ", ".join(m.models) or "-", m.grpc_address,
+            applied.get(m.grpc_address, "?"), ", ".join(m.models) or "-", m.grpc_address,
         )  # fmt: skip
     if table.members:
         console.print(members)
@@ -298,6 +326,20 @@ def status(target: str, as_json: bool) -> None:
     console.print(ring)
     for key, error in sorted(table.load_failures.items()):
         console.print(f"[red]load failed[/red] {key}: {error}")
+
+
+async def _applied_revisions(targets: list[str]) -> dict[str, str]:
+    """The catalog revision each node has applied (so an operator sees a change land)."""
+    from node.localcluster import routing_table
+
+    async def one(target: str) -> str:
+        try:
+            return str((await routing_table(target, timeout_s=2.0)).revision)
+        except (OSError, TimeoutError, GRPCError):
+            return "unreachable"
+
+    answers = await asyncio.gather(*(one(t) for t in targets))
+    return dict(zip(targets, answers, strict=True))
 
 
 @main.command()
@@ -320,66 +362,7 @@ def down(cluster_name: str) -> None:
     sys.exit(stop(cluster_name, _announce))
 
 
-@main.group()
-def objective() -> None:
-    """Objective configs: explain decisions."""
-
-
-@objective.command()
-@click.argument("name")
-@click.option(
-    "--objectives",
-    "objectives_path",
-    type=click.Path(exists=True, path_type=Path),
-    default=EXAMPLES_DIR / "objectives",
-    show_default=True,
-    help="Objective config file or directory.",
-)
-@click.option("--user", "user_id", default="")
-@click.option("--country", default="")
-@click.option("--device", default="")
-@click.option("--surface", default="")
-@click.option("--context", "context", multiple=True, help="Extra context attribute NAME=VALUE.")
-@click.option("--override", default=None)
-def explain(
-    name: str,
-    objectives_path: Path,
-    user_id: str,
-    country: str,
-    device: str,
-    surface: str,
-    context: Sequence[str],
-    override: str | None,
-) -> None:
-    """Print which model version NAME picks for a request context, and why."""
-    from node.server import load_objectives
-    from router.rules import ConfigError, OverrideNotAllowed, RequestContext, evaluate
-
-    try:
-        configs = load_objectives(objectives_path)
-    except ConfigError as exc:
-        err_console.print(f"[red]invalid objective config[/red]: {exc}")
-        sys.exit(2)
-    cfg = configs.get(name)
-    if cfg is None:
-        err_console.print(f"[red]unknown objective {name!r}[/red]; known: {', '.join(configs)}")
-        sys.exit(2)
-    ctx = RequestContext(
-        user_id=user_id,
-        country=country,
-        device=device,
-        surface=surface,
-        attributes=_pairs(context, "--context"),
-    )
-    try:
-        d = evaluate(cfg, ctx, override)
-    except OverrideNotAllowed as exc:
-        err_console.print(f"[red]override refused[/red]: {exc}")
-        sys.exit(2)
-    console.print(f"objective [bold]{d.objective}[/bold] -> model [bold]{d.model_key}[/bold]")
-    console.print(f"cell: {d.cell}")
-    console.print(f"shadows: {', '.join(d.shadows) or 'none'}")
-    console.print(f"why: {d.reason}")
+register_admin_commands(main)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,14 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from membership.registry import NodeState
 from membership.snapshot import ClusterSnapshot
 from membership.view import MembershipView
+from node.admin import AdminService
+from node.artifacts import DirectoryStore
 from node.cluster import ClusterConfig, ClusterMembership
 from node.describe import describe
 from node.peers import PeerPool
@@ -26,6 +29,7 @@ from node.routing import ClusterRouter
 from node.runtime import NodeConfig, NodeRuntime
 from node.server import NodeServer
 from node.service import ClusterService, PeerService
+from router.handoff import Phase
 from router.rules import ObjectiveConfig
 from workflows.manifest import WorkflowManifest
 
@@ -56,7 +60,14 @@ def manifests_of(snapshot: ClusterSnapshot) -> dict[str, WorkflowManifest]:
 
 
 class ClusterNode:
-    def __init__(self, config: NodeConfig, cluster: ClusterConfig) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        cluster: ClusterConfig,
+        *,
+        admin_token: str | None = None,
+        artifact_store: Path | None = None,
+    ) -> None:
         self.config = config
         self.cluster = cluster
         self.runtime = NodeRuntime(config)
@@ -69,9 +80,18 @@ class ClusterNode:
             [
                 PeerService(self.router),
                 ClusterService(lambda: describe(self.runtime, self.router, self.placement)),
+                AdminService(
+                    self,
+                    admin_token,
+                    DirectoryStore(artifact_store) if artifact_store is not None else None,
+                ),
             ],
         )
         self.membership: ClusterMembership | None = None
+        self.draining = asyncio.Event()
+        self.drained = asyncio.Event()
+        self.join_seconds = 0.0
+        self._drain_task: asyncio.Task[None] | None = None
         self._objectives_revision = -1
         self._reporter: asyncio.Task[None] | None = None
 
@@ -88,14 +108,34 @@ class ClusterNode:
         address = f"{self.config.host}:{self.server.bound_port}"
         self.membership = ClusterMembership(self.config.node_id, address, self.cluster)
         self.membership.subscribe(self._on_view)
+        joined_at = asyncio.get_running_loop().time()
         await self.membership.start(NodeState.JOINING)
         self._on_view(self.membership.view, self.membership.snapshot)
-        await self.placement.reconcile()  # load and warm what we will own
+        self.placement.start()
+        await self.placement.wait_phase(Phase.READY)  # our share of the future ring is warm
         self._report_load()
         await self.membership.set_state(NodeState.ACTIVE)
-        self.placement.start()
+        self.join_seconds = asyncio.get_running_loop().time() - joined_at
         self.runtime.tune_process()
         self._reporter = asyncio.create_task(self._report_loop(), name="load-reporter")
+
+    def start_drain(self) -> None:
+        """Begin draining in the background (the Admin call returns at once)."""
+        if self._drain_task is None:
+            self._drain_task = asyncio.create_task(self.drain(), name="drain")
+
+    async def drain(self) -> None:
+        """Leave the ring; successors load what we hold while we keep serving it; once
+        they have it warm and nothing is in flight here, deregister and stop."""
+        assert self.membership is not None
+        if self.draining.is_set():
+            return
+        self.draining.set()
+        log.info("%s: draining", self.config.node_id)
+        await self.membership.set_state(NodeState.DRAINING)
+        await self.placement.wait_phase(Phase.DRAINED)
+        log.info("%s: drained; leaving the cluster", self.config.node_id)
+        self.drained.set()
 
     def _report_load(self) -> None:
         assert self.membership is not None
@@ -123,10 +163,15 @@ class ClusterNode:
 
 
 async def serve_cluster(
-    config: NodeConfig, cluster: ClusterConfig, announce: Callable[[str], Any] = print
+    config: NodeConfig,
+    cluster: ClusterConfig,
+    announce: Callable[[str], Any] = print,
+    *,
+    admin_token: str | None = None,
+    artifact_store: Path | None = None,
 ) -> None:
-    """Run a cluster node until SIGINT/SIGTERM, then leave the cluster and exit."""
-    node = ClusterNode(config, cluster)
+    """Run a cluster node until SIGINT/SIGTERM or a finished drain, then leave and exit."""
+    node = ClusterNode(config, cluster, admin_token=admin_token, artifact_store=artifact_store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -142,7 +187,11 @@ async def serve_cluster(
             else ""
         )
     )
-    await stop.wait()
+    drained = asyncio.ensure_future(node.drained.wait())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({drained, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    drained.cancel()
+    stopped.cancel()
     announce(f"shardline node {config.node_id} leaving the cluster")
     await node.stop()
     announce(f"shardline node {config.node_id} stopped")

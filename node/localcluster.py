@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -62,9 +63,9 @@ def _alive(pid: int) -> bool:
 
 
 def start_node(
-    cluster: str, etcd_port: int, node_id: str, port: int, metrics_port: int, logs: Path
+    cluster: str, etcd_port: int, node_id: str, port: int, metrics_port: int, root: Path
 ) -> subprocess.Popen[bytes]:
-    log = (logs / f"{node_id}.log").open("ab")
+    log = (root / "logs" / f"{node_id}.log").open("ab")
     return subprocess.Popen(
         [
             sys.executable,
@@ -83,6 +84,10 @@ def start_node(
             str(metrics_port),
             "--cpu-threads",
             "1",
+            "--admin-token-file",
+            str(root / "admin-token"),
+            "--artifact-store",
+            str(root / "artifacts"),
         ],
         cwd=REPO,
         stdout=log,
@@ -165,6 +170,10 @@ def up(
         return 1
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    token_file = root / "admin-token"
+    if not token_file.exists():
+        token_file.write_text(secrets.token_urlsafe(24))
+        token_file.chmod(0o600)
     etcd = EtcdServer(data_dir=root / "etcd", durable=True, detach=detach)
     etcd.start()
     say(f"etcd on 127.0.0.1:{etcd.client_port} (data in {root / 'etcd'})")
@@ -176,7 +185,7 @@ def up(
     for i in range(1, nodes + 1):
         node_id = f"node-{i}"
         proc = start_node(cluster, etcd.client_port, node_id, base_port + i - 1,
-                          9400 + i, logs)  # fmt: skip
+                          9400 + i, root)  # fmt: skip
         procs.append(proc)
         state.nodes[node_id] = proc.pid
         state.ports[node_id] = base_port + i - 1
@@ -193,7 +202,9 @@ def up(
         f"  shardline predict payment_fraud --target {targets[0]} --user u42 "
         "--input amount=912.5 --input currency=USD --input country_mismatch=true "
         "--input account_age_days=3 --input tx_last_24h=9 --input card_present=false\n"
-        f"  shardline status --target {targets[-1]}"
+        f"  shardline status --target {targets[-1]}\n"
+        f"admin commands (deploy, objective set/rollback, node drain) read the token from "
+        f"{token_file}"
     )
     if detach:
         say(f"detached; stop it with: shardline down --cluster {cluster}")

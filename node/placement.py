@@ -1,11 +1,11 @@
-"""Placement on one node: load the workflows this node owns, unload the ones it no longer owns.
+"""Placement on one node: the I/O side of the handoff state machine (``router.handoff``).
 
-Reconciliation runs on every view or catalog change, one pass at a time. What this node
-should hold comes from the ring (``node.routing.ring_of``): while the node is
-``joining`` it computes the ring it *will* be part of, so it loads and warms its share
-before it turns ``active`` (make before break). A model it no longer owns is unloaded
-only once every current owner reports it warm, then its queued requests finish first.
-A load that fails is recorded (shown by ``shardline status``) and retried with backoff.
+On every view or catalog change (one pass at a time) the node asks ``handoff.step`` what
+to do and does it: load and warm the workflows it owns (while ``joining``: its share of
+the ring it will be part of), unload those it lost once their other owners have them
+warm, and report its phase — ``ready`` (a joiner may turn active) or ``drained`` (a
+draining node may leave). A load that fails is recorded (``shardline status`` shows it)
+and retried with exponential backoff; it does not hold up a join.
 """
 
 from __future__ import annotations
@@ -15,18 +15,30 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
-from membership.registry import NodeState
 from membership.snapshot import ClusterSnapshot
 from membership.view import MembershipView
-from node.routing import DEFAULT_REPLICAS, replicas_of, ring_of
 from node.runtime import NodeRuntime
+from router import handoff
+from router.handoff import Phase
 
 log = logging.getLogger("shardline.placement")
+DEFAULT_REPLICAS = handoff.DEFAULT_REPLICAS
 
 
-def artifact_path(doc: dict[str, object] | object) -> Path:
+def replicas_of(snapshot: ClusterSnapshot) -> dict[str, int]:
+    """Model key -> R from the catalog's workflow manifests (default 2)."""
+    out: dict[str, int] = {}
+    for key, doc in snapshot.workflows.items():
+        manifest = doc.get("manifest")
+        r = manifest.get("replicas", DEFAULT_REPLICAS) if isinstance(manifest, dict) else None
+        out[key] = r if isinstance(r, int) and not isinstance(r, bool) and r >= 1 else 2
+    return out
+
+
+def artifact_path(doc: Any) -> Path:
     """The local directory of a workflow document's ``artifact_uri`` (file:// or a path)."""
     uri = doc.get("artifact_uri") if isinstance(doc, dict) else None
     if not isinstance(uri, str) or not uri:
@@ -39,17 +51,7 @@ def artifact_path(doc: dict[str, object] | object) -> Path:
 
 def desired_models(node_id: str, view: MembershipView, snapshot: ClusterSnapshot) -> set[str]:
     """The model keys ``node_id`` should hold in this view (pure)."""
-    me = view.members.get(node_id)
-    if me is None or me.state is NodeState.DRAINING:
-        return set()
-    extra = (node_id,) if me.state is NodeState.JOINING else ()
-    ring = ring_of(view, extra)
-    replicas = replicas_of(snapshot)
-    return {
-        key
-        for key in snapshot.workflows
-        if node_id in ring.owners(key, replicas.get(key, DEFAULT_REPLICAS))
-    }
+    return handoff.desired(node_id, view, replicas_of(snapshot))
 
 
 @dataclass
@@ -68,7 +70,10 @@ class Placement:
     failures: dict[str, LoadFailure] = field(default_factory=dict)
     view: MembershipView = field(default_factory=MembershipView)
     snapshot: ClusterSnapshot = field(default_factory=ClusterSnapshot)
+    phase: Phase = Phase.GONE
+    load_seconds: dict[str, float] = field(default_factory=dict)
     _dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    _phase_changed: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
 
     def on_view(self, view: MembershipView, snapshot: ClusterSnapshot) -> None:
@@ -84,11 +89,18 @@ class Placement:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def wait_phase(self, *phases: Phase) -> Phase:
+        """Wait (on phase changes, no polling) until the phase is one of ``phases``."""
+        while self.phase not in phases:
+            event = self._phase_changed
+            await event.wait()
+        return self.phase
+
     async def _loop(self) -> None:
         while True:
             retry = min((f.retry_at for f in self.failures.values()), default=None)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(retry):  # None: no retry pending, wait for a change
+                async with asyncio.timeout_at(retry):  # None: wait for the next change
                     await self._dirty.wait()
             self._dirty.clear()
             try:
@@ -96,41 +108,53 @@ class Placement:
             except Exception:
                 log.exception("placement pass failed")
 
-    async def reconcile(self) -> None:
-        """One pass: load what is missing (warm), unload what moved away once covered."""
-        view, snapshot = self.view, self.snapshot
-        desired = desired_models(self.node_id, view, snapshot)
+    def _set_phase(self, phase: Phase) -> None:
+        if phase is not self.phase:
+            log.info("%s: placement phase %s -> %s", self.node_id, self.phase, phase)
+            self.phase = phase
+            event, self._phase_changed = self._phase_changed, asyncio.Event()
+            event.set()
+
+    async def reconcile(self) -> Phase:
+        """Passes until nothing is left to do now; returns the phase reached."""
+        while True:
+            replicas = replicas_of(self.snapshot)
+            s = handoff.step(
+                self.node_id, self.view, replicas, set(self.runtime.models), self.runtime.in_flight
+            )
+            loaded = await self._load(s.load)
+            for key in sorted(s.unload):
+                await self.runtime.unload_workflow(key)
+            for key in list(self.failures):
+                if key not in s.load:
+                    del self.failures[key]
+            phase = s.phase
+            if phase is Phase.JOINING and all(k in self.failures for k in s.load - loaded):
+                phase = Phase.READY  # what failed is retried later; it does not block the join
+            if not (loaded or s.unload):
+                self._set_phase(phase)
+                return phase
+
+    async def _load(self, keys: frozenset[str]) -> set[str]:
         loop = asyncio.get_running_loop()
-        for key in sorted(desired - set(self.runtime.models)):
+        done: set[str] = set()
+        for key in sorted(keys):
             failure = self.failures.get(key)
             if failure is not None and failure.retry_at > loop.time():
                 continue
-            doc = snapshot.workflows.get(key)
             try:
-                path = artifact_path(dict(doc) if doc is not None else None)
+                path = artifact_path(dict(self.snapshot.workflows.get(key) or {}))
                 started = loop.time()
                 await self.runtime.load_workflow(path, expect_key=key, warm=True)
+                self.load_seconds[key] = loop.time() - started
                 log.info("%s: loaded and warmed %s in %.2fs", self.node_id, key,
-                         loop.time() - started)  # fmt: skip
+                         self.load_seconds[key])  # fmt: skip
                 self.failures.pop(key, None)
+                done.add(key)
             except Exception as exc:
                 attempts = failure.attempts + 1 if failure else 1
                 delay = min(self.max_backoff_s, self.base_backoff_s * 2 ** (attempts - 1))
                 self.failures[key] = LoadFailure(str(exc), attempts, loop.time() + delay)
                 log.warning("%s: loading %s failed (attempt %d, retry in %.0fs): %s",
                             self.node_id, key, attempts, delay, exc)  # fmt: skip
-        for key in sorted(set(self.runtime.models) - desired):
-            if key not in snapshot.workflows or self._covered(key):
-                await self.runtime.unload_workflow(key)
-        for key in list(self.failures):
-            if key not in desired:
-                del self.failures[key]
-
-    def _covered(self, key: str) -> bool:
-        """Every other current owner of ``key`` reports it warm (safe to let go)."""
-        ring = ring_of(self.view)
-        owners = ring.owners(key, replicas_of(self.snapshot).get(key, DEFAULT_REPLICAS))
-        others = [o for o in owners if o != self.node_id]
-        return bool(others) and all(
-            o in self.view.members and key in self.view.members[o].models for o in others
-        )
+        return done

@@ -19,41 +19,22 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from membership.registry import NodeState
 from membership.snapshot import ClusterSnapshot
 from membership.view import MembershipView
-from node._proto.shardline.v1 import peer_pb2
-from node.errors import Overloaded, RequestError, Unavailable, error_for_status
+from node.errors import Overloaded, Unavailable, error_for_status
 from node.peers import PeerPool
+from node.placement import replicas_of
 from node.runtime import NodeRuntime
+from router import handoff
 from router.forward import MAX_HOPS, AttemptFailed, attempt_order, call_with_failover
+from router.handoff import ring_of
 from router.replica import ReplicaPolicy, choose_replica, rendezvous
-from router.ring import Ring, RingMember
+from router.ring import Ring
 from router.rules import Decision, RequestContext
 
 log = logging.getLogger("shardline.routing")
 
-DEFAULT_REPLICAS = 2
-
-
-def replicas_of(snapshot: ClusterSnapshot) -> dict[str, int]:
-    """Model key -> R from the catalog's workflow manifests (default 2)."""
-    out: dict[str, int] = {}
-    for key, doc in snapshot.workflows.items():
-        manifest = doc.get("manifest", {})
-        replicas = manifest.get("replicas", DEFAULT_REPLICAS) if isinstance(manifest, dict) else 2
-        out[key] = replicas if isinstance(replicas, int) and replicas >= 1 else DEFAULT_REPLICAS
-    return out
-
-
-def ring_of(view: MembershipView, extra: tuple[str, ...] = ()) -> Ring:
-    """The ring over the view's active members (plus ``extra`` members, e.g. a joiner)."""
-    members = {m.node_id: m.record.capacity for m in view.active()}
-    for node_id in extra:
-        member = view.members.get(node_id)
-        if member is not None:
-            members[node_id] = member.record.capacity
-    return Ring(RingMember(node_id, cap) for node_id, cap in members.items())
+DEFAULT_REPLICAS = handoff.DEFAULT_REPLICAS
 
 
 @dataclass(frozen=True)
@@ -93,15 +74,15 @@ class ClusterRouter:
         self.peers.retain({m.record.grpc_address for m in view.members.values()})
 
     def serving(self, model_key: str, owners: tuple[str, ...]) -> tuple[str, ...]:
-        """Owners that have ``model_key`` warm (all owners when none reports it yet)."""
+        """Where a request may go while keys move (``router.handoff.serving_candidates``)."""
         members = self.state.view.members
-        warm = tuple(
-            o
-            for o in owners
-            if (o == self.node_id and model_key in self.runtime.models)
-            or (o != self.node_id and o in members and model_key in members[o].models)
-        )
-        return warm or owners
+
+        def warm(node_id: str) -> bool:
+            if node_id == self.node_id:
+                return model_key in self.runtime.models
+            return node_id in members and model_key in members[node_id].models
+
+        return handoff.serving_candidates(model_key, owners, self.state.view, warm)
 
     def in_flight(self) -> dict[str, int]:
         counts = self.state.view.in_flight()
@@ -229,15 +210,4 @@ class ClusterRouter:
         )
 
 
-def parse_forward(raw: bytes) -> Any:
-    message = peer_pb2.ForwardRequest()
-    message.ParseFromString(raw)
-    return message
-
-
-def is_active(view: MembershipView, node_id: str) -> bool:
-    member = view.members.get(node_id)
-    return member is not None and member.state is NodeState.ACTIVE
-
-
-__all__ = ["ClusterRouter", "RequestError", "RoutingState", "parse_forward", "ring_of"]
+__all__ = ["ClusterRouter", "RoutingState"]

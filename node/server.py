@@ -29,6 +29,8 @@ from workflows.loader import discover_packages
 
 log = logging.getLogger("shardline.server")
 
+MAX_CONTROL_BYTES = 300 * 1024 * 1024  # a deployed package travels in one Admin message
+
 
 class InFlight:
     """Counts requests in flight; refuses new ones once draining."""
@@ -83,7 +85,10 @@ class NodeServer:
                 for path, handler in service.__mapping__().items()
             }
             wrapped.append(_Wrapped(mapping))
-        self.server = Server([*wrapped, Health()], codec=WireCodec(self.config.max_message_bytes))
+        self.server = Server(
+            [*wrapped, Health()],
+            codec=WireCodec(self.config.max_message_bytes, MAX_CONTROL_BYTES),
+        )
         self.bound_port = 0
         self.metrics_port: int | None = None
 

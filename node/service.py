@@ -36,13 +36,18 @@ class RawBytes:
 class WireCodec(CodecBase):
     """Protobuf codec for betterproto and upb messages alike, plus ``RawBytes`` passthrough.
 
-    Inbound messages above ``max_message_bytes`` are refused with INVALID_ARGUMENT.
+    Inbound data-plane messages (raw bytes: Predict, Forward) above ``max_message_bytes``
+    and control-plane messages (Admin: a deployed package) above ``max_control_bytes``
+    are refused with INVALID_ARGUMENT.
     """
 
     __content_subtype__ = "proto"
 
-    def __init__(self, max_message_bytes: int | None = None) -> None:
+    def __init__(
+        self, max_message_bytes: int | None = None, max_control_bytes: int | None = None
+    ) -> None:
         self.max_message_bytes = max_message_bytes
+        self.max_control_bytes = max_control_bytes
 
     def encode(self, message: Any, message_type: Any) -> bytes:
         if isinstance(message, bytes | bytearray | memoryview):
@@ -50,7 +55,7 @@ class WireCodec(CodecBase):
         return message.SerializeToString()  # type: ignore[no-any-return]
 
     def decode(self, data: bytes, message_type: Any) -> Any:
-        limit = self.max_message_bytes
+        limit = self.max_message_bytes if message_type is RawBytes else self.max_control_bytes
         if limit is not None and len(data) > limit:
             raise GRPCError(
                 Status.INVALID_ARGUMENT,

@@ -1,0 +1,255 @@
+"""``shardline.v1.Admin`` on every cluster node: drain, remove, deploy, objectives.
+
+Every call needs the cluster's admin token (``authorization: Bearer <token>``, compared
+in constant time); a node without a configured token refuses all admin calls. Writes
+go to the etcd catalog (validated before they store) and reach every node through its
+watch; while etcd is unreachable they fail with UNAVAILABLE and a clear message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
+
+from membership.catalog import CatalogConflict, CatalogError, ObjectiveRevision
+from membership.etcd import ControlPlaneUnavailable, node_key
+from node._proto.shardline import v1
+from node.artifacts import ArtifactError, ArtifactStore, unpack
+from node.catalog_ops import catalog
+from node.service import WireCodec
+from router.rules import ConfigError, ObjectiveConfig, OverrideNotAllowed, RequestContext, evaluate
+
+if TYPE_CHECKING:
+    from node.cluster_node import ClusterNode
+
+log = logging.getLogger("shardline.admin")
+
+
+def bearer(token: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")]
+
+
+def _info(name: str, rev: ObjectiveRevision) -> v1.ObjectiveRevisionInfo:
+    return v1.ObjectiveRevisionInfo(
+        name=name,
+        revision=rev.revision,
+        config_json=json.dumps(rev.config, sort_keys=True),
+        updated_at=rev.updated_at,
+        author=rev.author,
+    )
+
+
+class AdminService(v1.AdminBase):  # type: ignore[misc]
+    def __init__(self, node: ClusterNode, token: str | None, store: ArtifactStore | None) -> None:
+        self.node = node
+        self.token = token
+        self.store = store
+
+    # -- auth ------------------------------------------------------------------------------
+
+    def __mapping__(self) -> dict[str, Any]:
+        return {
+            path: handler._replace(func=self._authorized(handler.func))
+            for path, handler in super().__mapping__().items()
+        }
+
+    def _authorized(
+        self, func: Callable[[Stream[Any, Any]], Awaitable[None]]
+    ) -> Callable[[Stream[Any, Any]], Awaitable[None]]:
+        async def check(stream: Stream[Any, Any]) -> None:
+            if not self.token:
+                raise GRPCError(
+                    Status.PERMISSION_DENIED, "admin API disabled: no admin token on this node"
+                )
+            metadata: Any = stream.metadata or {}
+            given = metadata.get("authorization", "")
+            expected = f"Bearer {self.token}"
+            if not isinstance(given, str) or not hmac.compare_digest(
+                given.encode(), expected.encode()
+            ):
+                raise GRPCError(Status.PERMISSION_DENIED, "missing or wrong admin token")
+            try:
+                await func(stream)
+            except ControlPlaneUnavailable as exc:
+                raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
+            except CatalogConflict as exc:
+                raise GRPCError(Status.ABORTED, str(exc)) from None
+            except (CatalogError, ConfigError, ArtifactError) as exc:
+                raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+
+        return check
+
+    def _catalog(self) -> Any:
+        membership = self.node.membership
+        if membership is None or membership.client is None:
+            raise GRPCError(Status.UNAVAILABLE, "node is not connected to the control plane")
+        return catalog(membership.client, self.node.cluster.cluster)
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    async def drain_node(self, drain_node_request: v1.DrainNodeRequest) -> v1.DrainNodeResponse:
+        target = drain_node_request.node_id
+        if target == self.node.config.node_id:
+            self.node.start_drain()
+            return v1.DrainNodeResponse(message=f"{target} is draining")
+        member = self.node.router.state.view.members.get(target)
+        if member is None:
+            raise GRPCError(Status.NOT_FOUND, f"no live node {target!r} in the cluster view")
+        host, _, port = member.record.grpc_address.rpartition(":")
+        channel = Channel(host, int(port), codec=WireCodec())
+        try:
+            return await v1.AdminStub(channel).drain_node(
+                drain_node_request, timeout=10, metadata=bearer(self.token or "")
+            )
+        finally:
+            channel.close()
+
+    async def remove_node(self, remove_node_request: v1.RemoveNodeRequest) -> v1.RemoveNodeResponse:
+        node_id = remove_node_request.node_id
+        view = self.node.router.state.view
+        if node_id in view.members and not remove_node_request.force:
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                f"{node_id} is still alive in the view; drain it, or use --force",
+            )
+        membership = self.node.membership
+        assert membership is not None and membership.client is not None
+        deleted = await membership.client.delete(node_key(self.node.cluster.cluster, node_id))
+        return v1.RemoveNodeResponse(removed=bool(deleted and deleted.deleted))
+
+    # -- workflows -------------------------------------------------------------------------
+
+    async def deploy(self, deploy_request: v1.DeployRequest) -> v1.DeployResponse:
+        if self.store is None:
+            raise GRPCError(Status.FAILED_PRECONDITION, "this node has no artifact store")
+        store = self.store
+        with tempfile.TemporaryDirectory(prefix="shardline-deploy-") as tmp:
+            package = unpack(deploy_request.package_tar_gz, Path(tmp) / "pkg")
+            manifest, uri = await asyncio.to_thread(store.put, package)
+        doc = {"artifact_uri": uri, "manifest": manifest.to_dict()}
+        revision = await self._catalog().put_workflow(manifest.name, manifest.version, doc)
+        log.info("deployed %s to %s (revision %d)", manifest.model_key, uri, revision)
+        return v1.DeployResponse(model_key=manifest.model_key, artifact_uri=uri, revision=revision)
+
+    async def undeploy(self, undeploy_request: v1.UndeployRequest) -> v1.UndeployResponse:
+        key = undeploy_request.model_key
+        name, sep, version = key.partition("@")
+        if not sep:
+            raise GRPCError(
+                Status.INVALID_ARGUMENT, f"model_key: expected NAME@VERSION, got {key!r}"
+            )
+        users = sorted(
+            n for n, cfg in self.node.runtime.objectives.items() if key in cfg.model_keys()
+        )
+        if users:
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                f"{key} is still routed to by objective(s) {', '.join(users)}; change them first",
+            )
+        removed = await self._catalog().delete_workflow(name, version)
+        return v1.UndeployResponse(removed=removed)
+
+    # -- objectives ------------------------------------------------------------------------
+
+    async def set_objective(
+        self, set_objective_request: v1.SetObjectiveRequest
+    ) -> v1.ObjectiveRevisionInfo:
+        try:
+            raw = json.loads(set_objective_request.config_json)
+        except json.JSONDecodeError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"config_json: not JSON: {exc}") from None
+        config = ObjectiveConfig.from_dict(raw)
+        snapshot = self.node.membership.snapshot if self.node.membership else None
+        known = set(snapshot.workflows) if snapshot else set()
+        missing = sorted(config.model_keys() - known)
+        if missing:
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                f"objective {config.name} refers to models that are not deployed: "
+                + ", ".join(missing),
+            )
+        if not set_objective_request.force:
+            view = self.node.router.state.view
+            warm = {k for m in view.members.values() for k in m.models} | set(
+                self.node.runtime.models
+            )
+            cold = sorted(config.model_keys() - warm)
+            if cold:
+                failures = {
+                    k: f.message for k, f in self.node.placement.failures.items() if k in cold
+                }
+                detail = "; ".join(f"{k}: {e}" for k, e in failures.items())
+                raise GRPCError(
+                    Status.FAILED_PRECONDITION,
+                    f"objective {config.name} would route to models not warm on any node: "
+                    f"{', '.join(cold)}"
+                    + (f" (load failed: {detail})" if detail else "")
+                    + "; the current routing stays in place (--force to override)",
+                )
+        cat = self._catalog()
+        revision = await cat.set_objective(
+            config.name, config.to_dict(), author=set_objective_request.author
+        )
+        current = await cat.get_objective(config.name)
+        assert current is not None and current.revision == revision
+        return _info(config.name, current)
+
+    async def get_objective(
+        self, get_objective_request: v1.GetObjectiveRequest
+    ) -> v1.ObjectiveRevisionInfo:
+        name = get_objective_request.name
+        current = await self._catalog().get_objective(name)
+        if current is None:
+            raise GRPCError(Status.NOT_FOUND, f"no objective {name!r}")
+        return _info(name, current)
+
+    async def objective_history(
+        self, get_objective_request: v1.GetObjectiveRequest
+    ) -> v1.ObjectiveHistoryResponse:
+        name = get_objective_request.name
+        history = await self._catalog().objective_history(name)
+        if not history:
+            raise GRPCError(Status.NOT_FOUND, f"no objective {name!r}")
+        return v1.ObjectiveHistoryResponse(revisions=[_info(name, r) for r in history])
+
+    async def rollback_objective(
+        self, rollback_objective_request: v1.RollbackObjectiveRequest
+    ) -> v1.ObjectiveRevisionInfo:
+        req = rollback_objective_request
+        cat = self._catalog()
+        revision = await cat.rollback_objective(
+            req.name, req.to_revision or None, author="rollback"
+        )
+        current = await cat.get_objective(req.name)
+        assert current is not None and current.revision == revision
+        return _info(req.name, current)
+
+    async def explain(self, explain_request: v1.ExplainRequest) -> v1.ExplainResponse:
+        req = explain_request
+        config = self.node.runtime.objectives.get(req.objective)
+        if config is None:
+            raise GRPCError(Status.NOT_FOUND, f"unknown objective {req.objective!r}")
+        ctx = RequestContext(
+            user_id=req.user_id, country=req.country, device=req.device, surface=req.surface,
+            attributes=dict(req.attributes),
+        )  # fmt: skip
+        try:
+            d = evaluate(config, ctx, req.model_override or None)
+        except OverrideNotAllowed as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"model_override: {exc}") from None
+        state = self.node.router.state
+        return v1.ExplainResponse(
+            model_key=d.model_key, cell=d.cell, shadows=list(d.shadows), reason=d.reason,
+            revision=state.view.revision, owners=list(state.owners(d.model_key)),
+        )  # fmt: skip

@@ -1,0 +1,131 @@
+"""Join and drain without a failed request: the handoff protocol as a pure state machine.
+
+Every node runs ``step`` on each new view (the placement actor does the I/O it asks for);
+the router asks ``serving_candidates`` where a request may go while keys move.
+
+Join (make before break): a ``joining`` node computes the ring it *will* be part of
+(the active members plus itself), loads and warms its share, and only then asks to turn
+``active``. Until then it is not on anyone's ring, so nothing is routed to it cold.
+
+Drain: a ``draining`` node is off the ring at once, so new owners (successors) load its
+keys; meanwhile requests keep going to whoever holds the key warm — the other replica or
+the draining node itself. The draining node lets a key go only when every current owner
+reports it warm, and leaves (deregisters, exits) once it holds nothing and has no
+request in flight. An active node that lost a key to a joiner lets it go the same way.
+
+Pure: views in, actions out; no clock, no I/O (reused by the simulator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Set
+from dataclasses import dataclass
+from enum import StrEnum
+
+from membership.registry import NodeState
+from membership.view import MembershipView
+from router.ring import Ring, RingMember
+
+DEFAULT_REPLICAS = 2
+
+
+class Phase(StrEnum):
+    JOINING = "joining"  # loading its future share
+    READY = "ready"  # joining, share warm: may turn active
+    ACTIVE = "active"
+    DRAINING = "draining"  # successors loading; still serving what it holds
+    DRAINED = "drained"  # holds nothing, nothing in flight: may deregister and exit
+    GONE = "gone"  # not in the view
+
+
+def ring_of(view: MembershipView, extra: tuple[str, ...] = ()) -> Ring:
+    """The ring over the view's active members (plus ``extra``, e.g. a joiner's own id)."""
+    capacity = {m.node_id: m.record.capacity for m in view.active()}
+    for node_id in extra:
+        member = view.members.get(node_id)
+        if member is not None:
+            capacity[node_id] = member.record.capacity
+    return Ring(RingMember(node_id, cap) for node_id, cap in capacity.items())
+
+
+def owned(node_id: str, ring: Ring, replicas: Mapping[str, int]) -> set[str]:
+    return {k for k, r in replicas.items() if node_id in ring.owners(k, r)}
+
+
+def desired(node_id: str, view: MembershipView, replicas: Mapping[str, int]) -> set[str]:
+    """The model keys ``node_id`` should hold in ``view`` (its future share while joining)."""
+    me = view.members.get(node_id)
+    if me is None or me.state is NodeState.DRAINING:
+        return set()
+    extra = (node_id,) if me.state is NodeState.JOINING else ()
+    return owned(node_id, ring_of(view, extra), replicas)
+
+
+def warm_on(view: MembershipView, node_id: str, key: str) -> bool:
+    member = view.members.get(node_id)
+    return member is not None and key in member.models
+
+
+def releasable(node_id: str, key: str, view: MembershipView, replicas: Mapping[str, int]) -> bool:
+    """May ``node_id`` let ``key`` go? Only when every current owner (but itself) has it warm."""
+    owners = [o for o in ring_of(view).owners(key, replicas.get(key, DEFAULT_REPLICAS))]
+    others = [o for o in owners if o != node_id]
+    if not others:
+        return key not in replicas  # no owner left at all: keep it unless it was undeployed
+    return all(warm_on(view, o, key) for o in others)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the placement actor should do next (all sets are model keys)."""
+
+    phase: Phase
+    load: frozenset[str] = frozenset()
+    unload: frozenset[str] = frozenset()
+
+
+def step(
+    node_id: str,
+    view: MembershipView,
+    replicas: Mapping[str, int],
+    loaded: Set[str],
+    in_flight: int,
+) -> Step:
+    """The next handoff step for ``node_id`` given what it holds and serves right now."""
+    me = view.members.get(node_id)
+    if me is None:
+        return Step(Phase.GONE)
+    want = desired(node_id, view, replicas)
+    load = frozenset(want - set(loaded))
+    unload = frozenset(
+        k for k in set(loaded) - want if k not in replicas or releasable(node_id, k, view, replicas)
+    )
+    if me.state is NodeState.JOINING:
+        return Step(Phase.READY if not load else Phase.JOINING, load, frozenset())
+    if me.state is NodeState.DRAINING:
+        left = set(loaded) - unload
+        if not left and in_flight == 0:
+            return Step(Phase.DRAINED, frozenset(), unload)
+        return Step(Phase.DRAINING, frozenset(), unload)
+    return Step(Phase.ACTIVE, load, unload)
+
+
+def serving_candidates(
+    key: str,
+    owners: tuple[str, ...],
+    view: MembershipView,
+    is_warm: Callable[[str], bool],
+) -> tuple[str, ...]:
+    """Where a request for ``key`` may go, best first.
+
+    The ring's owners that hold it warm; while keys move (a drain, a crash, a join
+    settling) any live member still holding it warm; only when nobody does, the owners
+    themselves (a cold owner answers UNAVAILABLE and the request fails over).
+    """
+    warm = tuple(o for o in owners if is_warm(o))
+    if warm:
+        return warm
+    holders = tuple(
+        node_id for node_id in sorted(view.members) if is_warm(node_id) and node_id not in owners
+    )
+    return holders or owners
