@@ -100,6 +100,8 @@ class GossipAgent:
         self.rejected_packets = 0
         self.received_packets = 0
         self.sent_packets = 0
+        self.packet_observer: Callable[[str, int, str], None] | None = None
+        """Called with (direction: sent|received|rejected, size in bytes, message kind)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -241,16 +243,25 @@ class GossipAgent:
             msg = decode(data, self.config.cluster, self.config.max_packet_bytes)
         except GossipDecodeError as exc:
             self.rejected_packets += 1
+            self._observe("rejected", len(data), "")
             logger.debug(
                 "gossip %s dropped a datagram from %s: %s", self.node_id, from_address, exc
             )
             return
         self.received_packets += 1
+        self._observe("received", len(data), type(msg).__name__.lower())
         try:
             self._dispatch(self._swim.on_message(msg, from_address, self._now()))
         except Exception:  # a bug, not a bad packet: log it and keep serving
             logger.exception("gossip %s failed on a message from %s", self.node_id, from_address)
         self._wake.set()
+
+    def _observe(self, direction: str, size: int, kind: str) -> None:
+        if self.packet_observer is not None:
+            try:
+                self.packet_observer(direction, size, kind)
+            except Exception:
+                logger.exception("gossip packet observer failed")
 
     def _dispatch(self, effects: list[Effect]) -> None:
         for effect in effects:
@@ -290,6 +301,7 @@ class GossipAgent:
             task.add_done_callback(self._resolving.discard)
             return
         self.sent_packets += 1
+        self._observe("sent", len(data), type(effect.message).__name__.lower())
         transport.sendto(data, target)
 
     async def _resolve_and_send(self, host: str, port: int, data: bytes) -> None:

@@ -84,6 +84,19 @@ def main(log_level: str) -> None:
     default=None,
     help="Cluster mode: directory where `shardline deploy` stores packages.",
 )
+@click.option(
+    "--predlog-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write sampled predictions as JSON Lines here (off by default).",
+)
+@click.option(
+    "--predlog-rate",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="Default share of predictions logged (objectives may set their own).",
+)
 def serve(
     standalone: bool,
     etcd: str | None,
@@ -100,6 +113,8 @@ def serve(
     cpu_threads: int | None,
     admin_token_file: Path | None,
     artifact_store: Path | None,
+    predlog_dir: str | None,
+    predlog_rate: float,
 ) -> None:
     """Run a node until Ctrl-C (then it drains in-flight requests and exits)."""
     from membership.etcd import ControlPlaneUnavailable
@@ -109,7 +124,7 @@ def serve(
     try:
         config = NodeConfig(
             node_id=node_id, host=host, port=port, metrics_port=metrics_port,
-            cpu_threads=cpu_threads,
+            cpu_threads=cpu_threads, predlog_dir=predlog_dir, predlog_rate=predlog_rate,
         )  # fmt: skip
         if standalone:
             from node.server import serve_standalone

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,7 @@ class ClusterNode:
                     DirectoryStore(artifact_store) if artifact_store is not None else None,
                 ),
             ],
+            ready=self.readiness,
         )
         self.membership: ClusterMembership | None = None
         self.draining = asyncio.Event()
@@ -93,21 +95,65 @@ class ClusterNode:
         self.join_seconds = 0.0
         self._drain_task: asyncio.Task[None] | None = None
         self._objectives_revision = -1
+        self._objective_revisions: dict[str, object] = {}
         self._reporter: asyncio.Task[None] | None = None
+
+    def readiness(self) -> tuple[bool, str]:
+        """/readyz: registered, active, not draining, and the owned workflows warm."""
+        if self.draining.is_set():
+            return False, "draining"
+        if self.membership is None or self.membership.registration is None:
+            return False, "not registered"
+        me = self.membership.view.members.get(self.config.node_id)
+        if me is None or me.state is not NodeState.ACTIVE:
+            return False, f"state {me.state.value if me else 'unregistered'}"
+        if self.placement.phase is not Phase.ACTIVE:
+            return False, f"placement {self.placement.phase.value}"
+        return True, f"ready: active, {len(self.runtime.models)} models warm"
 
     def _on_view(self, view: MembershipView, snapshot: ClusterSnapshot) -> None:
         if snapshot.revision != self._objectives_revision:
             self._objectives_revision = snapshot.revision
+            self._observe_objective_lag(snapshot)
             self.runtime.set_objectives(objectives_of(snapshot))
             self.runtime.catalog_manifests = manifests_of(snapshot)
+            self.runtime.metrics.catalog_revision.set(snapshot.revision)
         self.router.on_view(view, snapshot)
         self.placement.on_view(view, snapshot)
 
+    def _observe_objective_lag(self, snapshot: ClusterSnapshot) -> None:
+        """Write time -> applied here, for objective documents that changed."""
+        now = datetime.now(UTC)
+        for name, doc in snapshot.objectives.items():
+            seen = self._objective_revisions.get(name)
+            revision = doc.get("revision")
+            if seen is not None and revision != seen:
+                try:
+                    written = datetime.fromisoformat(str(doc.get("updated_at")))
+                    lag = (now - written).total_seconds()
+                    self.runtime.metrics.watch_lag_seconds.observe(max(0.0, lag))
+                except ValueError:
+                    pass
+            self._objective_revisions[name] = revision
+
+    def _observe_gossip(self, direction: str, size: int, kind: str) -> None:
+        metrics = self.runtime.metrics
+        metrics.gossip_packets.labels(direction).inc()
+        metrics.gossip_packet_bytes.labels(direction).observe(size)
+        if direction == "sent":
+            metrics.gossip_probes.labels(kind).inc()
+
     async def start(self) -> None:
+        await self.runtime.start_prediction_log()
         await self.server.start()
         address = f"{self.config.host}:{self.server.bound_port}"
         self.membership = ClusterMembership(self.config.node_id, address, self.cluster)
         self.membership.subscribe(self._on_view)
+        self.membership.gossip.packet_observer = self._observe_gossip
+        transitions = self.runtime.metrics.member_transitions
+        self.membership.gossip.subscribe(
+            lambda change: transitions.labels(change.member.state.value).inc()
+        )
         joined_at = asyncio.get_running_loop().time()
         await self.membership.start(NodeState.JOINING)
         self._on_view(self.membership.view, self.membership.snapshot)

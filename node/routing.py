@@ -68,9 +68,19 @@ class ClusterRouter:
     def on_view(self, view: MembershipView, snapshot: ClusterSnapshot) -> None:
         """Swap in the routing state for a new view (ring rebuilt only when members change)."""
         ring = ring_of(view)
+        replicas = replicas_of(snapshot)
         if ring == self.state.ring:
             ring = self.state.ring  # keep the memoized owners
-        self.state = RoutingState(view, ring, MappingProxyType(replicas_of(snapshot)))
+        elif len(self.state.ring) or len(ring):
+            metrics = self.runtime.metrics
+            metrics.ring_changes.inc()
+            moved = sum(
+                set(self.state.ring.owners(k, r)) != set(ring.owners(k, r))
+                for k, r in replicas.items()
+            )
+            metrics.keys_moved.inc(moved)
+        self.state = RoutingState(view, ring, MappingProxyType(replicas))
+        self.runtime.set_active_nodes(len(ring))
         self.peers.retain({m.record.grpc_address for m in view.members.values()})
 
     def serving(self, model_key: str, owners: tuple[str, ...]) -> tuple[str, ...]:
@@ -110,7 +120,7 @@ class ClusterRouter:
         decision: Decision,
         timeout_s: float,
         started: float,
-    ) -> bytes:
+    ) -> tuple[bytes, str]:
         key = decision.model_key
         owners = self.state.owners(key)
         if not owners:
@@ -134,11 +144,16 @@ class ClusterRouter:
         timeout_s: float,
         started: float,
         context: RequestContext | None,
-    ) -> bytes:
+    ) -> tuple[bytes, str]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        tried: list[str] = []
+        metrics = self.runtime.metrics
 
         async def call(node_id: str) -> bytes:
+            if tried:
+                metrics.failovers.labels(key).inc()
+            tried.append(node_id)
             remaining = deadline - loop.time()
             if node_id == self.node_id:
                 try:
@@ -151,17 +166,26 @@ class ClusterRouter:
             member = self.state.view.members.get(node_id)
             if member is None:
                 raise AttemptFailed(node_id, "UNAVAILABLE", "not in the membership view")
-            return await self.peers.forward(
-                node_id, member.record.grpc_address, raw, model_key=key, cell=cell, hops=hops,
-                ingress_node=self.node_id, timeout_s=remaining,
-            )  # fmt: skip
+            try:
+                answer = await self.peers.forward(
+                    node_id, member.record.grpc_address, raw, model_key=key, cell=cell,
+                    hops=hops, ingress_node=self.node_id, timeout_s=remaining,
+                )  # fmt: skip
+            except AttemptFailed as exc:
+                metrics.forwards.labels(node_id, exc.status).inc()
+                raise
+            metrics.forwards.labels(node_id, "OK").inc()
+            return answer
 
         try:
-            return await call_with_failover(attempts, call, lambda: deadline - loop.time())
+            answer = await call_with_failover(attempts, call, lambda: deadline - loop.time())
         except AttemptFailed as exc:
             if exc.status == "INVALID_ARGUMENT":  # already names the field: pass it on as is
                 raise error_for_status(exc.status, exc.message) from None
             raise error_for_status(exc.status, f"{key} on {exc.node_id}: {exc.message}") from None
+        if len(tried) > 1:
+            return answer, "failover"
+        return answer, "served" if tried[0] == self.node_id else "forwarded"
 
     def _shadow(self, key: str, context: RequestContext, raw: bytes) -> None:
         owners = self.serving(key, self.state.owners(key))
@@ -205,9 +229,10 @@ class ClusterRouter:
         )
         if not others:
             raise Unavailable(f"{key} is not loaded on {self.node_id} and no other owner has it")
-        return await self._run(
+        answer, _ = await self._run(
             message.request, key, message.cell, others[:1], hops + 1, timeout_s, started, None
         )
+        return answer
 
 
 __all__ = ["ClusterRouter", "RoutingState"]

@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +32,7 @@ from node.actors import (
     MailboxFullError,
     RestartPolicy,
 )
+from node.admission import AdmissionController, ObjectiveLimits, per_node, should_shed
 from node.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -43,6 +44,7 @@ from node.errors import (
 from node.inputs import InputDecoder
 from node.metrics import NodeMetrics
 from node.model_actor import Job, JobResult, ModelActor
+from node.predlog import JsonlFileSink, PredictionLog, PredictionLogConfig, PredictionRecord
 from router.rules import Decision, ObjectiveConfig, OverrideNotAllowed, RequestContext, evaluate
 from workflows.devices import DeviceExecutors
 from workflows.loader import LoadedWorkflow, load_package
@@ -67,6 +69,11 @@ class NodeConfig:
     # back between their small ops. Python's 5 ms default made batches wait on the GIL
     # (bench/serving.py: 1 ms took the node from ~3.8k to ~5.3k req/s in process).
     gil_switch_interval_s: float = 0.001
+    # Queue budget: refuse (RESOURCE_EXHAUSTED) rather than queue more than this much work.
+    max_queue_wait_s: float = 0.25
+    # Prediction log: JSON Lines under this directory (None: off), default sample rate.
+    predlog_dir: str | None = None
+    predlog_rate: float = 0.01
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -105,7 +112,11 @@ def context_of(message: Any) -> RequestContext:
 
 
 class Router(Protocol):
-    """Where a decided request runs: here (standalone) or on an owner (cluster)."""
+    """Where a decided request runs: here (standalone) or on an owner (cluster).
+
+    Returns the answer and its path: ``served`` (here), ``forwarded`` (by the first owner
+    tried elsewhere) or ``failover`` (by the next owner after a retryable failure).
+    """
 
     async def route(
         self,
@@ -114,7 +125,7 @@ class Router(Protocol):
         decision: Decision,
         timeout_s: float,
         started: float,
-    ) -> bytes: ...
+    ) -> tuple[bytes, str]: ...
 
 
 class NodeRuntime:
@@ -130,9 +141,17 @@ class NodeRuntime:
         self._shadow_tasks: set[asyncio.Future[None]] = set()
         self.router: Router = LocalRouter(self)
         self.in_flight = 0
+        """Requests executing on this node's model actors (what gossip reports as load)."""
         self.catalog_manifests: Mapping[str, WorkflowManifest] = {}
         """Cluster mode: every model key's manifest from the catalog (loaded here or not)."""
-        """Requests executing on this node's model actors (what gossip reports as load)."""
+        self.admission = AdmissionController({}, 0.0)
+        self.active_nodes = 1
+        self.item_seconds: dict[str, float] = {}
+        """EWMA of a model's service time per request (batch time / batch size)."""
+        self.predlog: PredictionLog | None = None
+        self.metrics.watch_queues(
+            lambda: [(k, m.ref.mailbox_depth) for k, m in list(self.models.items())]
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -144,7 +163,11 @@ class NodeRuntime:
         With ``warm``, one real batch (the workflow's example request) runs through the
         actor before the model is offered to requests.
         """
-        loaded = await asyncio.to_thread(load_package, package_dir)
+        try:
+            loaded = await asyncio.to_thread(load_package, package_dir)
+        except Exception:
+            self.metrics.loads.labels(expect_key or str(package_dir.name), "error").inc()
+            raise
         key = loaded.manifest.model_key
         if expect_key is not None and key != expect_key:
             raise ValueError(f"{package_dir} holds {key}, not {expect_key}")
@@ -154,7 +177,7 @@ class NodeRuntime:
             )
         ref: ActorRef[Job] = await self.system.spawn(
             f"model:{key}",
-            lambda: ModelActor(loaded, self.executors, observer=self.metrics.observe_batch),
+            lambda: ModelActor(loaded, self.executors, observer=self._observe_batch),
             mailbox_size=loaded.manifest.batching.queue_capacity,
             restart=RestartPolicy(),
         )
@@ -166,8 +189,10 @@ class NodeRuntime:
                 await self._ask(model, job, self.config.default_deadline_s)
             except BaseException:
                 await self.system.stop(ref, drain=False)
+                self.metrics.loads.labels(key, "error").inc()
                 raise
         self.models[key] = model
+        self.metrics.loads.labels(key, "ok").inc()
         log.info("loaded %s on %s from %s", key, loaded.device, package_dir)
         return model
 
@@ -177,15 +202,13 @@ class NodeRuntime:
         if model is None:
             return
         await self.system.stop(model.ref, drain=True, timeout_s=timeout_s)
+        self.metrics.unloads.labels(key).inc()
+        self.item_seconds.pop(key, None)
         log.info("unloaded %s", key)
 
     def manifest_of(self, model_key: str) -> WorkflowManifest | None:
         model = self.models.get(model_key)
         return model.manifest if model is not None else self.catalog_manifests.get(model_key)
-
-    def set_objectives(self, objectives: Mapping[str, ObjectiveConfig]) -> None:
-        """Swap the objective configs atomically (one reference assignment)."""
-        self.objectives = dict(objectives)
 
     def missing_models(self) -> dict[str, list[str]]:
         """Objective -> model keys it references that this node has not loaded."""
@@ -203,7 +226,19 @@ class NodeRuntime:
         gc.freeze()
         sys.setswitchinterval(self.config.gil_switch_interval_s)
 
+    async def start_prediction_log(self) -> None:
+        if self.config.predlog_dir is None:
+            return
+        sink = JsonlFileSink(Path(self.config.predlog_dir), prefix=self.config.node_id)
+        self.predlog = PredictionLog(
+            PredictionLogConfig(default_rate=self.config.predlog_rate), sink
+        )
+        self.set_objectives(self.objectives)  # per-objective rates
+        await self.predlog.start()
+
     async def stop(self, timeout_s: float = 10.0) -> None:
+        if self.predlog is not None:
+            await self.predlog.stop()
         await self.system.shutdown(timeout_s=timeout_s)
         for task in list(self._shadow_tasks):
             task.cancel()
@@ -224,18 +259,56 @@ class NodeRuntime:
         except DecodeError:
             raise InvalidArgument("request", "not a valid shardline.v1.PredictRequest") from None
         objective = head.objective
-        labels = [objective or "-", "-", "-"]
+        labels = [objective or "-", "-", "-", "OK", "-"]
+        admitted = False
         try:
             context, decision = self.resolve(head)
             labels[1], labels[2] = decision.model_key, decision.cell
+            rejection = self.admission.admit(objective, time.monotonic())
+            if rejection is not None:  # before any input is decoded
+                self.metrics.shed.labels(objective, rejection.reason).inc()
+                raise Overloaded(rejection.message)
+            admitted = True
             timeout = self.config.default_deadline_s if timeout_s is None else timeout_s
-            response = await self.router.route(raw, context, decision, timeout, started)
+            response, labels[4] = await self.router.route(raw, context, decision, timeout, started)
         except RequestError as exc:
-            self.metrics.requests.labels(*labels, exc.status.name).inc()
+            labels[3] = exc.status.name
             raise
-        self.metrics.requests.labels(*labels, "OK").inc()
-        self.metrics.request_seconds.labels(objective).observe(time.perf_counter() - started)
+        finally:
+            if admitted:
+                self.admission.release(objective)
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.request_seconds.labels(*labels).observe(time.perf_counter() - started)
         return response
+
+    def set_objectives(self, objectives: Mapping[str, ObjectiveConfig]) -> None:
+        """Swap the objective configs atomically; limits and log rates follow them."""
+        self.objectives = dict(objectives)
+        self._apply_limits()
+        if self.predlog is not None:
+            rates = {
+                n: c.prediction_log_rate
+                for n, c in self.objectives.items()
+                if c.prediction_log_rate is not None
+            }
+            self.predlog.config = replace(self.predlog.config, rates=rates)
+
+    def set_active_nodes(self, count: int) -> None:
+        """Cluster-wide limits are divided across this many active nodes."""
+        if count != self.active_nodes:
+            self.active_nodes = max(1, count)
+            self._apply_limits()
+
+    def _apply_limits(self) -> None:
+        limits = {
+            name: per_node(
+                ObjectiveLimits(c.limits.max_concurrency, c.limits.rate_per_s, c.limits.burst),
+                self.active_nodes,
+            )
+            for name, c in self.objectives.items()
+            if c.limits is not None
+        }
+        self.admission.set_limits(limits, time.monotonic())
 
     def resolve(self, head: Any) -> tuple[RequestContext, Decision]:
         """Objective config + request context -> model key, cell and shadows (pure rules)."""
@@ -272,14 +345,77 @@ class NodeRuntime:
             request.ParseFromString(raw)
         except DecodeError:
             raise InvalidArgument("request", "not a valid shardline.v1.PredictRequest") from None
+        self._shed_if_late(model, request.objective, timeout_s)
         inputs = model.inputs.decode(request.inputs)
-        job = Job(context or context_of(request), inputs, request.synthetic)
+        job = Job(context or context_of(request), inputs, request.synthetic or cell == "shadow")
         self.in_flight += 1
         try:
             result = await self._ask(model, job, timeout_s)
         finally:
             self.in_flight -= 1
-        return self._encode(request, model_key, cell, result, started, hops)
+        answer = self._encode(request, model_key, cell, result, started, hops)
+        if self.predlog is not None and self.predlog.sampled(request.objective, request.request_id):
+            self._log_prediction(request, job, model_key, cell, result, started)
+        return answer
+
+    def _shed_if_late(self, model: LoadedModel, objective: str, timeout_s: float) -> None:
+        """Refuse before queueing when the queue ahead cannot be served in time: the
+        expected wait (queue depth x per-request service time) is over the queue budget,
+        or wait plus service would overrun the request's deadline."""
+        key = model.manifest.model_key
+        per_item = self.item_seconds.get(key, 0.0)
+        depth = model.ref.mailbox_depth
+        wait = depth * per_item
+        batch = model.manifest.batching.max_batch_size * per_item
+        if should_shed(timeout_s, wait, batch):
+            self.metrics.shed.labels(objective, "deadline").inc()
+            raise DeadlineExceeded(
+                f"{key}: {depth} requests queued (~{wait * 1000:.0f} ms) cannot be served "
+                f"within the {timeout_s * 1000:.0f} ms left; shed before doing the work"
+            )
+        if wait > self.config.max_queue_wait_s and depth >= model.manifest.batching.max_batch_size:
+            self.metrics.shed.labels(objective, "queue").inc()
+            raise Overloaded(
+                f"{key}: overloaded ({depth} requests queued, ~{wait * 1000:.0f} ms of work); "
+                "retry later"
+            )
+
+    def _observe_batch(self, key: str, size: int, queue_s: float, compute_s: float) -> None:
+        self.metrics.observe_batch(key, size, queue_s, compute_s)
+        per_item = compute_s / max(1, size)
+        old = self.item_seconds.get(key)
+        self.item_seconds[key] = per_item if old is None else old + 0.2 * (per_item - old)
+
+    def _log_prediction(
+        self, request: Any, job: Job, key: str, cell: str, result: JobResult, started: float
+    ) -> None:
+        assert self.predlog is not None
+        t = result.timing
+        try:
+            record = PredictionRecord(
+                request_id=request.request_id,
+                node_id=self.config.node_id,
+                timestamp_s=time.time(),
+                objective=request.objective,
+                model_key=key,
+                cell=cell,
+                user_id=job.context.user_id,
+                country=job.context.country,
+                device=job.context.device,
+                surface=job.context.surface,
+                attributes=dict(request.context.attributes),
+                outputs=result.outputs,
+                timings_ms={
+                    "queue": t.queue_ms, "preprocess": t.preprocess_ms, "compute": t.compute_ms,
+                    "postprocess": t.postprocess_ms, "batch_size": float(t.batch_size),
+                    "total": (time.perf_counter() - started) * 1000.0,
+                },
+                synthetic=job.synthetic,
+            )  # fmt: skip
+        except (TypeError, ValueError) as exc:
+            log.debug("prediction not logged: %s", exc)
+            return
+        self.predlog.offer(record)
 
     async def _ask(self, model: LoadedModel, job: Job, timeout_s: float) -> JobResult:
         key = model.manifest.model_key
@@ -387,10 +523,10 @@ class LocalRouter:
         decision: Decision,
         timeout_s: float,
         started: float,
-    ) -> bytes:
+    ) -> tuple[bytes, str]:
         for key in decision.shadows:
             self.runtime.start_local_shadow(key, context, raw)
-        return await self.runtime.execute(
+        answer = await self.runtime.execute(
             raw,
             decision.model_key,
             decision.cell,
@@ -399,3 +535,4 @@ class LocalRouter:
             started=started,
             context=context,
         )
+        return answer, "served"

@@ -22,6 +22,7 @@ from grpclib.server import Server, Stream
 from prometheus_client import Gauge
 
 from node.describe import describe
+from node.metrics import Readiness
 from node.runtime import NodeConfig, NodeRuntime
 from node.service import ClusterService, InferenceService, WireCodec
 from router.rules import load_objective_file, load_objectives_dir
@@ -74,7 +75,13 @@ class _Wrapped:
 
 
 class NodeServer:
-    def __init__(self, runtime: NodeRuntime, services: Sequence[Any] = ()) -> None:
+    def __init__(
+        self,
+        runtime: NodeRuntime,
+        services: Sequence[Any] = (),
+        ready: Readiness | None = None,
+    ) -> None:
+        self.ready = ready
         self.runtime = runtime
         self.config = runtime.config
         self.in_flight = InFlight(runtime.metrics.in_flight)
@@ -99,7 +106,7 @@ class NodeServer:
         self.bound_port = sockets[0].getsockname()[1] if sockets else self.config.port
         if self.config.metrics_port is not None:
             self.metrics_port = self.runtime.metrics.serve_http(
-                self.config.host, self.config.metrics_port
+                self.config.host, self.config.metrics_port, self.ready
             )
 
     async def stop(self, grace_s: float = 10.0) -> None:
@@ -155,7 +162,12 @@ async def serve_standalone(
 ) -> None:
     """Run a standalone node until SIGINT/SIGTERM, then drain and exit."""
     runtime = await build_standalone(config, workflows_dir, objectives_path)
-    node = NodeServer(runtime, [ClusterService(lambda: describe(runtime))])
+    await runtime.start_prediction_log()
+    node = NodeServer(
+        runtime,
+        [ClusterService(lambda: describe(runtime))],
+        ready=lambda: (True, f"ready: {len(runtime.models)} models loaded"),
+    )
     await node.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -23,6 +23,13 @@ Rings are immutable. `owners` is on the hot path, so a ring memoizes each (key, 
 (a dict lookup after the first call); the keys are model keys, a bounded set, and a view
 change builds a new ring anyway. Rings compare and hash by membership (ids and
 capacities), so a caller can keep its ring when a new view has the same active members.
+
+Building the continuum is not cheap (about 35 ms for 100 capacity-1 members: 16 000 md5
+points), and callers build rings freely (the handoff state machine builds one per pass and
+one per key it considers releasing, on every view change). So equal member sets share one
+continuum and one owners memo: the last ``CONTINUUM_CACHE_SIZE`` distinct member sets are
+kept, and a ring over a recent member set costs a dict lookup. Sharing is safe because
+both are pure functions of the (id, weight) pairs.
 """
 
 from __future__ import annotations
@@ -35,6 +42,10 @@ from uhashring import HashRing
 
 WEIGHT_SCALE = 10  # ring weight units per unit of capacity
 VNODES_PER_WEIGHT = 16  # ring points per weight unit: 160 for a capacity-1 member
+CONTINUUM_CACHE_SIZE = 64  # distinct member sets whose continuum (and owners memo) is kept
+
+_Continuum = tuple[HashRing, dict[tuple[str, int], tuple[str, ...]]]
+_continuums: dict[tuple[tuple[str, int], ...], _Continuum] = {}
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,21 @@ class RingMember:
         return max(1, round(self.capacity * WEIGHT_SCALE))
 
 
+def _continuum(members: tuple[RingMember, ...]) -> _Continuum:
+    """The (shared) uhashring continuum and owners memo of a sorted member tuple."""
+    spec = tuple((m.node_id, m.weight) for m in members)
+    found = _continuums.get(spec)
+    if found is None:
+        hash_ring = HashRing(
+            nodes={node_id: {"weight": w, "vnodes": VNODES_PER_WEIGHT} for node_id, w in spec}
+        )
+        found = (hash_ring, {})
+        while len(_continuums) >= CONTINUUM_CACHE_SIZE:
+            del _continuums[next(iter(_continuums))]  # the oldest entry
+        _continuums[spec] = found
+    return found
+
+
 class Ring:
     """An immutable consistent hash ring over a set of members (see the module docstring)."""
 
@@ -79,12 +105,7 @@ class Ring:
         self._members = tuple(by_id[node_id] for node_id in sorted(by_id))
         self._identity = frozenset((m.node_id, m.capacity) for m in self._members)
         # Insertion in id order: the continuum does not depend on the caller's order.
-        self._hash_ring = HashRing(
-            nodes={
-                m.node_id: {"weight": m.weight, "vnodes": VNODES_PER_WEIGHT} for m in self._members
-            }
-        )
-        self._cache: dict[tuple[str, int], tuple[str, ...]] = {}
+        self._hash_ring, self._cache = _continuum(self._members)
 
     @property
     def members(self) -> tuple[RingMember, ...]:

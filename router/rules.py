@@ -299,6 +299,32 @@ class ShadowTarget(_Split):
     percent: float = 100.0
 
 
+@dataclass(frozen=True)
+class Limits(_Plain):
+    """Cluster-wide admission limits of an objective; each node enforces its share
+    (divided across the active nodes). A surge beyond them is shed for this objective only."""
+
+    max_concurrency: int | None = None
+    rate_per_s: float | None = None
+    burst: float | None = None
+
+    def __post_init__(self) -> None:
+        c = self.max_concurrency
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
+            raise ConfigError("max_concurrency", f"must be an integer >= 1, got {c!r}")
+        for name in ("rate_per_s", "burst"):
+            v = getattr(self, name)
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+                or v <= 0
+            ):  # fmt: skip
+                raise ConfigError(name, f"must be a number > 0, got {v!r}")
+            if v is not None:
+                object.__setattr__(self, name, float(v))
+        if self.burst is not None and self.rate_per_s is None:
+            raise ConfigError("burst", "needs rate_per_s")
+
+
 def _experiment(raw: object) -> Experiment:
     cells = _items(_table(raw), "cells", lambda c: _build(ExperimentCell, c))
     return _build(Experiment, raw, cells=cells)
@@ -316,6 +342,8 @@ class ObjectiveConfig(_Plain):
     experiments: tuple[Experiment, ...] = ()
     canary: Canary | None = None
     shadows: tuple[ShadowTarget, ...] = ()
+    limits: Limits | None = None
+    prediction_log_rate: float | None = None  # share of requests logged (node default if unset)
     _keys: frozenset[str] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -326,6 +354,11 @@ class ObjectiveConfig(_Plain):
             raise ConfigError("description", "must be a string")
         if not isinstance(self.allow_override, bool):
             raise ConfigError("allow_override", "must be true or false")
+        rate = self.prediction_log_rate
+        if rate is not None:
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+                raise ConfigError("prediction_log_rate", f"must be between 0 and 1, got {rate!r}")
+            object.__setattr__(self, "prediction_log_rate", float(rate))
         for attr in ("rules", "experiments", "shadows"):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))
         _unique(self.rules, "rules", "name", "rule name")
@@ -344,10 +377,17 @@ class ObjectiveConfig(_Plain):
         if "canary" in d:
             with _at("canary"):
                 canary = _build(Canary, d["canary"])
+        limits = None
+        if "limits" in d:
+            with _at("limits"):
+                limits = _build(Limits, d["limits"])
         rules = _items(d, "rules", lambda r: _build(ContextRule, r))
         experiments = _items(d, "experiments", _experiment)
         shadows = _items(d, "shadows", lambda s: _build(ShadowTarget, s))
-        return _build(cls, d, rules=rules, experiments=experiments, canary=canary, shadows=shadows)
+        return _build(
+            cls, d, rules=rules, experiments=experiments, canary=canary, shadows=shadows,
+            limits=limits,
+        )  # fmt: skip
 
     @classmethod
     def from_toml(cls, text: str) -> ObjectiveConfig:
