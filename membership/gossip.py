@@ -249,7 +249,7 @@ class GossipAgent:
             )
             return
         self.received_packets += 1
-        self._observe("received", len(data), type(msg).__name__.lower())
+        self._observe("received", len(data), type(msg.body).__name__.lower())
         try:
             self._dispatch(self._swim.on_message(msg, from_address, self._now()))
         except Exception:  # a bug, not a bad packet: log it and keep serving
@@ -301,7 +301,7 @@ class GossipAgent:
             task.add_done_callback(self._resolving.discard)
             return
         self.sent_packets += 1
-        self._observe("sent", len(data), type(effect.message).__name__.lower())
+        self._observe("sent", len(data), type(effect.message.body).__name__.lower())
         transport.sendto(data, target)
 
     async def _resolve_and_send(self, host: str, port: int, data: bytes) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,6 +17,7 @@ from node.catalog_ops import catalog, register_tree
 from node.client import Client, PredictError, SmartClient
 from node.localcluster import routing_table, wait_ready
 from tests.etcd_server import EtcdServer, find_etcd
+from tests.integration.test_standalone_node import metric
 from tests.procs import EXAMPLES, REPO, NodeProcess
 
 pytestmark = [
@@ -73,7 +75,6 @@ def cluster() -> Iterator[dict[str, NodeProcess]]:
                 nodes[node_id] = NodeProcess.start(
                     ["--cluster", CLUSTER, "--node-id", node_id, "--cpu-threads", "1"],
                     etcd=address,
-                    metrics=False,
                 )
             asyncio.run(wait_ready([n.target for n in nodes.values()], 60, lambda _: None))
             yield nodes
@@ -126,6 +127,27 @@ async def test_smart_client_goes_straight_to_an_owner(cluster: dict[str, NodePro
         client._owners = {key: ["127.0.0.1:1"] for key in client._owners}
         a = await client.predict("payment_fraud", FRAUD, user_id="after-stale")
         assert a.model_key.startswith("payment_fraud@")
+
+
+def test_cluster_metrics_and_readiness(cluster: dict[str, NodeProcess]) -> None:
+    for node in cluster.values():
+        text = node.metrics_text()
+        assert metric(text, "shardline_gossip_packets_total", direction="sent") > 0
+        assert metric(text, "shardline_gossip_packets_total", direction="received") > 0
+        assert metric(text, "shardline_gossip_packet_bytes_count", direction="sent") > 0
+        assert metric(text, "shardline_gossip_probes_total", kind="ping") > 0
+        assert metric(text, "shardline_catalog_revision") > 0
+        assert metric(text, "shardline_ring_changes_total") >= 1
+        assert metric(text, "shardline_model_loads_total", outcome="ok") >= 1
+        url = f"http://127.0.0.1:{node.metrics_port}/readyz"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            assert resp.status == 200
+    forwarded = sum(
+        metric(n.metrics_text(), "shardline_forwards_total", outcome="OK") for n in cluster.values()
+    )
+    assert forwarded > 0  # the earlier tests sent requests to non-owners
+    paths = "".join(n.metrics_text() for n in cluster.values())
+    assert 'path="forwarded"' in paths and 'path="served"' in paths
 
 
 def test_status_shows_the_view_and_the_ring(cluster: dict[str, NodeProcess]) -> None:
