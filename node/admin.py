@@ -28,6 +28,7 @@ from node._proto.shardline import v1
 from node.artifacts import ArtifactError, ArtifactStore, unpack
 from node.catalog_ops import catalog
 from node.service import WireCodec
+from node.tls import client_context
 from router.rules import ConfigError, ObjectiveConfig, OverrideNotAllowed, RequestContext, evaluate
 
 if TYPE_CHECKING:
@@ -107,7 +108,10 @@ class AdminService(v1.AdminBase):  # type: ignore[misc]
         if member is None:
             raise GRPCError(Status.NOT_FOUND, f"no live node {target!r} in the cluster view")
         host, _, port = member.record.grpc_address.rpartition(":")
-        channel = Channel(host, int(port), codec=WireCodec())
+        tls = self.node.config.tls
+        channel = Channel(
+            host, int(port), codec=WireCodec(), ssl=client_context(tls) if tls else None
+        )
         try:
             return await v1.AdminStub(channel).drain_node(
                 drain_node_request, timeout=10, metadata=bearer(self.token or "")

@@ -14,6 +14,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from node._proto.shardline import v1
 from node.client import parse_target
 from node.service import WireCodec
+from node.tls import TlsFiles, client_context
 
 TOKEN_ENV = "SHARDLINE_ADMIN_TOKEN"
 
@@ -37,9 +38,13 @@ def resolve_token(token: str | None, cluster: str = "local") -> str:
 
 
 class AdminClient:
-    def __init__(self, target: str, token: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, target: str, token: str, *, timeout_s: float = 30.0, tls: TlsFiles | None = None
+    ) -> None:
         host, port = parse_target(target)
-        self.channel = Channel(host, port, codec=WireCodec())
+        tls = tls if tls is not None else TlsFiles.from_env()
+        ssl_context = client_context(tls) if tls is not None else None
+        self.channel = Channel(host, port, codec=WireCodec(), ssl=ssl_context)
         self.stub = v1.AdminStub(self.channel)
         self.metadata = [("authorization", f"Bearer {token}")] if token else []
         self.timeout_s = timeout_s

@@ -20,6 +20,7 @@ from rich.table import Table
 from node.cli_admin import register_admin_commands
 from node.client import Client, PredictError, Prediction
 from node.runtime import NodeConfig
+from node.tls import TlsFiles
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "workflows" / "examples"
 console = Console()
@@ -85,6 +86,20 @@ def main(log_level: str) -> None:
     help="Cluster mode: directory where `shardline deploy` stores packages.",
 )
 @click.option(
+    "--tls-ca",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="TLS: the cluster CA (turns on TLS for clients and mutual TLS between peers).",
+)
+@click.option(
+    "--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="TLS: this node's certificate.",
+)  # fmt: skip
+@click.option(
+    "--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="TLS: this node's private key.",
+)  # fmt: skip
+@click.option(
     "--predlog-dir",
     type=click.Path(file_okay=False),
     default=None,
@@ -113,6 +128,9 @@ def serve(
     cpu_threads: int | None,
     admin_token_file: Path | None,
     artifact_store: Path | None,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     predlog_dir: str | None,
     predlog_rate: float,
 ) -> None:
@@ -125,6 +143,7 @@ def serve(
         config = NodeConfig(
             node_id=node_id, host=host, port=port, metrics_port=metrics_port,
             cpu_threads=cpu_threads, predlog_dir=predlog_dir, predlog_rate=predlog_rate,
+            tls=_server_tls(tls_ca, tls_cert, tls_key),
         )  # fmt: skip
         if standalone:
             from node.server import serve_standalone
@@ -152,6 +171,14 @@ def serve(
     except (OSError, ValueError, ControlPlaneUnavailable) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         sys.exit(1)
+
+
+def _server_tls(ca: str | None, cert: str | None, key: str | None) -> TlsFiles | None:
+    if not (ca or cert or key):
+        return None
+    if not (ca and cert and key):
+        raise ValueError("TLS needs --tls-ca, --tls-cert and --tls-key together")
+    return TlsFiles(Path(ca), Path(cert), Path(key))
 
 
 def _announce(line: str) -> None:
@@ -247,7 +274,7 @@ def predict(
     attributes = _pairs(context, "--context")
 
     async def call() -> Prediction:
-        async with Client(target, timeout_s=timeout_s) as client:
+        async with Client(target, timeout_s=timeout_s, tls=TlsFiles.from_env()) as client:
             schemas: dict[str, tuple[str, list[int]]] = {}
             for info in await client.list_objectives():
                 if info.name == objective:
@@ -290,7 +317,7 @@ def list_objectives(target: str) -> None:
     """List the objectives a node serves, with their inputs."""
 
     async def call() -> list[Any]:
-        async with Client(target) as client:
+        async with Client(target, tls=TlsFiles.from_env()) as client:
             return await client.list_objectives()
 
     try:
@@ -355,6 +382,41 @@ async def _applied_revisions(targets: list[str]) -> dict[str, str]:
 
     answers = await asyncio.gather(*(one(t) for t in targets))
     return dict(zip(targets, answers, strict=True))
+
+
+@main.command()
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".state/pki"), show_default=True,
+)  # fmt: skip
+@click.option(
+    "--node", "nodes", multiple=True, required=True,
+    help="A node name (its certificate gets it as a DNS name); repeat.",
+)  # fmt: skip
+@click.option(
+    "--san", "sans", multiple=True, default=("localhost", "127.0.0.1"), show_default=True,
+    help="Extra DNS name or IP every node certificate covers; repeat.",
+)  # fmt: skip
+@click.option("--days", default=365, show_default=True)
+@click.option("--overwrite", is_flag=True)
+def certs(
+    out_dir: Path, nodes: tuple[str, ...], sans: tuple[str, ...], days: int, overwrite: bool
+) -> None:
+    """Make a development CA and node certificates for TLS and mutual TLS between peers."""
+    from node.certs import write_dev_pki
+
+    try:
+        pki = write_dev_pki(out_dir, list(nodes), list(sans), days=days, overwrite=overwrite)
+    except (ValueError, FileExistsError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+    console.print(f"CA: {pki.ca_cert} (key {pki.ca_key})")
+    for node in nodes:
+        console.print(f"{node}: {pki.node_certs[node]} (key {pki.node_keys[node]})")
+    console.print(
+        "serve with: --tls-ca CA --tls-cert NODE.pem --tls-key NODE-key.pem; clients set "
+        "SHARDLINE_TLS_CA (and SHARDLINE_TLS_CERT/_KEY for admin calls: mutual TLS)"
+    )
 
 
 @main.command()

@@ -28,6 +28,7 @@ from node import tensors
 from node._proto.shardline import v1
 from node._proto.shardline.v1 import inference_pb2 as pb
 from node.service import RawBytes, WireCodec
+from node.tls import TlsFiles, client_context
 from router.replica import rendezvous
 from router.rules import ObjectiveConfig, OverrideNotAllowed, RequestContext, evaluate
 
@@ -108,11 +109,18 @@ def parse_response(raw: bytes) -> Prediction:
 class Client:
     """One pooled HTTP/2 connection to a node."""
 
-    def __init__(self, target: str = "127.0.0.1:7400", *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        target: str = "127.0.0.1:7400",
+        *,
+        timeout_s: float = 10.0,
+        tls: TlsFiles | None = None,
+    ) -> None:
         host, port = parse_target(target)
         self.target = target
         self.timeout_s = timeout_s
-        self.channel = Channel(host, port, codec=WireCodec())
+        ssl_context = client_context(tls) if tls is not None else None
+        self.channel = Channel(host, port, codec=WireCodec(), ssl=ssl_context)
         self._predict = UnaryUnaryMethod[Any, Any](
             self.channel, "/shardline.v1.Inference/Predict", RawBytes, RawBytes
         )
@@ -189,8 +197,14 @@ class SmartClient:
     """
 
     def __init__(
-        self, seeds: Sequence[str], *, timeout_s: float = 10.0, refresh_s: float = 5.0
+        self,
+        seeds: Sequence[str],
+        *,
+        timeout_s: float = 10.0,
+        refresh_s: float = 5.0,
+        tls: TlsFiles | None = None,
     ) -> None:
+        self.tls = tls
         if not seeds:
             raise ValueError("SmartClient needs at least one seed node")
         self.seeds = list(seeds)
@@ -206,7 +220,7 @@ class SmartClient:
     def _client(self, target: str) -> Client:
         client = self._clients.get(target)
         if client is None:
-            client = self._clients[target] = Client(target, timeout_s=self.timeout_s)
+            client = self._clients[target] = Client(target, timeout_s=self.timeout_s, tls=self.tls)
         return client
 
     async def refresh(self) -> None:

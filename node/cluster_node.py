@@ -72,7 +72,7 @@ class ClusterNode:
         self.config = config
         self.cluster = cluster
         self.runtime = NodeRuntime(config)
-        self.peers = PeerPool()
+        self.peers = PeerPool(config.tls)
         self.router = ClusterRouter(self.runtime, self.peers)
         self.runtime.router = self.router
         self.placement = Placement(self.runtime, config.node_id)

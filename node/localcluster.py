@@ -29,6 +29,7 @@ from node._proto.shardline import v1
 from node.catalog_ops import catalog, register_tree
 from node.etcd_process import EtcdServer, find_etcd
 from node.service import WireCodec
+from node.tls import TlsFiles, client_context
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "workflows" / "examples"
@@ -96,9 +97,13 @@ def start_node(
     )
 
 
-async def routing_table(target: str, timeout_s: float = 2.0) -> v1.RoutingTable:
+async def routing_table(
+    target: str, timeout_s: float = 2.0, tls: TlsFiles | None = None
+) -> v1.RoutingTable:
     host, _, port = target.rpartition(":")
-    channel = Channel(host, int(port), codec=WireCodec())
+    tls = tls if tls is not None else TlsFiles.from_env()
+    ssl_context = client_context(tls) if tls is not None else None
+    channel = Channel(host, int(port), codec=WireCodec(), ssl=ssl_context)
     try:
         return await v1.ClusterStub(channel).get_routing_table(
             v1.GetRoutingTableRequest(), timeout=timeout_s
@@ -122,14 +127,19 @@ def ready(tables: list[v1.RoutingTable], n: int) -> str | None:
     return None
 
 
-async def wait_ready(targets: list[str], timeout_s: float, progress: Callable[[str], None]) -> None:
+async def wait_ready(
+    targets: list[str],
+    timeout_s: float,
+    progress: Callable[[str], None],
+    tls: TlsFiles | None = None,
+) -> None:
     deadline = time.monotonic() + timeout_s
     waiting = "starting"
     while time.monotonic() < deadline:
         tables = []
         for target in targets:
             try:
-                tables.append(await routing_table(target))
+                tables.append(await routing_table(target, tls=tls))
             except (OSError, TimeoutError, Exception):
                 continue
         status = ready(tables, len(targets))

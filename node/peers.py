@@ -18,6 +18,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from node._proto.shardline.v1 import peer_pb2
 from node.service import RawBytes, WireCodec
+from node.tls import TlsFiles, client_context
 from router.forward import AttemptFailed
 
 log = logging.getLogger("shardline.peers")
@@ -31,14 +32,15 @@ def split(address: str) -> tuple[str, int]:
 
 
 class PeerPool:
-    def __init__(self) -> None:
+    def __init__(self, tls: TlsFiles | None = None) -> None:
         self._channels: dict[str, tuple[Channel, UnaryUnaryMethod[Any, Any]]] = {}
+        self._ssl = client_context(tls) if tls is not None else None
 
     def _method(self, address: str) -> UnaryUnaryMethod[Any, Any]:
         entry = self._channels.get(address)
         if entry is None:
             host, port = split(address)
-            channel = Channel(host, port, codec=WireCodec())
+            channel = Channel(host, port, codec=WireCodec(), ssl=self._ssl)
             entry = (channel, UnaryUnaryMethod(channel, FORWARD_PATH, RawBytes, RawBytes))
             self._channels[address] = entry
         return entry[1]

@@ -45,6 +45,7 @@ from node.inputs import InputDecoder
 from node.metrics import NodeMetrics
 from node.model_actor import Job, JobResult, ModelActor
 from node.predlog import JsonlFileSink, PredictionLog, PredictionLogConfig, PredictionRecord
+from node.tls import TlsFiles
 from router.rules import Decision, ObjectiveConfig, OverrideNotAllowed, RequestContext, evaluate
 from workflows.devices import DeviceExecutors
 from workflows.loader import LoadedWorkflow, load_package
@@ -74,6 +75,8 @@ class NodeConfig:
     # Prediction log: JSON Lines under this directory (None: off), default sample rate.
     predlog_dir: str | None = None
     predlog_rate: float = 0.01
+    # TLS: the node's certificate, key and the cluster CA (None: plaintext).
+    tls: TlsFiles | None = None
 
     def __post_init__(self) -> None:
         if not self.node_id:

@@ -25,6 +25,7 @@ from node.describe import describe
 from node.metrics import Readiness
 from node.runtime import NodeConfig, NodeRuntime
 from node.service import ClusterService, InferenceService, WireCodec
+from node.tls import peer_verified, server_context
 from router.rules import load_objective_file, load_objectives_dir
 from workflows.loader import discover_packages
 
@@ -74,6 +75,9 @@ class _Wrapped:
         return self._mapping
 
 
+PEER_ONLY = ("/shardline.v1.Peer/", "/shardline.v1.Admin/")
+
+
 class NodeServer:
     def __init__(
         self,
@@ -88,7 +92,7 @@ class NodeServer:
         wrapped: list[Any] = []
         for service in (InferenceService(runtime), *services):
             mapping = {
-                path: handler._replace(func=self.in_flight.wrap(handler.func))
+                path: handler._replace(func=self.in_flight.wrap(self._mtls(path, handler.func)))
                 for path, handler in service.__mapping__().items()
             }
             wrapped.append(_Wrapped(mapping))
@@ -99,8 +103,26 @@ class NodeServer:
         self.bound_port = 0
         self.metrics_port: int | None = None
 
+    def _mtls(self, path: str, func: Any) -> Any:
+        """With TLS on, peer and admin calls need a certificate signed by the cluster CA."""
+        if self.config.tls is None or not path.startswith(PEER_ONLY):
+            return func
+
+        async def verified(stream: Stream[Any, Any]) -> None:
+            if not peer_verified(stream):
+                raise GRPCError(
+                    Status.PERMISSION_DENIED,
+                    f"{path} needs a client certificate signed by the cluster CA (mutual TLS)",
+                )
+            await func(stream)
+
+        return verified
+
     async def start(self) -> None:
-        await self.server.start(self.config.host, self.config.port)
+        tls = self.config.tls
+        await self.server.start(
+            self.config.host, self.config.port, ssl=server_context(tls) if tls else None
+        )
         listener = cast(asyncio.Server | None, self.server._server)  # grpclib keeps it private
         sockets = listener.sockets if listener is not None else ()
         self.bound_port = sockets[0].getsockname()[1] if sockets else self.config.port
