@@ -20,10 +20,13 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aetcd
+import grpc
 from aetcd import rpc
+from aetcd import watcher as aetcd_watcher
 from aetcd.utils import prefix_range_end
 
 __all__ = [
@@ -65,7 +68,7 @@ class ControlPlaneUnavailable(Exception):
 
 @dataclass(frozen=True)
 class EtcdEndpoint:
-    """Where etcd is and how long to wait for it. (TLS comes later; auth is user/password.)"""
+    """Where etcd is, how to authenticate (user/password, TLS) and how long to wait for it."""
 
     host: str = "127.0.0.1"
     port: int = 2379
@@ -77,6 +80,11 @@ class EtcdEndpoint:
     """Cap on gRPC's channel reconnect backoff, so a restarted etcd is found again fast."""
     username: str | None = None
     password: str | None = None
+    ca_file: str | None = None
+    """TLS: the CA that signed etcd's certificate (turns TLS on)."""
+    cert_file: str | None = None
+    key_file: str | None = None
+    """TLS client certificate and key, for etcd's --client-cert-auth."""
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -88,6 +96,10 @@ class EtcdEndpoint:
                 raise ValueError(f"EtcdEndpoint.{name} must be > 0, not {getattr(self, name)}")
         if (self.username is None) != (self.password is None):
             raise ValueError("EtcdEndpoint: give both username and password, or neither")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("EtcdEndpoint: give both cert_file and key_file, or neither")
+        if self.cert_file is not None and self.ca_file is None:
+            raise ValueError("EtcdEndpoint: a client certificate needs ca_file (TLS)")
 
     @property
     def address(self) -> str:
@@ -147,10 +159,59 @@ async def unavailable_guard(address: str, timeout_s: float) -> AsyncIterator[Non
         raise
 
 
+def _credentials(endpoint: EtcdEndpoint) -> grpc.ChannelCredentials:
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    return grpc.ssl_channel_credentials(
+        read(endpoint.ca_file), read(endpoint.key_file), read(endpoint.cert_file)
+    )
+
+
+class _TlsClient(aetcd.Client):  # type: ignore[misc]
+    """aetcd always opens a plaintext channel; this one opens a TLS channel instead.
+
+    Same steps as ``aetcd.Client.connect`` (channel, optional user/password token,
+    stubs, watcher), with ``secure_channel``.
+    """
+
+    credentials: grpc.ChannelCredentials | None = None
+    _is_connecting: bool
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        if self._is_connecting:
+            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            return
+        try:
+            self._is_connecting = True
+            target = f"{self._host}:{self._port}"
+            self.channel = rpc.secure_channel(
+                target, self.credentials, options=self._options.items()
+            )
+            if self._username is not None and self._password is not None:
+                self.auth_stub = rpc.AuthStub(self.channel)
+                request = rpc.AuthenticateRequest(name=self._username, password=self._password)
+                resp = await self.auth_stub.Authenticate(request, timeout=self._timeout)
+                self.metadata = (("token", resp.token),)
+            self.kvstub = rpc.KVStub(self.channel)
+            self.clusterstub = rpc.ClusterStub(self.channel)
+            self.leasestub = rpc.LeaseStub(self.channel)
+            self.maintenancestub = rpc.MaintenanceStub(self.channel)
+            self._watcher = aetcd_watcher.Watcher(
+                rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+            )
+            self._connected.set()
+        finally:
+            self._is_connecting = False
+
+
 async def connect(endpoint: EtcdEndpoint, *, probe: bool = True) -> aetcd.Client:
     """A connected aetcd client; with ``probe``, check that etcd answers (else unavailable)."""
     backoff_ms = int(endpoint.max_reconnect_backoff_s * 1000)
-    client = aetcd.Client(
+    factory = _TlsClient if endpoint.ca_file else aetcd.Client
+    client = factory(
         host=endpoint.host,
         port=endpoint.port,
         username=endpoint.username,
@@ -167,6 +228,8 @@ async def connect(endpoint: EtcdEndpoint, *, probe: bool = True) -> aetcd.Client
         },
         connect_wait_timeout=int(max(1.0, endpoint.connect_timeout_s)),
     )
+    if isinstance(client, _TlsClient):
+        client.credentials = _credentials(endpoint)
     try:
         async with unavailable_guard(endpoint.address, endpoint.connect_timeout_s):
             await client.connect()

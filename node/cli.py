@@ -99,6 +99,16 @@ def main(log_level: str) -> None:
     "--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
     help="TLS: this node's private key.",
 )  # fmt: skip
+@click.option("--etcd-ca", default=None, help="etcd TLS: CA of etcd's certificate.")
+@click.option("--etcd-cert", default=None, help="etcd TLS: client certificate.")
+@click.option("--etcd-key", default=None, help="etcd TLS: client key.")
+@click.option(
+    "--etcd-user", default=None, help="etcd auth: user (password from --etcd-password-file)."
+)
+@click.option(
+    "--etcd-password-file", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="etcd auth: file holding the password.",
+)  # fmt: skip
 @click.option(
     "--predlog-dir",
     type=click.Path(file_okay=False),
@@ -131,6 +141,11 @@ def serve(
     tls_ca: str | None,
     tls_cert: str | None,
     tls_key: str | None,
+    etcd_ca: str | None,
+    etcd_cert: str | None,
+    etcd_key: str | None,
+    etcd_user: str | None,
+    etcd_password_file: str | None,
     predlog_dir: str | None,
     predlog_rate: float,
 ) -> None:
@@ -156,7 +171,10 @@ def serve(
             assert etcd is not None
             cluster = ClusterConfig(
                 cluster=cluster_name, etcd=etcd, zone=zone, capacity=capacity,
-                gossip_host=host, gossip_port=gossip_port,
+                gossip_host=host, gossip_port=gossip_port, etcd_ca=etcd_ca, etcd_cert=etcd_cert,
+                etcd_key=etcd_key, etcd_user=etcd_user,
+                etcd_password=Path(etcd_password_file).read_text().strip()
+                if etcd_password_file else None,
             )  # fmt: skip
             token = (
                 admin_token_file.read_text().strip()

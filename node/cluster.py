@@ -39,6 +39,11 @@ class ClusterConfig:
     gossip_host: str = "127.0.0.1"
     gossip_port: int = 0
     probe_interval_s: float = 0.5
+    etcd_ca: str | None = None
+    etcd_cert: str | None = None
+    etcd_key: str | None = None
+    etcd_user: str | None = None
+    etcd_password: str | None = None
 
     def __post_init__(self) -> None:
         if not self.cluster:
@@ -63,7 +68,14 @@ class ClusterMembership:
         self.node_id = node_id
         self.grpc_address = grpc_address
         self.config = config
-        self.endpoint = EtcdEndpoint.parse(config.etcd)
+        self.endpoint = EtcdEndpoint.parse(
+            config.etcd,
+            ca_file=config.etcd_ca,
+            cert_file=config.etcd_cert,
+            key_file=config.etcd_key,
+            username=config.etcd_user,
+            password=config.etcd_password,
+        )
         self.version = version
         self.devices = devices
         self.gossip = GossipAgent(

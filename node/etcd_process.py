@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -52,7 +53,11 @@ class EtcdServer:
         client_port: int | None = None,
         durable: bool = False,
         detach: bool = False,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
+        """``tls``: (CA, server certificate, server key); clients must then present a
+        certificate signed by the CA (``--client-cert-auth``)."""
+        self.tls = tls
         found = binary or find_etcd()
         if found is None:
             raise FileNotFoundError(
@@ -78,7 +83,8 @@ class EtcdServer:
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
 
     def start(self, timeout_s: float = 20.0) -> EtcdServer:
         if self.proc is not None and self.proc.poll() is None:
@@ -96,6 +102,14 @@ class EtcdServer:
             "--initial-cluster-state=new",
             "--log-level=warn",
         ]
+        if self.tls is not None:
+            ca, cert, key = self.tls
+            cmd += [
+                f"--cert-file={cert}",
+                f"--key-file={key}",
+                f"--trusted-ca-file={ca}",
+                "--client-cert-auth",
+            ]
         if not self.durable:
             cmd.append("--unsafe-no-fsync")  # test data: no need to survive a power cut
         self.root.mkdir(parents=True, exist_ok=True)
@@ -114,7 +128,9 @@ class EtcdServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"etcd exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"{self.client_url}/health", timeout=1.0) as resp:
+                with urllib.request.urlopen(
+                    f"{self.client_url}/health", timeout=1.0, context=self._health_ssl()
+                ) as resp:
                     body = json.loads(resp.read())
                 if body.get("health") == "true":
                     return
@@ -124,6 +140,14 @@ class EtcdServer:
             time.sleep(0.05)  # polling a health endpoint: there is no event to wait on
         self.kill()
         raise TimeoutError(f"etcd not healthy within {timeout_s} s ({last}):\n{self.log_tail()}")
+
+    def _health_ssl(self) -> ssl.SSLContext | None:
+        if self.tls is None:
+            return None
+        ca, cert, key = self.tls
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.load_cert_chain(str(cert), str(key))
+        return ctx
 
     def log_tail(self, lines: int = 20) -> str:
         try:
