@@ -65,7 +65,11 @@ def main(log_level: str) -> None:
     default=None,
     help="Standalone: objective config file or directory [default: WORKFLOWS/objectives].",
 )
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--advertise-host", default=None,
+    help="Cluster mode: the address peers and clients dial [default: --host].",
+)  # fmt: skip
 @click.option("--port", default=7400, show_default=True, type=int, help="gRPC port (0: any).")
 @click.option("--node-id", default="node-1", show_default=True)
 @click.option("--zone", default="", help="Cluster mode: this node's zone.")
@@ -129,6 +133,7 @@ def serve(
     workflows_dir: Path,
     objectives_path: Path | None,
     host: str,
+    advertise_host: str | None,
     port: int,
     node_id: str,
     zone: str,
@@ -156,7 +161,8 @@ def serve(
         raise click.UsageError("choose one: --standalone, or --etcd HOST:PORT for cluster mode")
     try:
         config = NodeConfig(
-            node_id=node_id, host=host, port=port, metrics_port=metrics_port,
+            node_id=node_id, host=host, advertise_host=advertise_host, port=port,
+            metrics_port=metrics_port,
             cpu_threads=cpu_threads, predlog_dir=predlog_dir, predlog_rate=predlog_rate,
             tls=_server_tls(tls_ca, tls_cert, tls_key),
         )  # fmt: skip
@@ -171,7 +177,8 @@ def serve(
             assert etcd is not None
             cluster = ClusterConfig(
                 cluster=cluster_name, etcd=etcd, zone=zone, capacity=capacity,
-                gossip_host=host, gossip_port=gossip_port, etcd_ca=etcd_ca, etcd_cert=etcd_cert,
+                gossip_host=host, gossip_port=gossip_port, gossip_advertise_host=advertise_host,
+                etcd_ca=etcd_ca, etcd_cert=etcd_cert,
                 etcd_key=etcd_key, etcd_user=etcd_user,
                 etcd_password=Path(etcd_password_file).read_text().strip()
                 if etcd_password_file else None,

@@ -38,6 +38,7 @@ class ClusterConfig:
     lease_ttl_s: int = 10
     gossip_host: str = "127.0.0.1"
     gossip_port: int = 0
+    gossip_advertise_host: str | None = None
     probe_interval_s: float = 0.5
     etcd_ca: str | None = None
     etcd_cert: str | None = None
@@ -83,6 +84,7 @@ class ClusterMembership:
             SwimConfig(cluster=config.cluster, probe_interval_s=config.probe_interval_s),
             host=config.gossip_host,
             port=config.gossip_port,
+            advertise_host=config.gossip_advertise_host,
             rng=rng,
         )
         self.client: aetcd.Client | None = None

@@ -146,7 +146,12 @@ class ClusterNode:
     async def start(self) -> None:
         await self.runtime.start_prediction_log()
         await self.server.start()
-        address = f"{self.config.host}:{self.server.bound_port}"
+        host = self.config.advertise_host or self.config.host
+        if host in ("0.0.0.0", "::", ""):
+            raise ValueError(
+                "binding all interfaces: give --advertise-host (the address peers dial)"
+            )
+        address = f"{host}:{self.server.bound_port}"
         self.membership = ClusterMembership(self.config.node_id, address, self.cluster)
         self.membership.subscribe(self._on_view)
         self.membership.gossip.packet_observer = self._observe_gossip

@@ -59,6 +59,8 @@ log = logging.getLogger("shardline.node")
 class NodeConfig:
     node_id: str = "node-1"
     host: str = "127.0.0.1"
+    advertise_host: str | None = None
+    """The address peers and clients dial (default: ``host``; needed when binding 0.0.0.0)."""
     port: int = 7400
     max_message_bytes: int = 4 * 1024 * 1024
     default_deadline_s: float = 10.0
