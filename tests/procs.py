@@ -45,6 +45,7 @@ class NodeProcess:
         timeout_s: float = 120.0,
         env: dict[str, str] | None = None,
         etcd: str | None = None,
+        prefix: Sequence[str] = (),
     ) -> NodeProcess:
         """A standalone node serving ``workflows``, or with ``etcd`` a cluster node (then
         ``args`` carry ``--cluster``, ``--node-id`` …)."""
@@ -59,6 +60,7 @@ class NodeProcess:
             ]
         )
         cmd = [
+            *prefix,
             sys.executable,
             "-m",
             "node.cli",
