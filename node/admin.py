@@ -101,6 +101,13 @@ class AdminService(v1.AdminBase):  # type: ignore[misc]
 
     async def drain_node(self, drain_node_request: v1.DrainNodeRequest) -> v1.DrainNodeResponse:
         target = drain_node_request.node_id
+        view = self.node.router.state.view
+        others = [m for m in view.active() if m.node_id != target]
+        if target in view.members and not others:
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                f"{target} is the last active node: nothing could take over its models",
+            )
         if target == self.node.config.node_id:
             self.node.start_drain()
             return v1.DrainNodeResponse(message=f"{target} is draining")

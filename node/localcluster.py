@@ -220,8 +220,9 @@ def up(
         say(f"detached; stop it with: shardline down --cluster {cluster}")
         return 0
     say("Ctrl-C stops the cluster")
-    with contextlib.suppress(KeyboardInterrupt):
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # delivered to sigwait, not a handler
+    signal.sigwait(stop_signals)
     say("stopping")
     down(cluster, say)
     return 0

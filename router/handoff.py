@@ -18,6 +18,7 @@ Pure: views in, actions out; no clock, no I/O (reused by the simulator).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from enum import StrEnum
@@ -39,13 +40,22 @@ class Phase(StrEnum):
 
 
 def ring_of(view: MembershipView, extra: tuple[str, ...] = ()) -> Ring:
-    """The ring over the view's active members (plus ``extra``, e.g. a joiner's own id)."""
+    """The ring over the view's active members (plus ``extra``, e.g. a joiner's own id).
+
+    Views change on every load report, rings only when members do: rings are cached by
+    membership (they are immutable), so this is a dictionary lookup on the hot paths.
+    """
     capacity = {m.node_id: m.record.capacity for m in view.active()}
     for node_id in extra:
         member = view.members.get(node_id)
         if member is not None:
             capacity[node_id] = member.record.capacity
-    return Ring(RingMember(node_id, cap) for node_id, cap in capacity.items())
+    return _ring(frozenset(capacity.items()))
+
+
+@functools.lru_cache(maxsize=64)
+def _ring(members: frozenset[tuple[str, float]]) -> Ring:
+    return Ring(RingMember(node_id, cap) for node_id, cap in members)
 
 
 def owned(node_id: str, ring: Ring, replicas: Mapping[str, int]) -> set[str]:
