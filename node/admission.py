@@ -276,3 +276,50 @@ class ServiceTimeEstimator:
     def forget(self, model_key: str) -> None:
         """Drop a key's estimates (its model was unloaded)."""
         self._estimates.pop(model_key, None)
+
+
+class BatchCostModel:
+    """A model's batch time as ``base + per_item * n``, fitted online with exponential
+    forgetting from the times batches took on the device worker (not from the loop, whose
+    delays under load would inflate it). It predicts how long the queue ahead of a new
+    request takes: ``ceil(depth / max_batch)`` full batches."""
+
+    def __init__(self, alpha: float = 0.1) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        self.alpha = alpha
+        self.samples = 0
+        self._n = self._b = self._nn = self._nb = 0.0
+
+    def observe(self, size: int, batch_s: float) -> None:
+        if size < 1 or not math.isfinite(batch_s) or batch_s < 0:
+            return
+        a = self.alpha if self.samples else 1.0
+        n = float(size)
+        self._n += a * (n - self._n)
+        self._b += a * (batch_s - self._b)
+        self._nn += a * (n * n - self._nn)
+        self._nb += a * (n * batch_s - self._nb)
+        self.samples += 1
+
+    def coefficients(self) -> tuple[float, float]:
+        """(base seconds, seconds per item)."""
+        if not self.samples:
+            return 0.0, 0.0
+        var = self._nn - self._n * self._n
+        if var > 1e-6:
+            per_item = max(0.0, (self._nb - self._n * self._b) / var)
+        else:
+            per_item = self._b / self._n if self._n else 0.0
+        base = max(0.0, self._b - per_item * self._n)
+        return base, per_item
+
+    def batch_seconds(self, size: int) -> float:
+        base, per_item = self.coefficients()
+        return base + per_item * size
+
+    def wait_seconds(self, depth: int, max_batch: int) -> float:
+        """Time until a request behind ``depth`` queued ones reaches the device."""
+        if depth <= 0:
+            return 0.0
+        return math.ceil(depth / max_batch) * self.batch_seconds(max_batch)

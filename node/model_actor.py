@@ -5,13 +5,14 @@ The actor takes requests off its bounded mailbox, closes a batch by the
 requests whose asker gave up or whose deadline has passed, and hands the whole batch
 to its device's worker thread: per request ``preprocess``, one batched ``forward``
 under ``torch.inference_mode()``, per request ``postprocess``. A bad input fails only
-its own request (INVALID_ARGUMENT); a failing ``forward`` fails the batch and crashes
-the actor so the supervisor restarts it with a fresh workflow instance.
+its own request (INVALID_ARGUMENT); a failing ``forward`` fails that batch's requests
+(INTERNAL) and the actor goes on with the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import time
@@ -61,12 +62,16 @@ class _Slot:
 
     job: Job
     timing: Timing
+    deadline: float | None = None  # loop.time() clock (time.monotonic)
     features: Any = None
     outcome: JobResult | BaseException | None = None
 
 
 BatchObserver = Callable[[str, int, float, float], None]
-"""Called once per batch: (model key, batch size, queue seconds of the oldest, compute seconds)."""
+"""Called once per batch: (model key, batch size, queue seconds of the oldest, seconds the
+batch took on the device worker)."""
+
+PIPELINE_DEPTH = 2  # batches handed to the device at once: one running, one ready
 
 
 class ModelActor(Actor[Job]):
@@ -121,52 +126,84 @@ class ModelActor(Actor[Job]):
         return batch
 
     async def run(self, mailbox: Mailbox[Job]) -> None:
+        """Batches flow through a two-deep pipeline: while the device runs batch N, the
+        actor closes batch N+1 and queues it on the device's worker, so the device never
+        waits for the event loop between batches. Results are delivered as each batch
+        completes. A failing batch fails its own requests only."""
         loop = asyncio.get_running_loop()
-        while True:
-            batch = await self.next_batch(mailbox)
-            now = loop.time()
-            live: list[Envelope[Job]] = []
-            for env in batch:
-                if env.done:
-                    continue  # the asker timed out or went away
-                if env.deadline is not None and now >= env.deadline:
-                    env.set_exception(DeadlineExceeded("deadline passed while queued"))
+        running: collections.deque[asyncio.Future[float]] = collections.deque()
+        try:
+            while True:
+                batch = await self.next_batch(mailbox)
+                now = loop.time()
+                live: list[Envelope[Job]] = []
+                for env in batch:
+                    if env.done:
+                        continue  # the asker timed out or went away
+                    if env.deadline is not None and now >= env.deadline:
+                        env.set_exception(DeadlineExceeded("deadline passed while queued"))
+                        continue
+                    live.append(env)
+                if not live:
                     continue
-                live.append(env)
-            if not live:
-                continue
-            slots = [
-                _Slot(env.message, Timing(queue_ms=(now - env.enqueued_at) * 1000.0))
-                for env in live
-            ]
-            started = time.perf_counter()
-            try:
-                await self.executors.run(
-                    self.loaded.device, functools.partial(self._process, slots)
+                slots = [
+                    _Slot(
+                        env.message,
+                        Timing(queue_ms=(now - env.enqueued_at) * 1000.0),
+                        env.deadline,
+                    )
+                    for env in live
+                ]
+                while len(running) >= PIPELINE_DEPTH:
+                    await asyncio.wait({running[0]})
+                    running.popleft()
+                done = asyncio.ensure_future(
+                    self.executors.run(self.loaded.device, functools.partial(self._process, slots))
                 )
-            except BaseException as exc:
-                err = Internal(f"{self.loaded.manifest.model_key}: forward failed: {exc}")
-                for env in live:
-                    env.set_exception(err)
-                raise
-            if self.observer is not None:
-                self.observer(
-                    self.loaded.manifest.model_key,
-                    len(slots),
-                    max(s.timing.queue_ms for s in slots) / 1000.0,
-                    time.perf_counter() - started,
-                )
-            for env, slot in zip(live, slots, strict=True):
-                if isinstance(slot.outcome, BaseException):
-                    env.set_exception(slot.outcome)
-                else:
-                    env.set_result(slot.outcome)
+                done.add_done_callback(functools.partial(self._deliver, live, slots))
+                running.append(done)
+        finally:
+            if running:  # stopping: let what the device already has finish and answer
+                await asyncio.wait(set(running))
 
-    def _process(self, slots: list[_Slot]) -> None:
-        """Runs on the device worker thread, under ``torch.inference_mode()``."""
+    def _deliver(
+        self, live: list[Envelope[Job]], slots: list[_Slot], done: asyncio.Future[float]
+    ) -> None:
+        """Runs on the loop when a batch finished on the device."""
+        if done.cancelled() or done.exception() is not None:
+            exc = done.exception() if not done.cancelled() else None
+            log.error("%s: batch failed: %s", self.loaded.manifest.model_key, exc)
+            err = Internal(f"{self.loaded.manifest.model_key}: forward failed: {exc}")
+            for env in live:
+                env.set_exception(err)
+            return
+        if self.observer is not None:
+            self.observer(
+                self.loaded.manifest.model_key,
+                len(slots),
+                max(s.timing.queue_ms for s in slots) / 1000.0,
+                done.result(),
+            )
+        for env, slot in zip(live, slots, strict=True):
+            if isinstance(slot.outcome, BaseException):
+                env.set_exception(slot.outcome)
+            else:
+                env.set_result(slot.outcome)
+
+    def _process(self, slots: list[_Slot]) -> float:
+        """Runs on the device worker thread, under ``torch.inference_mode()``; returns the
+        seconds the batch took there (the model's real service time, without loop delays)."""
+        started = time.perf_counter()
+        self._run_batch(slots)
+        return time.perf_counter() - started
+
+    def _run_batch(self, slots: list[_Slot]) -> None:
         wf = self.loaded.workflow
         good: list[_Slot] = []
         for slot in slots:
+            if slot.deadline is not None and time.monotonic() >= slot.deadline:
+                slot.outcome = DeadlineExceeded("deadline passed while queued on the device")
+                continue  # shed before any work: the asker has given up
             t0 = time.perf_counter()
             try:
                 slot.features = wf.preprocess(slot.job.context, slot.job.inputs)

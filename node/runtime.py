@@ -11,6 +11,7 @@ background, bounded, and never touch the answer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import sys
@@ -32,7 +33,13 @@ from node.actors import (
     MailboxFullError,
     RestartPolicy,
 )
-from node.admission import AdmissionController, ObjectiveLimits, per_node, should_shed
+from node.admission import (
+    AdmissionController,
+    BatchCostModel,
+    ObjectiveLimits,
+    per_node,
+    should_shed,
+)
 from node.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -151,8 +158,8 @@ class NodeRuntime:
         """Cluster mode: every model key's manifest from the catalog (loaded here or not)."""
         self.admission = AdmissionController({}, 0.0)
         self.active_nodes = 1
-        self.item_seconds: dict[str, float] = {}
-        """EWMA of a model's service time per request (batch time / batch size)."""
+        self.batch_costs: dict[str, BatchCostModel] = {}
+        """Per model: batch time on the device as base + per-item cost (for shedding)."""
         self.predlog: PredictionLog | None = None
         self.metrics.watch_queues(
             lambda: [(k, m.ref.mailbox_depth) for k, m in list(self.models.items())]
@@ -208,7 +215,7 @@ class NodeRuntime:
             return
         await self.system.stop(model.ref, drain=True, timeout_s=timeout_s)
         self.metrics.unloads.labels(key).inc()
-        self.item_seconds.pop(key, None)
+        self.batch_costs.pop(key, None)
         log.info("unloaded %s", key)
 
     def manifest_of(self, model_key: str) -> WorkflowManifest | None:
@@ -267,13 +274,14 @@ class NodeRuntime:
         labels = [objective or "-", "-", "-", "OK", "-"]
         admitted = False
         try:
+            rejection = self.admission.admit(objective, time.monotonic())
+            if rejection is not None:  # first thing: before rules, before any input decoding
+                self.metrics.shed.labels(objective, rejection.reason).inc()
+                labels[3] = "RESOURCE_EXHAUSTED"
+                raise Overloaded(self._shed_message(objective, rejection.reason))
+            admitted = True
             context, decision = self.resolve(head)
             labels[1], labels[2] = decision.model_key, decision.cell
-            rejection = self.admission.admit(objective, time.monotonic())
-            if rejection is not None:  # before any input is decoded
-                self.metrics.shed.labels(objective, rejection.reason).inc()
-                raise Overloaded(rejection.message)
-            admitted = True
             timeout = self.config.default_deadline_s if timeout_s is None else timeout_s
             response, labels[4] = await self.router.route(raw, context, decision, timeout, started)
         except RequestError as exc:
@@ -282,9 +290,14 @@ class NodeRuntime:
         finally:
             if admitted:
                 self.admission.release(objective)
+                self.metrics.request_seconds.labels(*labels).observe(time.perf_counter() - started)
             self.metrics.requests.labels(*labels).inc()
-            self.metrics.request_seconds.labels(*labels).observe(time.perf_counter() - started)
         return response
+
+    @functools.cache  # noqa: B019 - a handful of (objective, reason) pairs per runtime
+    def _shed_message(self, objective: str, reason: str) -> str:
+        """Constant per objective and reason, so HTTP/2 header compression reuses it."""
+        return f"objective {objective!r} is over its {reason} limit on this node; retry later"
 
     def set_objectives(self, objectives: Mapping[str, ObjectiveConfig]) -> None:
         """Swap the objective configs atomically; limits and log rates follow them."""
@@ -304,10 +317,23 @@ class NodeRuntime:
             self.active_nodes = max(1, count)
             self._apply_limits()
 
+    def _default_burst(self, config: ObjectiveConfig) -> float | None:
+        """Without an explicit burst, an objective may burst a queue budget's worth of its
+        rate (not a whole second's), so its first second of a flood cannot fill the queue
+        other objectives share."""
+        rate = config.limits.rate_per_s if config.limits else None
+        if rate is None:
+            return None
+        return max(1.0, rate * self.config.max_queue_wait_s)
+
     def _apply_limits(self) -> None:
         limits = {
             name: per_node(
-                ObjectiveLimits(c.limits.max_concurrency, c.limits.rate_per_s, c.limits.burst),
+                ObjectiveLimits(
+                    c.limits.max_concurrency,
+                    c.limits.rate_per_s,
+                    c.limits.burst if c.limits.burst is not None else self._default_burst(c),
+                ),
                 self.active_nodes,
             )
             for name, c in self.objectives.items()
@@ -368,17 +394,20 @@ class NodeRuntime:
         expected wait (queue depth x per-request service time) is over the queue budget,
         or wait plus service would overrun the request's deadline."""
         key = model.manifest.model_key
-        per_item = self.item_seconds.get(key, 0.0)
+        cost = self.batch_costs.get(key)
+        if cost is None:
+            return
         depth = model.ref.mailbox_depth
-        wait = depth * per_item
-        batch = model.manifest.batching.max_batch_size * per_item
+        max_batch = model.manifest.batching.max_batch_size
+        wait = cost.wait_seconds(depth, max_batch)
+        batch = cost.batch_seconds(max_batch)
         if should_shed(timeout_s, wait, batch):
             self.metrics.shed.labels(objective, "deadline").inc()
             raise DeadlineExceeded(
                 f"{key}: {depth} requests queued (~{wait * 1000:.0f} ms) cannot be served "
                 f"within the {timeout_s * 1000:.0f} ms left; shed before doing the work"
             )
-        if wait > self.config.max_queue_wait_s and depth >= model.manifest.batching.max_batch_size:
+        if wait > self.config.max_queue_wait_s and depth >= max_batch:
             self.metrics.shed.labels(objective, "queue").inc()
             raise Overloaded(
                 f"{key}: overloaded ({depth} requests queued, ~{wait * 1000:.0f} ms of work); "
@@ -387,9 +416,7 @@ class NodeRuntime:
 
     def _observe_batch(self, key: str, size: int, queue_s: float, compute_s: float) -> None:
         self.metrics.observe_batch(key, size, queue_s, compute_s)
-        per_item = compute_s / max(1, size)
-        old = self.item_seconds.get(key)
-        self.item_seconds[key] = per_item if old is None else old + 0.2 * (per_item - old)
+        self.batch_costs.setdefault(key, BatchCostModel()).observe(size, compute_s)
 
     def _log_prediction(
         self, request: Any, job: Job, key: str, cell: str, result: JobResult, started: float
