@@ -4,7 +4,8 @@
 
 A real local cluster (etcd + 3 node processes) serves ``payment_fraud``. Requests use
 users whose decision is ``payment_fraud@1`` with no shadow copy, so every setup does the
-same model work. Side by side, in alternating rounds:
+same model work, and every setup makes the same client call (``predict``: encode, send,
+decode). Side by side, in alternating rounds:
   direct     client -> an owner of payment_fraud@1 (served there, 0 hops)
   forwarded  client -> the node that does not own it (forwards the raw bytes, 1 hop)
   smart      SmartClient (routes to an owner itself)
@@ -28,7 +29,7 @@ from bench.loadgen import LoadResult, run_closed_loop
 from bench.serving import FRAUD, merge
 from membership.etcd import connect
 from node.catalog_ops import catalog, register_tree
-from node.client import Client, SmartClient, build_request
+from node.client import Client, SmartClient
 from node.localcluster import routing_table, wait_ready
 from router.rules import RequestContext, evaluate, load_objectives_dir
 from tests.etcd_server import EtcdServer
@@ -92,15 +93,16 @@ async def run(duration_s: float, concurrency: int, rounds: int) -> None:
             owner = nodes[owners[0]]
             other = next(n for node_id, n in nodes.items() if node_id not in owners)
             users = plain_users(500)
-            raws = [build_request("payment_fraud", FRAUD, user_id=u) for u in users]
             counter = iter(range(10**12))
             direct, via = Client(owner.target), Client(other.target)
             smart = SmartClient([other.target])
             await smart.refresh()
 
-            def raw_call(c: Client) -> Callable[[], Awaitable[object]]:
-                async def call() -> object:
-                    return await c.predict_raw(raws[next(counter) % len(raws)])
+            def plain_call(c: Client) -> Callable[[], Awaitable[object]]:
+                async def call() -> object:  # the same client-side work as the smart client
+                    return await c.predict(
+                        "payment_fraud", FRAUD, user_id=users[next(counter) % len(users)]
+                    )
 
                 return call
 
@@ -110,8 +112,8 @@ async def run(duration_s: float, concurrency: int, rounds: int) -> None:
                 )
 
             setups = {
-                "direct to owner": (raw_call(direct), owner.proc.pid),
-                "via non-owner ingress": (raw_call(via), other.proc.pid),
+                "direct to owner": (plain_call(direct), owner.proc.pid),
+                "via non-owner ingress": (plain_call(via), other.proc.pid),
                 "smart client": (smart_call, None),
             }
             out = Table(title=f"payment_fraud on 3 nodes, {duration_s:g} s per setup")

@@ -467,5 +467,18 @@ def down(cluster_name: str) -> None:
 register_admin_commands(main)
 
 
+@main.command(
+    "sim",
+    context_settings={"ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sim_command(args: tuple[str, ...]) -> None:
+    """Chaos simulator: `shardline sim run SCENARIO [--seed N] [--report DIR]`."""
+    from sim.cli import sim  # loaded on demand: the node never imports the simulator
+
+    sim.main(list(args), prog_name="shardline sim")
+
+
 if __name__ == "__main__":
     main()
