@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import os
 import shutil
 import subprocess
 import sys
@@ -55,7 +56,17 @@ def generate(contract: Contract, out_dir: Path) -> None:
         *outputs,
         *(str(p.relative_to(contract.proto_root)) for p in contract.proto_files()),
     ]
-    done = subprocess.run(cmd, cwd=contract.proto_root, capture_output=True, text=True, check=False)
+    # The betterproto plugin sits beside this interpreter (a venv's bin/), which need not be
+    # on PATH when the venv is not activated (CI calls .venv/bin/python directly).
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    done = subprocess.run(
+        cmd,
+        cwd=contract.proto_root,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PATH": path},
+    )
     if done.returncode != 0:
         raise RuntimeError(f"protoc failed ({done.returncode}):\n{done.stderr}")
 

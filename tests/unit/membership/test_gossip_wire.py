@@ -191,7 +191,9 @@ def upd(**fields: object) -> gpb.MemberUpdate:
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (b"\xff\xff\xff", "not a gossip envelope"),
+        # Garbage either fails to parse or parses to an empty envelope, depending on the
+        # protobuf runtime: refused either way.
+        (b"\xff\xff\xff", "not a gossip envelope|cluster is missing"),
         (bytes(gpb.Envelope(cluster=CLUSTER, sender_id="n1", sender_address="h:1")), "no body"),
         (env(sender_id=""), "sender_id is missing"),
         (env(sender_id="x" * 129), "sender_id is longer than 128"),
