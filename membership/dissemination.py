@@ -12,6 +12,8 @@ against betterproto), so the pure core can fill datagrams up to the limit.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -64,6 +66,7 @@ def update_size(update: Update) -> int:
     )
 
 
+@functools.lru_cache(maxsize=8192)  # push-pull sizes every member's record every time
 def update_entry_size(update: Update) -> int:
     """Bytes one update adds to a message as a repeated field element."""
     return _nested(update_size(update))
@@ -80,12 +83,17 @@ def body_size(body: Body) -> int:
     return (2 if body.want_reply else 0) + sum(update_entry_size(u) for u in body.members)
 
 
+def envelope_head_size(cluster: str, sender_id: str, sender_address: str) -> int:
+    """Bytes of an Envelope's sender fields (add ``1 + varint_size(b) + b`` for a body of b)."""
+    return _str(cluster) + _str(sender_id) + _str(sender_address)
+
+
 def envelope_size(
     cluster: str, sender_id: str, sender_address: str, body_bytes: int, updates_bytes: int
 ) -> int:
     """Encoded size of an Envelope given its body size and the sum of its update entries."""
     return (
-        _str(cluster) + _str(sender_id) + _str(sender_address) + _nested(body_bytes) + updates_bytes
+        envelope_head_size(cluster, sender_id, sender_address) + _nested(body_bytes) + updates_bytes
     )
 
 
@@ -107,7 +115,10 @@ class _Entry:
     update: Update
     size: int
     transmits: int
-    order: int
+    newest: int  # minus the enqueue order: sorts newest first
+
+
+_RANK = operator.attrgetter("transmits", "newest")  # fewest transmitted, then newest first
 
 
 class Disseminator:
@@ -129,7 +140,7 @@ class Disseminator:
     def enqueue(self, update: Update) -> None:
         """Queue ``update`` (replacing any pending update about the same member)."""
         self._order += 1
-        self._entries[update.node_id] = _Entry(update, update_entry_size(update), 0, self._order)
+        self._entries[update.node_id] = _Entry(update, update_entry_size(update), 0, -self._order)
 
     def drop(self, node_id: str) -> None:
         self._entries.pop(node_id, None)
@@ -153,7 +164,7 @@ class Disseminator:
                     self._count(entry, limit)
         if not self._entries or budget < _MIN_ENTRY_BYTES:
             return tuple(chosen)
-        for entry in sorted(self._entries.values(), key=lambda e: (e.transmits, -e.order)):
+        for entry in sorted(self._entries.values(), key=_RANK):
             if entry.update.node_id == skip or entry.size > budget:
                 continue
             chosen.append(entry.update)

@@ -22,7 +22,13 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from membership.dissemination import body_size, envelope_size, update_entry_size
+from membership.dissemination import (
+    body_size,
+    envelope_head_size,
+    envelope_size,
+    update_entry_size,
+    varint_size,
+)
 from membership.swim_merge import MergeCore
 from membership.swim_state import (
     LIVE_STATES,
@@ -99,16 +105,24 @@ class Swim(MergeCore):
         self._next_push_pull_at = now + rng.uniform(0.5, 1.0) * config.push_pull_interval_s
         self._seeds: dict[str, str] = {}
         self._next_join_at: float | None = None
+        self._next_reconnect_at = now + config.reconnect_interval_s
 
     # ------------------------------------------------------------------ public API
 
     def set_seeds(self, seeds: Mapping[str, str], now: float) -> list[Effect]:
-        """Adopt the etcd roster (node_id -> gossip address); contact members not yet known."""
-        self._seeds = {nid: addr for nid, addr in seeds.items() if nid != self.node_id}
+        """Adopt the etcd roster (node_id -> gossip address); contact members not yet known.
+
+        Shells call this on every view change: a join round runs at once only when the
+        roster changed or no retry is pending (else the retry, every ``join_retry_s``,
+        does it), so a cold start of N members is not N^2 full-state push-pulls."""
+        seeds = {nid: addr for nid, addr in seeds.items() if nid != self.node_id}
+        changed = seeds != self._seeds
+        self._seeds = seeds
         if self._left:
             return []
         out: list[Effect] = []
-        self._join(now, out)
+        if changed or self._next_join_at is None:
+            self._join(now, out)
         return out
 
     def set_local_load(self, in_flight: int, models: Sequence[str]) -> None:
@@ -154,6 +168,9 @@ class Swim(MergeCore):
                 out += self._push_pull(target.address, target.node_id, want_reply=True)
         if self._next_join_at is not None and now >= self._next_join_at:
             self._join(now, out)
+        if now >= self._next_reconnect_at:
+            self._next_reconnect_at = now + self.config.reconnect_interval_s
+            self._reconnect(out)
         return out
 
     def on_message(self, msg: Message, from_address: str, now: float) -> list[Effect]:
@@ -161,8 +178,7 @@ class Swim(MergeCore):
         out: list[Effect] = []
         if self._left or msg.cluster != self.config.cluster or msg.sender_id == self.node_id:
             return out
-        for update in msg.updates:
-            self._apply(update, now, out)
+        self._apply_all(msg.updates, now, out)
         body = msg.body
         if isinstance(body, Ping):
             if body.target_id == self.node_id:
@@ -177,8 +193,7 @@ class Swim(MergeCore):
             self._relays[seq] = _Relay(from_address, body.seq, now + self.config.probe_timeout_s)
             out.append(self._send(body.target_address, body.target_id, Ping(seq, body.target_id)))
         else:
-            for update in body.members:
-                self._apply(update, now, out)
+            self._apply_all(body.members, now, out)
             if body.want_reply:
                 out += self._push_pull(from_address, msg.sender_id, want_reply=False)
         return out
@@ -210,7 +225,7 @@ class Swim(MergeCore):
         """The earliest time ``on_tick`` has work to do (None after leaving)."""
         if self._left:
             return None
-        times = [self._next_push_pull_at]
+        times = [self._next_push_pull_at, self._next_reconnect_at]
         probe = self._probe
         if probe is None:
             times.append(self._next_probe_at)
@@ -333,6 +348,24 @@ class Swim(MergeCore):
         for nid in self._rng.sample(unknown, min(fanout, len(unknown))):
             out += self._push_pull(self._seeds[nid], nid, want_reply=True)
 
+    def _reconnect(self, out: list[Effect]) -> None:
+        """Push-pull with one roster seed we hold dead or tombstoned (partition healing).
+
+        Probes, relays and push-pulls only go to live members, and a seed is only joined
+        while unknown: without this, the two sides of a healed partition, each holding the
+        other dead, would not exchange a datagram until the tombstones expire (dead_reap_s
+        + tombstone_s). A member that really is dead just does not answer.
+        """
+        dead = [
+            nid
+            for nid in sorted(self._seeds)
+            if (nid in self._members and self._members[nid].state is MemberState.DEAD)
+            or (nid not in self._members and nid in self._tombstones)
+        ]
+        if dead:
+            nid = self._rng.choice(dead)
+            out += self._push_pull(self._seeds[nid], nid, want_reply=True)
+
     def _push_pull(self, address: str, to_id: str, *, want_reply: bool) -> list[Effect]:
         """Our full state to ``address``, split into datagrams; only the first asks a reply."""
         records = [self._record(m) for _, m in sorted(self._members.items())]
@@ -342,12 +375,20 @@ class Swim(MergeCore):
         out: list[Effect] = []
         chunk: list[Update] = []
         chunk_bytes = 0
+        head, limit = (
+            envelope_head_size(self.config.cluster, self.node_id, self.address),
+            self._limit,
+        )
+
+        def fits(body: int) -> bool:  # the whole datagram, for a PushPull body of this size
+            return head + 1 + varint_size(body) + body <= limit
+
         for record in records:
             size = update_entry_size(record)
-            if not self._fits_alone(record):
+            if not fits(2 + size):  # not even alone (2: the want_reply flag)
                 continue
             ask = want_reply and not out
-            if self._envelope(PushPull(ask, ()), chunk_bytes + size, 0) > self._limit and chunk:
+            if chunk and not fits((2 if ask else 0) + chunk_bytes + size):
                 out.append(Send(address, self._message(PushPull(ask, tuple(chunk)), ())))
                 chunk, chunk_bytes = [], 0
             chunk.append(record)

@@ -50,6 +50,10 @@ class SwimConfig:
     tombstone_s: float = 600.0
     # Roster seeds we have not heard from are re-contacted (push-pull) this often.
     join_retry_s: float = 1.0
+    # Roster seeds we hold dead (or only a tombstone of): one of them is push-pulled this
+    # often, so that two sides of a healed partition, each holding the other dead, meet
+    # again (the contacted member sees our claim, refutes it, and answers with its state).
+    reconnect_interval_s: float = 5.0
     # Lifeguard local health: probe interval and timeout scale by (1 + score), score <= this.
     max_local_health: int = 8
 
@@ -71,7 +75,12 @@ class SwimConfig:
             problems.append("retransmit_mult must be > 0")
         problems.extend(
             f"{name} must be > 0"
-            for name in ("push_pull_interval_s", "dead_reap_s", "join_retry_s")
+            for name in (
+                "push_pull_interval_s",
+                "dead_reap_s",
+                "join_retry_s",
+                "reconnect_interval_s",
+            )
             if not getattr(self, name) > 0
         )
         if not self.tombstone_s >= 0:

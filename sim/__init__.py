@@ -1,1 +1,18 @@
-"""shardline: sim package."""
+"""shardline: the deterministic discrete-event chaos simulator (``shardline sim``).
+
+It drives the project's real pure cores on a virtual clock: every simulated node runs
+``membership.swim.Swim``, builds its view with ``membership.view.build_view`` from a
+``membership.snapshot.ClusterSnapshot`` fed by an etcd double, its ring with
+``router.handoff.ring_of``, places models with ``router.handoff.step`` and routes with
+``router.rules.evaluate``, ``router.handoff.serving_candidates``,
+``router.replica.choose_replica`` and ``router.forward`` (failover, hop limit). Only the
+I/O is simulated: the network (``sim.network``), etcd (``sim.etcd``), model execution
+(``sim.executor``, with the real ``workflows.batching.BatchPolicy``) and the clients.
+
+Layout: ``core`` (clock, heap, seeded generators), ``scenario``/``faults``/``defaults``
+(TOML scenarios), ``world`` (the run), ``node``/``control``/``routing`` (a node),
+``serving``/``request``/``executor``/``workload`` (the request path), ``chaos`` (faults),
+``checks`` (safety, liveness), ``metrics``/``result``/``report`` (outputs), ``swarm``
+(random schedules), ``cli``. Never imports ``node``; only tests, the CLI and
+``bench/sim_speed.py`` import it.
+"""

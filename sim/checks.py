@@ -1,0 +1,223 @@
+"""The run's checkers: safety on every request during faults, liveness after the heal.
+
+Safety, checked as it happens:
+
+* ``wrong_model``: an answer came from a model version other than the one the objective
+  selects for that user under the config the ingress routed with (recomputed here with
+  ``router.rules.evaluate`` from the config etcd stored, not from the node's copy);
+* ``unknown_config``: the ingress routed with a config etcd never committed before then;
+* ``stale_config``: it routed with a config superseded more than ``config_staleness_s``
+  earlier although its watch was connected all along;
+* ``routed_to_dead``: a request was sent to a node whose process had been dead (crashed
+  or stopped) for longer than the detection bound;
+* ``routed_to_confirmed_dead``: a node sent a request to a member its own view holds dead;
+* ``lost``: a request that never ended (checked when the run is over).
+
+Liveness: from the heal on, the cluster is sampled every ``SAMPLE_S``; it has converged
+when every roster record belongs to a running process and every running process is in
+the roster, no join is pending (nor a drain that an active node could take over), and
+every running node has etcd's revision, a view of exactly the roster with nobody dead,
+and the ring over the roster's active members.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from membership.registry import NodeState
+from router.rules import Decision, ObjectiveConfig, evaluate
+from sim.etcd import ObjectiveVersion
+from sim.request import Request
+
+if TYPE_CHECKING:
+    from sim.node import SimNode
+    from sim.world import World
+
+SAMPLE_S = 0.5
+MAX_EXAMPLES = 10
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+
+class Safety:
+    def __init__(self, world: World, detection_bound_s: float, staleness_s: float) -> None:
+        self.world = world
+        self.bound_s = detection_bound_s
+        self.staleness_s = staleness_s
+        self.violations: Counter[str] = Counter()
+        self.examples: list[str] = []
+        self._expected: dict[tuple[int, int, int], str | None] = {}
+        self._histories: list[list[ObjectiveVersion]] = []
+        self._configs: dict[tuple[str, int], ObjectiveConfig] = {}
+        self.checked_answers = 0
+        self.checked_routes = 0
+
+    def _violation(self, kind: str, detail: str) -> None:
+        self.violations[kind] += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(f"t={self.world.loop.now:.3f}s {kind}: {detail}")
+
+    def start(self) -> None:
+        """Bind to etcd's objective histories (after the world wrote them)."""
+        etcd = self.world.etcd
+        self._histories = [etcd.objectives[name] for name in self.world.engine.names]
+
+    def routed(self, req: Request, via: SimNode, target: str) -> None:
+        self.checked_routes += 1
+        down = self.world.down_since.get(target)
+        now = self.world.loop.now
+        if down is not None and now - down > self.bound_s:
+            self._violation(
+                "routed_to_dead",
+                f"request {req.rid} sent by {via.node_id} to {target}, down since {down:.3f}s",
+            )
+        if target in via.view.dead:
+            self._violation(
+                "routed_to_confirmed_dead",
+                f"request {req.rid}: {via.node_id} holds {target} dead but sent to it",
+            )
+
+    def expected_model(self, name: str, revision: int, user: int) -> str | None:
+        """What ``evaluate`` says for this user under the config etcd stored."""
+        version = self.world.etcd.objective(name, revision)
+        if version is None:
+            return None
+        config = self._configs.get((name, revision))
+        if config is None:
+            config = self._configs[(name, revision)] = ObjectiveConfig.from_dict(version.config)
+        decision: Decision = evaluate(config, self.world.engine.context(user))
+        return decision.model_key
+
+    def answered(self, req: Request, model_key: str, server: SimNode) -> None:
+        """An answer from ``model_key``: was it the model (and config) it should be?"""
+        self.checked_answers += 1
+        history = self._histories[req.obj]
+        rev = req.rev
+        version = history[rev - 1] if 0 < rev <= len(history) else None
+        if version is None or version.committed_at > req.t_route:
+            name = self.world.engine.names[req.obj]
+            self._violation("unknown_config", f"request {req.rid}: {name} revision {rev}")
+            return
+        if req.t_route - version.superseded_at > self.staleness_s:
+            self._stale(req, version.superseded_at)
+        expected = self._expected.get((req.obj, rev, req.user))
+        if expected is None:
+            expected = self.expected_model(self.world.engine.names[req.obj], rev, req.user)
+            self._expected[(req.obj, rev, req.user)] = expected
+        if model_key != expected:
+            self._violation(
+                "wrong_model",
+                f"request {req.rid} ({self.world.engine.names[req.obj]} rev {rev}, user "
+                f"u{req.user}) answered by {model_key} on {server.node_id}, expected {expected}",
+            )
+
+    def _stale(self, req: Request, superseded_at: float) -> None:
+        control = req.ingress.control
+        if control is not None and control.connected and control.connected_since <= superseded_at:
+            late = req.t_route - superseded_at
+            self._violation(
+                "stale_config",
+                f"request {req.rid}: {req.ingress.node_id} routed "
+                f"{self.world.engine.names[req.obj]} with revision {req.rev}, superseded "
+                f"{late:.2f}s earlier",
+            )
+
+    def lost(self, open_requests: Mapping[int, Request]) -> None:
+        for rid in sorted(open_requests)[:MAX_EXAMPLES]:
+            req = open_requests[rid]
+            self._violation("lost", f"request {rid} (ingress {req.ingress.node_id}) never ended")
+        extra = len(open_requests) - min(len(open_requests), MAX_EXAMPLES)
+        if extra > 0:
+            self.violations["lost"] += extra
+
+    def result(self) -> CheckResult:
+        if not self.violations:
+            detail = f"{self.checked_answers} answers and {self.world.engine.routes} routes checked"
+            return CheckResult("safety", True, detail)
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(self.violations.items()))
+        return CheckResult("safety", False, f"{counts}; first: {self.examples[0]}")
+
+
+class Liveness:
+    """Convergence after the heal (see the module docstring)."""
+
+    def __init__(self, world: World, heal_at_s: float, bound_s: float) -> None:
+        self.world = world
+        self.heal_at_s = heal_at_s
+        self.bound_s = bound_s
+        self.converged_at: float | None = None
+        self.last_problem = "not sampled"
+
+    def problem(self) -> str | None:
+        """Why the cluster has not converged (None: it has)."""
+        world = self.world
+        etcd = world.etcd
+        records = sum(1 for key in etcd.kv if key.startswith("nodes/"))
+        roster = world.roster()
+        if len(roster) != records:
+            return f"{records - len(roster)} roster record(s) of processes that are gone"
+        for node_id, node in sorted(world.nodes.items()):
+            if node.accepting and node_id not in roster:
+                return f"{node_id} runs but is not in the roster"
+        # A join must complete; a drain too, unless no active node is left to take over.
+        can_drain = any(state is NodeState.ACTIVE for state in roster.values())
+        unsettled = sorted(
+            n
+            for n, state in roster.items()
+            if state is NodeState.JOINING or (state is NodeState.DRAINING and can_drain)
+        )
+        if unsettled:
+            return f"{', '.join(unsettled)} still joining or draining"
+        active = tuple(
+            sorted(
+                (n, world.nodes[n].capacity) for n, st in roster.items() if st is NodeState.ACTIVE
+            )
+        )
+        for node_id in sorted(roster):
+            node = world.nodes[node_id]
+            if node.frozen:
+                return f"{node_id} is paused"
+            if node.snapshot.revision != etcd.revision:
+                return f"{node_id} is at revision {node.snapshot.revision}, etcd at {etcd.revision}"
+            if set(node.view.members) != set(roster) or node.view.dead:
+                dead = sorted(node.view.dead)
+                return (
+                    f"{node_id}'s view has {len(node.view.members)}/{len(roster)} members "
+                    f"(dead: {', '.join(dead) or 'none'})"
+                )
+            if node.ring_key != active:
+                return f"{node_id}'s ring has {len(node.ring_key)} members, {len(active)} active"
+        return None
+
+    def sample(self, now: float, quiet_since: float) -> None:
+        """Check once; ``quiet_since`` is the last fault action (restarts run late)."""
+        if self.converged_at is not None and self.converged_at < quiet_since:
+            self.converged_at = None  # a later fault action: start over
+        if self.converged_at is not None or now < max(self.heal_at_s, quiet_since):
+            return
+        problem = self.problem()
+        if problem is None:
+            self.converged_at = now
+        else:
+            self.last_problem = problem
+
+    def result(self, quiet_since: float) -> CheckResult:
+        start = max(self.heal_at_s, quiet_since)
+        if self.converged_at is not None:
+            took = max(0.0, self.converged_at - start)
+            ok = took <= self.bound_s
+            return CheckResult(
+                "liveness", ok, f"converged {took:.1f}s after the heal (bound {self.bound_s:g}s)"
+            )
+        return CheckResult("liveness", False, f"not converged by the end: {self.last_problem}")

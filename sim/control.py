@@ -1,0 +1,224 @@
+"""A simulated node's control-plane client: registration under a lease, keepalive, watch.
+
+Mirrors ``membership.registry.Registration`` and ``membership.snapshot.SnapshotWatcher``:
+the node grants a lease of ``ttl`` and puts its ``NodeRecord`` under it, refreshes the
+lease every ``ttl/3`` (granting a new one and putting the record again when the lease is
+gone), reads the whole prefix once and then follows the watch, reconnecting with jittered
+exponential backoff (0.05 s doubling to 2 s) and resuming from its last revision. While
+etcd is unreachable the node keeps its last snapshot. Every etcd call is an RPC through
+the simulated network (``World.etcd_call``); the store applies it when it arrives.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from membership.registry import NodeRecord, NodeState
+from membership.snapshot import ClusterSnapshot
+from sim.etcd import EtcdDouble
+
+if TYPE_CHECKING:
+    from sim.node import SimNode
+
+INITIAL_BACKOFF_S = 0.05
+MAX_BACKOFF_S = 2.0
+
+
+class ControlClient:
+    """The etcd side of one node process (one instance per process lifetime)."""
+
+    def __init__(self, node: SimNode) -> None:
+        self.node = node
+        self.world = node.world
+        self.epoch = node.epoch
+        self.lease_id = 0
+        self.state = NodeState.JOINING
+        self.connected = False
+        self.connected_since = 0.0
+        self.last_delivery_at = 0.0
+        self._backoff_s = INITIAL_BACKOFF_S
+        self._reconnecting = False
+        self._registered = False
+        self.stopped = False
+
+    @property
+    def _live(self) -> bool:
+        return not self.stopped and self.node.up and self.node.epoch == self.epoch
+
+    def record(self) -> NodeRecord:
+        node = self.node
+        return NodeRecord(
+            node_id=node.node_id,
+            grpc_address=node.grpc_address,
+            gossip_address=node.gossip_address,
+            capacity=node.capacity,
+            state=self.state,
+        )
+
+    # ------------------------------------------------------------------ watch
+
+    def start(self) -> None:
+        """Read the prefix (then register); retried with backoff while etcd is away."""
+        self._resync()
+
+    def _resync(self) -> None:
+        self._reconnecting = True
+
+        def read(etcd: EtcdDouble) -> tuple[list[tuple[str, bytes]], int]:
+            return etcd.items(), etcd.revision
+
+        def done(result: tuple[list[tuple[str, bytes]], int] | None) -> None:
+            self._reconnecting = False
+            if not self._live:
+                return
+            if result is None:
+                self._retry_later()
+                return
+            items, revision = result
+            node = self.node
+            if node.snapshot.revision == 0:
+                snapshot = ClusterSnapshot.from_kvs(items, revision)
+            else:  # resume: apply what we missed (the double never compacts)
+                events = self.world.etcd.events(node.snapshot.revision, revision)
+                snapshot = node.snapshot.apply(events, revision)
+            self._backoff_s = INITIAL_BACKOFF_S
+            self.connected = True
+            self.connected_since = self.world.loop.now
+            self.last_delivery_at = self.world.loop.now
+            node.on_snapshot(snapshot)
+            if not self._registered:
+                self._register()
+
+        self.world.etcd_call(self.node, read, done)
+
+    def _retry_later(self) -> None:
+        node = self.node
+        delay = self._backoff_s * (0.5 + node.misc_rng.random())
+        self._backoff_s = min(MAX_BACKOFF_S, self._backoff_s * 2)
+        self._reconnecting = True
+        self.world.loop.after(delay, self._retry, self.epoch)
+
+    def _retry(self, epoch: int) -> None:
+        if epoch != self.epoch or not self._live:
+            return
+        if self.node.frozen:
+            self.node.defer(self._retry, epoch)
+            return
+        self._resync()
+
+    def disconnect(self) -> None:
+        """The watch broke (etcd down or cut off): keep the snapshot, reconnect."""
+        if not self.connected or not self._live:
+            return
+        self.connected = False
+        if not self._reconnecting:
+            self._retry_later()
+
+    def deliver(self, revision: int) -> None:
+        """A watch batch up to ``revision`` arrives (scheduled by the world)."""
+        if not self._live or not self.connected:
+            return
+        node = self.node
+        if node.frozen:
+            node.defer(self.deliver, revision)
+            return
+        if revision <= node.snapshot.revision:
+            return
+        events = self.world.etcd.events(node.snapshot.revision, revision)
+        node.on_snapshot(node.snapshot.apply(events, revision))
+
+    # ------------------------------------------------------------------ registration
+
+    def adopt(self, lease_id: int, state: NodeState) -> None:
+        """Take over a registration made before the run (the initial steady state)."""
+        self.lease_id, self.state, self._registered = lease_id, state, True
+        ttl = self.world.scenario.cluster.lease_ttl_s
+        delay = ttl / 3 * (0.5 + 0.5 * self.node.misc_rng.random())
+        self.world.loop.after(delay, self._keepalive, self.epoch)
+
+    def _register(self) -> None:
+        self._registered = True
+        record = self.record().to_json()
+        ttl = self.world.scenario.cluster.lease_ttl_s
+        key = f"nodes/{self.node.node_id}"
+
+        def grant_put(etcd: EtcdDouble) -> int:
+            lease = etcd.grant(ttl, self.world.loop.now)
+            etcd.put(key, record, lease)
+            return lease
+
+        def done(lease: int | None) -> None:
+            if not self._live:
+                return
+            if lease is None:
+                self._registered = False
+                self.world.loop.after(ttl / 3, self._retry_register, self.epoch)
+                return
+            self.lease_id = lease
+            self.world.watch_lease(lease)
+            self.world.loop.after(ttl / 3, self._keepalive, self.epoch)
+
+        self.world.etcd_call(self.node, grant_put, done)
+
+    def _retry_register(self, epoch: int) -> None:
+        if epoch == self.epoch and self._live and not self._registered:
+            self._register()
+
+    def _keepalive(self, epoch: int) -> None:
+        if epoch != self.epoch or not self._live:
+            return
+        node = self.node
+        if node.frozen:
+            node.defer(self._keepalive, epoch)
+            return
+        ttl = self.world.scenario.cluster.lease_ttl_s
+        lease = self.lease_id
+        now = self.world.loop.now
+
+        def refresh(etcd: EtcdDouble) -> bool:
+            return etcd.keepalive(lease, now)
+
+        def done(alive: bool | None) -> None:
+            if not self._live:
+                return
+            if alive is None:
+                self.disconnect()
+            elif not alive:  # the lease expired meanwhile: register again
+                self._register()
+                return
+            self.world.loop.after(ttl / 3, self._keepalive, self.epoch)
+
+        self.world.etcd_call(node, refresh, done)
+
+    def set_state(self, state: NodeState) -> None:
+        """Put our record with a new state (retried until etcd takes it)."""
+        self.state = state
+        record = self.record().to_json()
+        key = f"nodes/{self.node.node_id}"
+        lease = self.lease_id
+
+        def put(etcd: EtcdDouble) -> int | None:
+            return etcd.put(key, record, lease)
+
+        def done(revision: int | None) -> None:
+            if not self._live or self.state is not state:
+                return
+            if revision is None:
+                self.world.loop.after(0.5, self._retry_state, (self.epoch, state))
+
+        self.world.etcd_call(self.node, put, done)
+
+    def _retry_state(self, arg: tuple[int, NodeState]) -> None:
+        epoch, state = arg
+        if epoch == self.epoch and self._live and self.state is state:
+            self.set_state(state)
+
+    def deregister(self) -> None:
+        """A graceful stop: revoke the lease (the record goes at once); best effort."""
+        lease = self.lease_id
+        self.stopped = True
+
+        def revoke(etcd: EtcdDouble) -> int | None:
+            return etcd.revoke(lease)
+
+        self.world.etcd_call(self.node, revoke, lambda _result: None, force=True)

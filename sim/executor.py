@@ -1,0 +1,157 @@
+"""A simulated model actor: a bounded batch queue in front of one model key on one node.
+
+It mirrors ``node.model_actor`` with the real batch-closing policy
+(``workflows.batching.BatchPolicy``): a batch closes when it holds ``max_batch`` requests
+or ``max_delay_ms`` after its first request was enqueued; requests whose deadline passed
+while queued are dropped at closing (their asker already gave up); a full queue rejects
+with RESOURCE_EXHAUSTED. A batch of n takes ``(base + per_item * n)`` ms, times the node's
+slow-down factor, times a lognormal jitter. Closing an executor (unload) stops new work and
+lets the queue finish; killing it (crash) drops everything on the floor.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from typing import TYPE_CHECKING
+
+from sim.core import EventLoop
+from sim.request import Request
+from sim.scenario import WorkflowSpec
+from workflows.batching import BatchPolicy
+
+if TYPE_CHECKING:
+    from sim.node import SimNode
+    from sim.serving import RequestEngine
+
+
+class Executor:
+    """One model key's batch queue on one node (see the module docstring)."""
+
+    __slots__ = (
+        "_base_s",
+        "_busy",
+        "_close_token",
+        "_engine",
+        "_loop",
+        "_per_item_s",
+        "_rng",
+        "_running",
+        "alive",
+        "batches",
+        "capacity",
+        "closing",
+        "key",
+        "node",
+        "policy",
+        "queue",
+        "sigma",
+    )
+
+    def __init__(
+        self,
+        node: SimNode,
+        spec: WorkflowSpec,
+        loop: EventLoop,
+        engine: RequestEngine,
+        rng: random.Random,
+    ) -> None:
+        self.node = node
+        self.key = spec.key
+        self.policy = BatchPolicy(spec.max_batch, spec.max_delay_ms)
+        self.capacity = spec.queue_capacity
+        self._base_s = spec.base_ms / 1000.0
+        self._per_item_s = spec.per_item_ms / 1000.0
+        self.sigma = spec.jitter
+        self._loop = loop
+        self._engine = engine
+        self._rng = rng
+        self.queue: deque[tuple[Request, float]] = deque()
+        self._busy = False
+        self._running: list[Request] = []
+        self._close_token = 0
+        self.alive = True
+        self.closing = False
+        self.batches = 0
+
+    def offer(self, req: Request) -> str | None:
+        """Enqueue ``req``; an error status when it cannot be taken."""
+        if self.closing or not self.alive:
+            return "UNAVAILABLE"
+        queue = self.queue
+        if len(queue) >= self.capacity:
+            return "RESOURCE_EXHAUSTED"
+        now = self._loop.now
+        queue.append((req, now))
+        self.node.in_flight += 1
+        if not self._busy and (len(queue) == 1 or len(queue) >= self.policy.max_batch_size):
+            self._schedule_close(now)
+        return None
+
+    def _schedule_close(self, now: float) -> None:
+        self._close_token += 1
+        first = self.queue[0][1]
+        wait = self.policy.wait_s(len(self.queue), first, now)
+        self._loop.at(now + wait, self._close, self._close_token)
+
+    def _close(self, token: int) -> None:
+        if token != self._close_token or self._busy or not self.alive:
+            return
+        node = self.node
+        if node.frozen:
+            node.defer(self._close, token)
+            return
+        now = self._loop.now
+        queue = self.queue
+        batch: list[Request] = []
+        engine = self._engine
+        limit = self.policy.max_batch_size
+        while queue and len(batch) < limit:
+            req, _ = queue.popleft()
+            if req.deadline <= now:
+                node.in_flight -= 1
+                engine.expired_in_queue(req)
+            else:
+                batch.append(req)
+        if not batch:
+            if queue:
+                self._schedule_close(now)
+            elif self.closing:
+                node.executor_drained(self)
+            return
+        cost = (self._base_s + self._per_item_s * len(batch)) * node.slow_factor
+        if self.sigma:
+            cost *= math.exp(self._rng.gauss(0.0, self.sigma))
+        self._busy = True
+        self._running = batch
+        self.batches += 1
+        self._loop.at(now + cost, self._complete, batch)
+
+    def _complete(self, batch: list[Request]) -> None:
+        if not self.alive:
+            return
+        node = self.node
+        if node.frozen:
+            node.defer(self._complete, batch)
+            return
+        self._busy = False
+        self._running = []
+        node.in_flight -= len(batch)
+        self._engine.executed(batch, self)
+        if self.queue:
+            self._schedule_close(self._loop.now)
+        elif self.closing:
+            node.executor_drained(self)
+
+    def kill(self) -> list[Request]:
+        """A crash: everything queued or running is dropped (and returned)."""
+        self.alive = False
+        dropped = [*self._running, *(req for req, _ in self.queue)]
+        self.queue.clear()
+        self._running = []
+        return dropped
+
+    @property
+    def busy(self) -> bool:
+        return self._busy

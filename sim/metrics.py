@@ -1,0 +1,214 @@
+"""What a run measured: every request's outcome, detection times, ring churn, the trace hash.
+
+Outcomes go into flat arrays (end time, latency, status, objective, serving node) so a
+million requests cost a few tens of MB; percentiles and per-second series are computed
+with numpy at the end. The trace hash is a blake2b over every request outcome and every
+membership change seen by every node, in event order: one seed gives one hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from array import array
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from router.ring import Ring, moved_keys
+from sim.request import STATUS_CODE, STATUSES, Request
+
+if TYPE_CHECKING:
+    from sim.node import SimNode
+
+
+@dataclass
+class Detection:
+    """One crash: when it happened and when each observer's gossip declared it dead."""
+
+    node_id: str
+    crashed_at: float
+    observers: tuple[str, ...]  # the nodes running when it crashed
+    seen: dict[str, float] = field(default_factory=dict)
+    restarted_at: float = math.inf
+
+    def first_s(self) -> float | None:
+        return min(self.seen.values()) - self.crashed_at if self.seen else None
+
+    def all_s(self) -> float | None:
+        if not self.observers or any(o not in self.seen for o in self.observers):
+            return None
+        return max(self.seen[o] for o in self.observers) - self.crashed_at
+
+
+class Metrics:
+    def __init__(self, keys: Mapping[str, int]) -> None:
+        self.t_end = array("d")
+        self.t0 = array("d")
+        self.code = array("b")
+        self.obj = array("b")
+        self.server = array("h")
+        self._trace = hashlib.blake2b(digest_size=16)
+        self._pending: list[tuple[Any, ...]] = []
+        self.keys = dict(keys)
+        self.faults: list[tuple[float, str]] = []
+        self.detections: dict[str, Detection] = {}
+        self.keys_moved = 0
+        self.ring_changes = 0
+        self._ring: Ring | None = None
+        self.ownership: list[tuple[float, dict[str, int]]] = []
+        self.samples: list[dict[str, float]] = []
+        self.member_events = 0
+        self.false_dead = 0  # "dead" declarations about a node whose process was running
+
+    # ------------------------------------------------------------------ requests
+
+    def record(self, req: Request, status: str, at: float, server: SimNode | None) -> None:
+        self.t_end.append(at)
+        self.t0.append(req.t0)
+        self.code.append(STATUS_CODE[status])
+        self.obj.append(req.obj)
+        self.server.append(-1 if server is None else server.index)
+
+    def record_unrouted(self, rid: int, obj: int, t0: float, at: float) -> None:
+        """A client with no node to send to: UNAVAILABLE at once."""
+        req = Request.__new__(Request)
+        req.rid, req.obj, req.t0 = rid, obj, t0
+        self.record(req, "UNAVAILABLE", at, None)
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._trace.update(repr(self._pending).encode())
+            self._pending = []
+
+    def trace(self, *event: Any) -> None:
+        """Mix a non-request event (membership change, fault) into the trace hash."""
+        pending = self._pending
+        pending.append(event)
+        if len(pending) >= 4096:
+            self._flush()
+
+    def trace_hash(self) -> str:
+        """blake2b of every cluster event, then of every request outcome in finishing order
+        (end time, start time, status, objective, serving node)."""
+        self._flush()
+        digest = self._trace.copy()
+        for column in (self.t_end, self.t0, self.code, self.obj, self.server):
+            digest.update(column.tobytes())
+        return digest.hexdigest()
+
+    # ------------------------------------------------------------------ cluster events
+
+    def fault(self, at: float, label: str) -> None:
+        self.faults.append((at, label))
+        self.trace("fault", round(at * 1e6), label)
+
+    def crashed(self, node_id: str, at: float, observers: tuple[str, ...]) -> None:
+        self.detections[f"{node_id}@{at:.3f}"] = Detection(node_id, at, observers)
+
+    def declared_dead(self, observer: str, subject: str, at: float) -> None:
+        for detection in self.detections.values():
+            if (
+                detection.node_id == subject
+                and detection.crashed_at <= at < detection.restarted_at
+                and observer not in detection.seen
+            ):
+                detection.seen[observer] = at
+
+    def restarted(self, node_id: str, at: float) -> None:
+        for detection in self.detections.values():
+            if detection.node_id == node_id and detection.restarted_at == math.inf:
+                detection.restarted_at = at
+                detection.observers = tuple(o for o in detection.observers if o in detection.seen)
+
+    def reference_ring(self, at: float, ring: Ring) -> None:
+        """The ring the cluster should have now (roster actives that run): count moves."""
+        if self._ring is not None and ring != self._ring:
+            before = self._ring.assignment(self.keys, self.keys)
+            after = ring.assignment(self.keys, self.keys)
+            self.keys_moved += moved_keys(before, after)
+            self.ring_changes += 1
+        self._ring = ring
+        owned: dict[str, int] = dict.fromkeys(ring.node_ids, 0)
+        for owners in ring.assignment(self.keys, self.keys).values():
+            for owner in owners:
+                owned[owner] = owned.get(owner, 0) + 1
+        self.ownership.append((at, owned))
+
+    # ------------------------------------------------------------------ summaries
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "t_end": np.frombuffer(self.t_end, dtype=np.float64),
+            "latency": np.frombuffer(self.t_end, dtype=np.float64)
+            - np.frombuffer(self.t0, dtype=np.float64),
+            "code": np.frombuffer(self.code, dtype=np.int8),
+            "server": np.frombuffer(self.server, dtype=np.int16),
+        }
+
+    def status_counts(self) -> dict[str, int]:
+        counts = np.bincount(np.frombuffer(self.code, dtype=np.int8), minlength=len(STATUSES))
+        return {name: int(counts[i]) for i, name in enumerate(STATUSES) if counts[i]}
+
+    def latency_ms(self, ok_only: bool = True) -> dict[str, float]:
+        a = self.arrays()
+        lat = a["latency"][a["code"] == 0] if ok_only else a["latency"]
+        if lat.size == 0:
+            return {}
+        pct = np.percentile(lat, [50, 90, 99, 99.9]) * 1000.0
+        return {
+            "p50": float(pct[0]),
+            "p90": float(pct[1]),
+            "p99": float(pct[2]),
+            "p999": float(pct[3]),
+        }
+
+    def series(self, end_s: float, bin_s: float = 1.0) -> dict[str, list[float]]:
+        """Per-bin throughput (ok/s), errors/s and p99 latency (ms) of the answers."""
+        a = self.arrays()
+        bins = max(1, math.ceil(end_s / bin_s))
+        idx = np.minimum((a["t_end"] / bin_s).astype(np.int64), bins - 1)
+        ok = a["code"] == 0
+        ok_n = np.bincount(idx[ok], minlength=bins)
+        err_n = np.bincount(idx[~ok], minlength=bins)
+        p99 = np.full(bins, np.nan)
+        if ok.any():
+            order = np.argsort(idx[ok], kind="stable")
+            lat_sorted, idx_sorted = a["latency"][ok][order], idx[ok][order]
+            bounds = np.searchsorted(idx_sorted, np.arange(bins + 1))
+            for b in range(bins):
+                lo, hi = bounds[b], bounds[b + 1]
+                if hi > lo:
+                    p99[b] = float(np.percentile(lat_sorted[lo:hi], 99)) * 1000.0
+        return {
+            "t": [b * bin_s for b in range(bins)],
+            "ok_per_s": (ok_n / bin_s).tolist(),
+            "errors_per_s": (err_n / bin_s).tolist(),
+            "p99_ms": [None if math.isnan(v) else v for v in p99.tolist()],
+        }
+
+    def detection_summary(self) -> dict[str, Any]:
+        firsts = [d.first_s() for d in self.detections.values()]
+        alls = [d.all_s() for d in self.detections.values()]
+        first = [v for v in firsts if v is not None]
+        every = [v for v in alls if v is not None]
+        return {
+            "crashes": len(self.detections),
+            "detected": len(first),
+            "first_median_s": float(np.median(first)) if first else None,
+            "first_max_s": max(first) if first else None,
+            "all_median_s": float(np.median(every)) if every else None,
+            "all_max_s": max(every) if every else None,
+        }
+
+    def imbalance(self) -> dict[str, float | None]:
+        """max/mean of requests served per node, and of owner slots per node (last ring)."""
+        served = np.bincount(self.arrays()["server"][self.arrays()["server"] >= 0])
+        served = served[served > 0]
+        owned = list(self.ownership[-1][1].values()) if self.ownership else []
+        return {
+            "served_max_over_mean": float(served.max() / served.mean()) if served.size else None,
+            "owned_max_over_mean": float(max(owned) / (sum(owned) / len(owned))) if owned else None,
+        }

@@ -1,0 +1,384 @@
+"""The request path: simulated clients, ingress routing, forwarding, failover and answers.
+
+It follows ``node.routing.ClusterRouter`` and ``node.client`` step by step, calling the
+real pure cores for every decision: ``router.rules.evaluate`` (model and cell, with the
+objective config the ingress holds), ``Ring.owners``, ``router.handoff.serving_candidates``,
+``router.replica.choose_replica`` (serve here when a warm owner under the load limit),
+``router.forward.attempt_order`` and ``RETRYABLE`` (one failover to the next owner on
+UNAVAILABLE, a broken connection or overload, while time is left), and ``MAX_HOPS`` (an
+owner that does not hold the model passes the request on once). A client sends to a
+random node of the roster it last fetched and, on UNAVAILABLE, tries one other node.
+
+Outcomes whose timing is already fixed are settled without events: a forward across a cut
+link gets no answer, so the ingress's call ends DEADLINE_EXCEEDED at the deadline; an
+answer's trip back is summed from the links' delays. Every request ends in exactly one
+``finish`` (an answer or an explicit error status), which feeds the metrics and the
+safety checker.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from router.forward import MAX_HOPS, RETRYABLE, attempt_order
+from router.replica import rendezvous
+from router.rules import Decision, RequestContext, evaluate
+from sim.core import derive_rng
+from sim.executor import Executor
+from sim.request import OK, Request
+from sim.routing import candidates, choose
+
+if TYPE_CHECKING:
+    from sim.node import SimNode
+    from sim.world import World
+
+DEADLINE = "DEADLINE_EXCEEDED"
+UNAVAILABLE = "UNAVAILABLE"
+
+
+class RequestEngine:
+    """Moves every request through the cluster (see the module docstring)."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.loop = world.loop
+        self.net = world.net
+        self.metrics = world.metrics
+        self.safety = world.safety
+        objectives = world.scenario.objectives
+        self.names = [o.name for o in objectives]
+        self.deadline_s = [o.deadline_ms / 1000.0 for o in objectives]
+        workload = world.scenario.workload
+        self.countries = workload.countries
+        self.devices = workload.devices
+        self.open: dict[int, Request] = {}
+        self.user_ids = [f"u{i}" for i in range(workload.users)]
+        self._contexts: dict[int, RequestContext] = {}
+        self._rng = derive_rng(world.seed, "client")
+        self.nodes = world.nodes
+        self._down = world.down_since  # non-empty: check where requests are sent
+        self._next_rid = 0
+        self.shadows_sent = 0
+        self.routes = 0
+
+    # ------------------------------------------------------------------ users
+
+    def context(self, user: int) -> RequestContext:
+        ctx = self._contexts.get(user)
+        if ctx is None:
+            country, device = self.world.workload.attributes(user)
+            ctx = RequestContext(f"u{user}", self.countries[country], self.devices[device])
+            self._contexts[user] = ctx
+        return ctx
+
+    # ------------------------------------------------------------------ client
+
+    def new_request(self, obj: int, user: int, pick: float) -> None:
+        """A request reaches the ingress the client picked (now)."""
+        now = self.loop.now
+        nodes = self.world.client_nodes
+        net = self.net
+        t0 = now - (net.client_s + net.jitter_s * net.random())
+        self._next_rid += 1
+        if not nodes:
+            self.metrics.record_unrouted(self._next_rid, obj, t0, now)
+            return
+        node = nodes[int(pick * len(nodes))]
+        req = Request(self._next_rid, t0, obj, user, t0 + self.deadline_s[obj], node)
+        self.open[req.rid] = req
+        if node.accepting and not node.frozen:
+            self.route(req)
+        else:
+            self.arrive(req)
+
+    def arrive(self, req: Request) -> None:
+        node = req.ingress
+        if not node.accepting:  # connection refused
+            self._client_error(req, UNAVAILABLE, self.loop.now + self.net.client())
+        elif node.frozen:
+            node.defer(self.route, req)
+        else:
+            self.route(req)
+
+    def _client_error(self, req: Request, status: str, at: float) -> None:
+        """An error reaches the client at ``at``: one retry elsewhere on UNAVAILABLE."""
+        if req.done:
+            return
+        if at >= req.deadline:
+            self.finish(req, DEADLINE, req.deadline)
+            return
+        nodes = self.world.client_nodes
+        if status == UNAVAILABLE and req.tries < 2 and len(nodes) > 1:
+            others = [n for n in nodes if n is not req.ingress]
+            nxt = req.retry(others[int(self._rng.random() * len(others))])
+            req.ingress.ingress_open.pop(req.rid, None)
+            self.open[req.rid] = nxt
+            self.loop.at(at + self.net.client(), self.arrive, nxt)
+            return
+        self.finish(req, status, at)
+
+    # ------------------------------------------------------------------ ingress
+
+    def route(self, req: Request) -> None:
+        """``Runtime.predict`` -> ``resolve`` -> ``ClusterRouter.route`` on the ingress."""
+        if req.done:
+            return
+        node = req.ingress
+        now = self.loop.now
+        if not node.accepting:
+            self._client_error(req, UNAVAILABLE, now + self.net.client())
+            return
+        if now >= req.deadline:
+            self.finish(req, DEADLINE, req.deadline)
+            return
+        entry = node.objectives.get(self.names[req.obj])
+        if entry is None:
+            self._reply(req, "NOT_FOUND")
+            return
+        user = req.user
+        decision = entry.decisions.get(user)
+        if decision is None:  # evaluate is pure: memoized per (objective revision, user)
+            decision = entry.decisions[user] = evaluate(entry.config, self.context(user))
+        key = decision.model_key
+        req.key, req.cell, req.rev, req.t_route = key, decision.cell, entry.revision, now
+        owners = node.ring.owners(key, node.replicas.get(key, 2))
+        if not owners:
+            self._reply(req, UNAVAILABLE)
+            return
+        serving = candidates(node, key, owners)
+        chosen = choose(node, serving, self.user_ids[user])
+        if decision.shadows:
+            self._shadows(node, req, decision)
+        req.attempts = attempt_order(chosen, serving)
+        node.ingress_open[req.rid] = req
+        self._attempt(req)
+
+    def _attempt(self, req: Request) -> None:
+        node = req.ingress
+        target = req.attempts[req.idx]
+        req.mid = None
+        if target == node.node_id:
+            self.routes += 1
+            executor = node.executors.get(req.key)
+            status = UNAVAILABLE if executor is None else executor.offer(req)
+            if status is not None:
+                self._failed(req, status)
+            return
+        if target not in node.view.members:  # ("not in the membership view": not sent)
+            self._failed(req, UNAVAILABLE)
+            return
+        self.routes += 1
+        if self._down or node.view.dead:
+            self.safety.routed(req, node, target)
+        net = self.net
+        delay = (
+            net.base_s + net.jitter_s * net.random() if net.clean else net.rpc(node.node_id, target)
+        )
+        if delay is None:
+            self._hang(req)
+        else:
+            self.loop.at(self.loop.now + delay, self._at_owner, req)
+
+    def _failed(self, req: Request, status: str) -> None:
+        """``call_with_failover``: the next owner on a retryable failure, while time is left."""
+        if status in RETRYABLE and req.idx + 1 < len(req.attempts) and self.loop.now < req.deadline:
+            req.idx += 1
+            self._attempt(req)
+        else:
+            self._reply(req, UNAVAILABLE if status == "CONNECTION" else status)
+
+    def _failed_event(self, arg: tuple[Request, str]) -> None:
+        req, status = arg
+        node = req.ingress
+        if req.done or not node.up:
+            return
+        if node.frozen:
+            node.defer(self._failed_event, arg)
+            return
+        self._failed(req, status)
+
+    def _reply(self, req: Request, status: str) -> None:
+        req.ingress.ingress_open.pop(req.rid, None)
+        self._client_error(req, status, self.loop.now + self.net.client())
+
+    def _hang(self, req: Request) -> None:
+        """No answer will ever come: the ingress's call times out at the deadline."""
+        self.finish(req, DEADLINE, req.deadline)
+
+    # ------------------------------------------------------------------ owners
+
+    def _at_owner(self, req: Request) -> None:
+        if req.done:
+            return
+        node = self.nodes[req.attempts[req.idx]]
+        if node.accepting and not node.frozen:
+            executor = node.executors.get(req.key)
+            if executor is not None:
+                status = executor.offer(req)
+                if status is not None:
+                    self._error_back(req, node, status, 1)
+                return
+        self._serve_forward(req, node, 1)
+
+    def _at_second(self, req: Request) -> None:
+        if not req.done:
+            self._serve_forward(req, self.nodes[req.second], 2)
+
+    def _serve_forward(self, req: Request, node: SimNode, hops: int) -> None:
+        """``ClusterRouter.serve_forward`` on the owner a forward reached."""
+        if not node.accepting:
+            self._error_back(req, node, "CONNECTION", hops)
+            return
+        if node.frozen:
+            node.defer(self._at_owner if hops == 1 else self._at_second, req)
+            return
+        key = req.key
+        executor = node.executors.get(key)
+        if executor is not None:
+            status = executor.offer(req)
+            if status is not None:
+                self._error_back(req, node, status, hops)
+            return
+        if hops >= MAX_HOPS:
+            self._error_back(req, node, UNAVAILABLE, hops)
+            return
+        owners = node.ring.owners(key, node.replicas.get(key, 2))
+        skip = (node.node_id, req.ingress.node_id)
+        others = [o for o in candidates(node, key, owners) if o not in skip]
+        if not others:
+            self._error_back(req, node, UNAVAILABLE, hops)
+            return
+        target = others[0]
+        if target not in node.view.members:
+            self._error_back(req, node, UNAVAILABLE, hops)
+            return
+        self.routes += 1
+        if self._down or node.view.dead:
+            self.safety.routed(req, node, target)
+        delay = self.net.rpc(node.node_id, target)
+        if delay is None:
+            self._hang(req)
+            return
+        req.mid, req.second = node, target
+        self.loop.at(self.loop.now + delay, self._at_second, req)
+
+    def _error_back(self, req: Request, node: SimNode, status: str, hops: int) -> None:
+        """An error travels back to the ingress (through the first owner on a second hop)."""
+        ingress = req.ingress
+        t = self.loop.now
+        mid = req.mid if hops == 2 else None
+        if mid is not None:
+            first = self.net.rpc(node.node_id, mid.node_id)
+            back = self.net.rpc(mid.node_id, ingress.node_id)
+            status = UNAVAILABLE if status == "CONNECTION" else status  # error_for_status
+        else:
+            first, back = 0.0, self.net.rpc(node.node_id, ingress.node_id)
+        if first is None or back is None:
+            self._hang(req)
+            return
+        self.loop.at(t + first + back, self._failed_event, (req, status))
+
+    # ------------------------------------------------------------------ answers
+
+    def executed(self, batch: list[Request], executor: Executor) -> None:
+        """A batch finished on ``executor``: each answer travels back to its client."""
+        now = self.loop.now
+        server = executor.node
+        model_key = executor.key
+        net = self.net
+        clean = net.clean
+        base, jitter, client_s, rnd = net.base_s, net.jitter_s, net.client_s, net.random
+        answered = self.safety.answered
+        record = self.metrics.record
+        opened = self.open
+        for req in batch:
+            if req.done or req.shadow:
+                continue
+            deadline = req.deadline
+            if now >= deadline:
+                self.finish(req, DEADLINE, deadline)
+                continue
+            ingress = req.ingress
+            t = now
+            mid = req.mid
+            if mid is not None:
+                if not mid.up:
+                    self._failed_event((req, "CONNECTION"))
+                    continue
+                a, b = net.rpc(server.node_id, mid.node_id), net.rpc(mid.node_id, ingress.node_id)
+                if a is None or b is None:
+                    self._hang(req)
+                    continue
+                t += a + b
+            elif server is not ingress:
+                if clean:
+                    t += base + jitter * rnd()
+                else:
+                    back = net.rpc(server.node_id, ingress.node_id)
+                    if back is None:
+                        self._hang(req)
+                        continue
+                    t += back
+            if ingress.frozen and ingress.frozen_until > t:
+                t = ingress.frozen_until
+            t += client_s + jitter * rnd()
+            if t >= deadline:
+                self.finish(req, DEADLINE, deadline)
+                continue
+            answered(req, model_key, server)
+            server.served += 1
+            req.done = True
+            rid = req.rid
+            if opened.get(rid) is req:
+                del opened[rid]
+            ingress.ingress_open.pop(rid, None)
+            record(req, OK, t, server)
+
+    def expired_in_queue(self, req: Request) -> None:
+        """Dropped at batch closing: its asker gave up at the deadline."""
+        if not req.done and not req.shadow:
+            self.finish(req, DEADLINE, req.deadline)
+
+    def finish(self, req: Request, status: str, at: float, server: SimNode | None = None) -> None:
+        if req.done:
+            return
+        req.done = True
+        if self.open.get(req.rid) is req:
+            del self.open[req.rid]
+        req.ingress.ingress_open.pop(req.rid, None)
+        self.metrics.record(req, status, at, server)
+
+    # ------------------------------------------------------------------ crashes, shadows
+
+    def node_crashed(self, node: SimNode, executors: list[Executor]) -> None:
+        """Connections to ``node`` reset: its callers fail over, its clients retry."""
+        now = self.loop.now
+        for executor in executors:
+            for req in executor.kill():
+                if req.done or req.shadow or req.ingress is node:
+                    continue
+                self._error_back(req, node, "CONNECTION", 2 if req.mid is not None else 1)
+        for req in sorted(node.ingress_open.values(), key=lambda r: r.rid):
+            self._client_error(req, UNAVAILABLE, now + self.net.client())
+        node.ingress_open.clear()
+
+    def _shadows(self, node: SimNode, req: Request, decision: Decision) -> None:
+        """Fire-and-forget copies to each shadow model's sticky warm owner."""
+        for key in decision.shadows:
+            owners = node.ring.owners(key, node.replicas.get(key, 2))
+            serving = candidates(node, key, owners) if owners else ()
+            if not serving:
+                continue
+            target = self.world.nodes[rendezvous(f"u{req.user}", serving)]
+            copy = Request(-req.rid, req.t0, req.obj, req.user, req.deadline, node)
+            copy.shadow, copy.key = True, key
+            self.shadows_sent += 1
+            delay = 0.0 if target is node else self.net.rpc(node.node_id, target.node_id)
+            if delay is not None:
+                self.loop.at(self.loop.now + delay, self._shadow_arrives, (copy, target))
+
+    def _shadow_arrives(self, arg: tuple[Request, SimNode]) -> None:
+        copy, target = arg
+        executor = target.executors.get(copy.key) if target.accepting else None
+        if executor is not None and not target.frozen:
+            executor.offer(copy)

@@ -1,0 +1,359 @@
+"""The simulated world: nodes, network, etcd, workload and faults on one virtual clock.
+
+``World(scenario, seed).run()`` boots the initial cluster in its steady state (records
+``active`` in etcd, each node holding its share of the ring over all of them), starts the
+workload after ``WARMUP_S`` (gossip has met by then), fires the fault schedule, stops new
+requests at ``duration_s`` and runs on until every request in flight has ended. The main
+loop merges the arrival stream (generated in numpy chunks, no heap entry per arrival)
+with the event heap; everything else is an event.
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+import json
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from membership.registry import NodeRecord, NodeState
+from membership.swim_state import MemberChanged, MemberState, Send
+from router import handoff
+from router.ring import Ring, RingMember
+from router.rules import ObjectiveConfig
+from sim.chaos import Chaos
+from sim.checks import SAMPLE_S, Liveness, Safety
+from sim.core import EventLoop, derive_rng
+from sim.etcd import EtcdDouble
+from sim.metrics import Metrics
+from sim.network import Network
+from sim.node import SimNode
+from sim.request import ObjectiveEntry
+from sim.scenario import Scenario
+from sim.serving import RequestEngine
+from sim.workload import Workload
+
+WARMUP_S = 3.0
+_T = TypeVar("_T")
+
+
+class World:
+    def __init__(self, scenario: Scenario, seed: int | None = None) -> None:
+        self.scenario = scenario
+        self.seed = scenario.seed if seed is None else seed
+        self.loop = EventLoop()
+        self.net = Network(scenario.network, derive_rng(self.seed, "net"))
+        self.etcd = EtcdDouble(on_commit=self._on_commit)
+        self.swim_config = scenario.cluster.swim_config()
+        self.workflows = {w.key: w for w in scenario.workflows}
+        self.metrics = Metrics({w.key: w.replicas for w in scenario.workflows})
+        checks = scenario.checks
+        self.safety = Safety(self, scenario.detection_bound_s(), checks.config_staleness_s)
+        self.liveness = Liveness(self, scenario.heal_at_s(), checks.convergence_bound_s)
+        self.nodes: dict[str, SimNode] = {}
+        self.by_address: dict[str, SimNode] = {}
+        self.down_since: dict[str, float] = {}
+        self.client_nodes: list[SimNode] = []
+        longest = max((o.deadline_ms for o in scenario.objectives), default=0.0) / 1000.0
+        self.end_s = scenario.duration_s + max(scenario.tail_s, longest + 1.0)
+        self.workload = Workload(scenario, self.seed, WARMUP_S, scenario.duration_s)
+        self.engine = RequestEngine(self)
+        self.chaos = Chaos(self, derive_rng(self.seed, "faults"))
+        self._watch_rng = derive_rng(self.seed, "watch")
+        self._configs: dict[tuple[str, int], ObjectiveEntry] = {}
+        self.gossip_sent = 0
+        self.sticky: dict[tuple[tuple[str, ...], str], str] = {}  # (candidates, user) -> sticky
+        self._record_states: dict[bytes, NodeState] = {}
+
+    # ------------------------------------------------------------------ set-up
+
+    def add_node(self, node_id: str, capacity: float) -> SimNode:
+        node = SimNode(self, node_id, len(self.nodes), capacity)
+        self.nodes[node_id] = node
+        self.by_address[node.gossip_address] = node
+        return node
+
+    def setup(self) -> None:
+        etcd = self.etcd
+        for spec in self.scenario.workflows:
+            name, version = spec.key.split("@")
+            doc = {
+                "manifest": {"replicas": spec.replicas},
+                "artifact_uri": f"file:///sim/{spec.key}",
+            }
+            etcd.put(f"workflows/{name}/{version}", json.dumps(doc, sort_keys=True).encode())
+        for objective in self.scenario.objectives:
+            etcd.put_objective(objective.name, objective.config, 0.0)
+        self.safety.start()
+        cluster = self.scenario.cluster
+        capacities = list(cluster.capacities) + [1.0] * cluster.nodes
+        initial = [self.add_node(f"n{i:02d}", capacities[i]) for i in range(cluster.nodes)]
+        ring = Ring(RingMember(n.node_id, n.capacity) for n in initial)
+        replicas = {w.key: w.replicas for w in self.scenario.workflows}
+        for node in initial:  # the steady state: registered active, holding its share
+            lease = etcd.grant(cluster.lease_ttl_s, 0.0)
+            record = NodeRecord(
+                node.node_id, node.grpc_address, node.gossip_address,
+                capacity=node.capacity, state=NodeState.ACTIVE,
+            )  # fmt: skip
+            etcd.put(f"nodes/{node.node_id}", record.to_json(), lease)
+            node.boot(preloaded=handoff.owned(node.node_id, ring, replicas), lease_id=lease)
+            self.watch_lease(lease)
+        self.client_nodes = list(initial)
+        self.chaos.schedule(self.scenario.faults)
+        self.loop.at(cluster.client_refresh_s, self._refresh_clients, None)
+        self.loop.at(0.0, self._sample, None)
+        self.loop.at(0.0, self._sample_liveness, None)
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> None:
+        """Run the scenario to its end (the garbage collector runs less often meanwhile:
+        a run allocates millions of small, mostly acyclic objects)."""
+        thresholds = gc.get_threshold()
+        gc.set_threshold(100_000, 50, 100)
+        try:
+            self._run()
+        finally:
+            gc.set_threshold(*thresholds)
+
+    def _run(self) -> None:
+        self.setup()
+        loop = self.loop
+        heap = loop.heap
+        pop = heapq.heappop
+        workload = self.workload
+        new_request = self.engine.new_request
+        end = self.end_s
+        while True:
+            arrival = workload.next_t
+            top = heap[0][0] if heap else math.inf
+            if arrival <= top:
+                if arrival > end:
+                    break
+                loop.now = arrival
+                obj, user, pick = workload.pop()
+                new_request(obj, user, pick)
+            else:
+                if top > end:
+                    break
+                when, _, fn, arg = pop(heap)
+                loop.now = when
+                fn(arg)
+        loop.now = end
+        self.safety.lost(self.engine.open)
+
+    def _refresh_clients(self, _: None) -> None:
+        """Clients re-fetch the node list now and then, like ``SmartClient.refresh``: from
+        the first node they know that answers, whose routing table lists its view."""
+        seeds = sorted(k[6:] for k in self.etcd.kv if k.startswith("nodes/"))  # deploy config
+        for node in [*self.client_nodes, *(self.nodes[n] for n in seeds if n in self.nodes)]:
+            if node.accepting and not node.frozen and node.view.members:
+                self.client_nodes = [self.nodes[n] for n in sorted(node.view.members)]
+                break
+        self.loop.after(self.scenario.cluster.client_refresh_s, self._refresh_clients, None)
+
+    def reference_ring(self) -> Ring:
+        """The ring the cluster should converge to: roster actives whose process runs."""
+        members = []
+        for node_id, state in sorted(self.roster().items()):
+            if state is NodeState.ACTIVE:
+                members.append(RingMember(node_id, self.nodes[node_id].capacity))
+        return Ring(members)
+
+    def roster(self) -> dict[str, NodeState]:
+        """The etcd roster's states, counting only records of the running process (a
+        crashed process's record stays until its lease expires; a restarted one re-puts)."""
+        out: dict[str, NodeState] = {}
+        for key, (value, lease) in self.etcd.kv.items():
+            if key.startswith("nodes/"):
+                node = self.nodes.get(key[6:])
+                control = None if node is None else node.control
+                if node is not None and node.accepting and control and control.lease_id == lease:
+                    out[node.node_id] = self._state_of(value)
+        return out
+
+    def _state_of(self, value: bytes) -> NodeState:
+        state = self._record_states.get(value)
+        if state is None:
+            state = self._record_states[value] = NodeState(json.loads(value)["state"])
+        return state
+
+    def _sample(self, _: None) -> None:
+        now = self.loop.now
+        ring = self.reference_ring()
+        self.metrics.reference_ring(now, ring)
+        running = [n for n in self.nodes.values() if n.accepting]
+        key = tuple(sorted((m.node_id, m.capacity) for m in ring.members))
+        agree = sum(1 for n in running if n.ring_key == key)
+        self.metrics.samples.append(
+            {
+                "t": now,
+                "running": len(running),
+                "ring_agreement": agree / len(running) if running else 1.0,
+                "in_flight": sum(n.in_flight for n in running),
+            }
+        )
+        self.loop.after(1.0, self._sample, None)
+
+    def _sample_liveness(self, _: None) -> None:
+        self.liveness.sample(self.loop.now, self.chaos.quiet_since)
+        self.loop.after(SAMPLE_S, self._sample_liveness, None)
+
+    # ------------------------------------------------------------------ node lifecycle
+
+    def crash(self, node: SimNode) -> None:
+        if not node.up:
+            return
+        now = self.loop.now
+        observers = tuple(
+            n for n, other in sorted(self.nodes.items()) if other.accepting and other is not node
+        )
+        executors = node.crash()
+        self.down_since.setdefault(node.node_id, now)
+        self.metrics.crashed(node.node_id, now, observers)
+        self.engine.node_crashed(node, executors)
+
+    def restart(self, node: SimNode) -> None:
+        if node.up:
+            return
+        self.down_since.pop(node.node_id, None)
+        self.metrics.restarted(node.node_id, self.loop.now)
+        node.boot()
+
+    def join(self, node_id: str, capacity: float) -> None:
+        node = self.nodes.get(node_id) or self.add_node(node_id, capacity)
+        self.restart(node)
+
+    def node_left(self, node: SimNode) -> None:
+        """A drained node deregistered and left gossip (it refuses new requests)."""
+        self.down_since.setdefault(node.node_id, self.loop.now)
+        self.metrics.trace("left", node.node_id, round(self.loop.now * 1e6))
+
+    def node_stopped(self, node: SimNode) -> None:
+        """Its process exited after the requests it was ingress for ended."""
+        self.chaos.node_stopped(node)
+
+    def etcd_outage(self, until: float) -> None:
+        self.etcd.set_up(False, self.loop.now)
+        for node in self.nodes.values():
+            if node.control is not None:
+                node.control.disconnect()
+        self.loop.at(until, self._etcd_back, None)
+
+    def _etcd_back(self, _: None) -> None:
+        self.etcd.set_up(True, self.loop.now)
+        self.metrics.fault(self.loop.now, "etcd back")
+
+    # ------------------------------------------------------------------ gossip
+
+    def send_gossip(self, src: SimNode, effect: Send) -> None:
+        dst = self.by_address.get(effect.to_address)
+        if dst is None:
+            return
+        self.gossip_sent += 1
+        delays = self.net.datagram(src.node_id, dst.node_id)
+        if not delays:
+            return
+        at = self.loop.now + src.gossip_delay_s + dst.gossip_delay_s
+        arg = (dst.epoch, effect.message, src.gossip_address)
+        for delay in delays:
+            self.loop.at(at + delay, dst.receive, arg)
+
+    def member_changed(self, observer: SimNode, effect: MemberChanged) -> None:
+        member = effect.member
+        now = self.loop.now
+        self.metrics.member_events += 1
+        self.metrics.trace(observer.index, member.node_id, member.state.value, member.incarnation)
+        if member.state is MemberState.DEAD:
+            self.metrics.declared_dead(observer.node_id, member.node_id, now)
+            subject = self.nodes.get(member.node_id)
+            if subject is not None and subject.accepting:
+                self.metrics.false_dead += 1
+
+    def ring_changed(self, node: SimNode) -> None:
+        self.metrics.trace("ring", node.index, len(node.ring_key))
+
+    # ------------------------------------------------------------------ etcd
+
+    def objective_entry(self, name: str, revision: int, doc: Any) -> ObjectiveEntry:
+        """The parsed config of one objective revision (one shared object per revision)."""
+        key = (name, revision)
+        entry = self._configs.get(key)
+        if entry is None:
+            config = ObjectiveConfig.from_dict(doc["config"])
+            entry = self._configs[key] = ObjectiveEntry(name, revision, config)
+        return entry
+
+    def watch_lease(self, lease_id: int) -> None:
+        lease = self.etcd.leases.get(lease_id)
+        if lease is not None:
+            self.loop.at(lease.expires_at, self._check_lease, lease_id)
+
+    def _check_lease(self, lease_id: int) -> None:
+        lease = self.etcd.leases.get(lease_id)
+        if lease is None:
+            return
+        now = self.loop.now
+        if not self.etcd.up:
+            self.loop.after(1.0, self._check_lease, lease_id)
+        elif lease.expires_at <= now:
+            self.metrics.trace("lease expired", sorted(lease.keys), round(now * 1e6))
+            self.etcd.revoke(lease_id)
+        else:
+            self.loop.at(lease.expires_at, self._check_lease, lease_id)
+
+    def _on_commit(self, revision: int) -> None:
+        """Watches: every connected node gets the revision after a delay, in order."""
+        low, high = self.scenario.cluster.watch_delay_ms
+        now = self.loop.now
+        uniform = self._watch_rng.uniform
+        for node in self.nodes.values():
+            control = node.control
+            if control is None or not control.connected or not node.up:
+                continue
+            if self.net.partitioned and self.net.blocked("etcd", node.node_id):
+                control.disconnect()
+                continue
+            at = max(control.last_delivery_at, now + uniform(low, high) / 1000.0)
+            control.last_delivery_at = at
+            self.loop.at(at, control.deliver, revision)
+
+    def etcd_call(
+        self,
+        node: SimNode,
+        op: Callable[[EtcdDouble], _T],
+        done: Callable[[_T | None], None],
+        *,
+        force: bool = False,
+    ) -> None:
+        """An RPC to etcd: ``op`` runs at the store when it arrives; ``done`` gets the
+        result back, or None after the client timeout when etcd or a link is down."""
+        now = self.loop.now
+        timeout = now + self.scenario.network.etcd_timeout_ms / 1000.0
+        epoch = node.epoch
+        there = self.net.rpc(node.node_id, "etcd")
+
+        def answer(result: _T | None) -> None:
+            if force or (node.epoch == epoch and node.up):
+                if node.frozen and not force:
+                    node.defer(lambda _: answer(result), None)
+                else:
+                    done(result)
+
+        def arrive(_: None) -> None:
+            if not self.etcd.up:
+                self.loop.at(timeout, lambda _: answer(None), None)
+                return
+            result = op(self.etcd)
+            back = self.net.rpc("etcd", node.node_id)
+            if back is None:
+                self.loop.at(timeout, lambda _: answer(None), None)
+            else:
+                self.loop.after(back, lambda _: answer(result), None)
+
+        if there is None or not self.etcd.up:
+            self.loop.at(timeout, lambda _: answer(None), None)
+        else:
+            self.loop.after(there, arrive, None)
