@@ -35,6 +35,7 @@ from router.rules import Decision, RequestContext
 log = logging.getLogger("shardline.routing")
 
 DEFAULT_REPLICAS = handoff.DEFAULT_REPLICAS
+FIRST_ATTEMPT_SHARE = 0.5  # of the remaining deadline, when another owner can be tried
 
 
 @dataclass(frozen=True)
@@ -166,13 +167,21 @@ class ClusterRouter:
             member = self.state.view.members.get(node_id)
             if member is None:
                 raise AttemptFailed(node_id, "UNAVAILABLE", "not in the membership view")
+            # An owner behind a partition or paused never answers: give a forward that has a
+            # fallback only part of the time left, so the failover still fits the deadline.
+            last = node_id == attempts[-1]
+            budget = remaining if last else remaining * FIRST_ATTEMPT_SHARE
             try:
                 answer = await self.peers.forward(
                     node_id, member.record.grpc_address, raw, model_key=key, cell=cell,
-                    hops=hops, ingress_node=self.node_id, timeout_s=remaining,
+                    hops=hops, ingress_node=self.node_id, timeout_s=budget,
                 )  # fmt: skip
             except AttemptFailed as exc:
                 metrics.forwards.labels(node_id, exc.status).inc()
+                if exc.status == "DEADLINE_EXCEEDED" and not last:
+                    raise AttemptFailed(
+                        node_id, "UNAVAILABLE", f"no answer within {budget:.3f}s"
+                    ) from None
                 raise
             metrics.forwards.labels(node_id, "OK").inc()
             return answer
