@@ -72,6 +72,7 @@ class ClusterNode:
         self.config = config
         self.cluster = cluster
         self.runtime = NodeRuntime(config)
+        self.runtime.starting = True
         self.peers = PeerPool(config.tls)
         self.router = ClusterRouter(self.runtime, self.peers)
         self.runtime.router = self.router
@@ -116,6 +117,7 @@ class ClusterNode:
             self._objectives_revision = snapshot.revision
             self._observe_objective_lag(snapshot)
             self.runtime.set_objectives(objectives_of(snapshot))
+            self.runtime.starting = snapshot.revision == 0
             self.runtime.catalog_manifests = manifests_of(snapshot)
             self.runtime.metrics.catalog_revision.set(snapshot.revision)
         self.router.on_view(view, snapshot)

@@ -152,6 +152,8 @@ class NodeRuntime:
         self.objectives: Mapping[str, ObjectiveConfig] = {}
         self._shadow_tasks: set[asyncio.Future[None]] = set()
         self.router: Router = LocalRouter(self)
+        self.starting = False
+        """Cluster mode, until the first catalog snapshot is applied: UNAVAILABLE, not NOT_FOUND."""
         self.in_flight = 0
         """Requests executing on this node's model actors (what gossip reports as load)."""
         self.catalog_manifests: Mapping[str, WorkflowManifest] = {}
@@ -346,6 +348,8 @@ class NodeRuntime:
         if not head.objective:
             raise InvalidArgument("objective", "required")
         config = self.objectives.get(head.objective)
+        if config is None and self.starting:
+            raise Unavailable("node is starting (no catalog yet); retry on another node")
         if config is None:
             known = ", ".join(sorted(self.objectives)) or "none"
             raise NotFound(f"unknown objective {head.objective!r}; this node serves: {known}")
