@@ -34,11 +34,25 @@ class _Spec:
     np_dtype: np.dtype[Any] | None
     shape: tuple[int, ...]  # -1: any length
     optional: bool
+    exact: bool  # no -1 dimension: the wire shape must equal ``shape``
+    nbytes: int  # with ``exact`` and a numeric dtype: the data size to expect
 
     def shape_ok(self, shape: tuple[int, ...]) -> bool:
+        if self.exact:
+            return shape == self.shape
         if len(shape) != len(self.shape):
             return False
         return all(want < 0 or want == got for want, got in zip(self.shape, shape, strict=True))
+
+
+def _compile(spec: Any) -> _Spec:
+    shape = tuple(spec.shape)
+    np_dtype = tensors.WIRE_DTYPES.get(spec.dtype)
+    exact = all(d >= 0 for d in shape)
+    nbytes = math.prod(shape) * np_dtype.itemsize if exact and np_dtype is not None else -1
+    return _Spec(
+        spec.name, f"inputs.{spec.name}", spec.dtype, np_dtype, shape, spec.optional, exact, nbytes
+    )
 
 
 class InputDecoder:
@@ -46,17 +60,7 @@ class InputDecoder:
 
     def __init__(self, manifest: WorkflowManifest) -> None:
         self.model_key = manifest.model_key
-        self._specs = {
-            s.name: _Spec(
-                s.name,
-                f"inputs.{s.name}",
-                s.dtype,
-                tensors.WIRE_DTYPES.get(s.dtype),
-                tuple(s.shape),
-                s.optional,
-            )
-            for s in manifest.inputs
-        }
+        self._specs = {s.name: _compile(s) for s in manifest.inputs}
         self._required = tuple(s.name for s in manifest.inputs if not s.optional)
 
     def decode(self, wire_inputs: Iterable[Any]) -> dict[str, np.ndarray]:
@@ -80,6 +84,16 @@ class InputDecoder:
                     f"got {t.dtype or '?'} of shape {_fmt(shape)}",
                 )
             np_dtype = spec.np_dtype
+            if spec.exact and np_dtype is not None:  # the common case: fixed shape, numeric
+                data = t.data
+                if len(data) != spec.nbytes:
+                    raise InvalidArgument(
+                        spec.field,
+                        f"shape {list(shape)} of {spec.dtype} needs {spec.nbytes} bytes, "
+                        f"got {len(data)}",
+                    )
+                out[name] = np.frombuffer(data, dtype=np_dtype).reshape(shape)
+                continue
             if np_dtype is None or any(d < 0 for d in shape):
                 out[name] = tensors.decode(spec.field, t.dtype, shape, t.data, t.strings)
                 continue
