@@ -46,6 +46,7 @@ class _QueueDepths(Collector):
 class NodeMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        self._request_children: dict[tuple[str, ...], tuple[Any, Any]] = {}
 
         def counter(name: str, doc: str, labels: list[str]) -> Counter:
             return Counter(name, doc, labels, registry=r)
@@ -153,6 +154,17 @@ class NodeMetrics:
             "Model keys whose owner set changed when the ring changed.",
             [],
         )
+
+    def request_done(self, labels: tuple[str, ...], seconds: float | None) -> None:
+        """Count a request (and observe its latency unless None), with the label children
+        cached: ``labels()`` validates and locks on every call, which shows on the hot path."""
+        children = self._request_children.get(labels)
+        if children is None:
+            children = (self.requests.labels(*labels), self.request_seconds.labels(*labels))
+            self._request_children[labels] = children
+        children[0].inc()
+        if seconds is not None:
+            children[1].observe(seconds)
 
     def observe_batch(self, model_key: str, size: int, queue_s: float, compute_s: float) -> None:
         self.batch_size.labels(model_key).observe(size)

@@ -292,8 +292,8 @@ class NodeRuntime:
         finally:
             if admitted:
                 self.admission.release(objective)
-                self.metrics.request_seconds.labels(*labels).observe(time.perf_counter() - started)
-            self.metrics.requests.labels(*labels).inc()
+            elapsed = time.perf_counter() - started if admitted else None
+            self.metrics.request_done(tuple(labels), elapsed)
         return response
 
     @functools.cache  # noqa: B019 - a handful of (objective, reason) pairs per runtime
@@ -402,6 +402,8 @@ class NodeRuntime:
         if cost is None:
             return
         depth = model.ref.mailbox_depth
+        if depth == 0 and timeout_s > 1.0:
+            return  # nothing queued ahead and time to spare: the common, unloaded case
         max_batch = model.manifest.batching.max_batch_size
         wait = cost.wait_seconds(depth, max_batch)
         batch = cost.batch_seconds(max_batch)
