@@ -30,9 +30,15 @@ def test_numeric_roundtrip(array: np.ndarray) -> None:
     np.testing.assert_array_equal(out, array)
 
 
-@given(st.lists(st.text(st.characters(exclude_characters="\x00"), max_size=8), max_size=6))
+@given(
+    st.lists(
+        st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=8),
+        max_size=6,
+    )
+)
 def test_string_roundtrip(items: list[str]) -> None:
-    # numpy's str_ drops trailing NUL characters, so strings carrying them are out of scope.
+    # numpy's str_ drops trailing NUL characters, and protobuf strings are UTF-8 (no lone
+    # surrogates): strings carrying either are out of scope.
     array = np.array(items, dtype=np.str_)
     assert roundtrip(array).tolist() == items
 
