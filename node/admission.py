@@ -7,8 +7,8 @@ objective (:class:`ObjectiveLimits`) and divided across the active nodes with
 :func:`per_node`; each node enforces its share with an :class:`AdmissionController`
 (a :class:`TokenBucket` per rate-limited objective plus an in-flight count), so a surge on one
 objective never takes admissions from another. :func:`should_shed` rejects work whose
-deadline can no longer be met, before doing it, using :class:`ServiceTimeEstimator`'s
-EWMA of observed queue wait and service time per model key.
+deadline can no longer be met, before doing it, using :class:`BatchCostModel`'s estimate of
+the queue ahead (a batch's device time fitted as base + per-item cost).
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from typing import Literal
 
 __all__ = [
     "AdmissionController",
+    "BatchCostModel",
     "ObjectiveLimits",
     "Rejection",
-    "ServiceEstimate",
-    "ServiceTimeEstimator",
     "TokenBucket",
     "per_node",
     "should_shed",
@@ -215,67 +214,6 @@ def should_shed(
         return x if x > 0 else 0.0  # NaN > 0 is False
 
     return clean(expected_wait_s) + clean(expected_service_s) > deadline_remaining_s
-
-
-@dataclass(frozen=True)
-class ServiceEstimate:
-    """EWMA estimates for one model key, and how many observations they rest on."""
-
-    wait_s: float
-    service_s: float
-    samples: int
-
-
-class ServiceTimeEstimator:
-    """Exponentially weighted moving averages of queue wait and service time per model key.
-
-    The first observation of a key sets the estimate; each later one moves it by ``alpha``
-    of the difference. Keys never observed estimate the defaults (0: no basis to shed).
-    """
-
-    def __init__(
-        self, alpha: float = 0.2, default_wait_s: float = 0.0, default_service_s: float = 0.0
-    ) -> None:
-        if not 0 < alpha <= 1:
-            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
-        if default_wait_s < 0 or default_service_s < 0:
-            raise ValueError("default estimates must be >= 0")
-        self.alpha = alpha
-        self._default = ServiceEstimate(default_wait_s, default_service_s, 0)
-        self._estimates: dict[str, ServiceEstimate] = {}
-
-    def observe(self, model_key: str, wait_s: float, service_s: float) -> None:
-        """Record one request's queue wait and service time (negative or NaN ignored)."""
-        if not (wait_s >= 0 and service_s >= 0) or math.isinf(wait_s + service_s):
-            return
-        old = self._estimates.get(model_key)
-        if old is None:
-            self._estimates[model_key] = ServiceEstimate(wait_s, service_s, 1)
-            return
-        a = self.alpha
-        self._estimates[model_key] = ServiceEstimate(
-            old.wait_s + a * (wait_s - old.wait_s),
-            old.service_s + a * (service_s - old.service_s),
-            old.samples + 1,
-        )
-
-    def estimate(self, model_key: str) -> ServiceEstimate:
-        return self._estimates.get(model_key, self._default)
-
-    def expected_wait_s(self, model_key: str) -> float:
-        return self.estimate(model_key).wait_s
-
-    def expected_service_s(self, model_key: str) -> float:
-        return self.estimate(model_key).service_s
-
-    def should_shed(self, model_key: str, deadline_remaining_s: float) -> bool:
-        """:func:`should_shed` with this key's estimates."""
-        est = self.estimate(model_key)
-        return should_shed(deadline_remaining_s, est.wait_s, est.service_s)
-
-    def forget(self, model_key: str) -> None:
-        """Drop a key's estimates (its model was unloaded)."""
-        self._estimates.pop(model_key, None)
 
 
 class BatchCostModel:

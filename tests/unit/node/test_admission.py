@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from node.admission import (
     AdmissionController,
+    BatchCostModel,
     ObjectiveLimits,
-    ServiceTimeEstimator,
     TokenBucket,
     per_node,
     should_shed,
@@ -264,33 +264,29 @@ def test_should_shed_iff_expected_time_exceeds_remaining(
 
 
 @given(
-    alpha=st.floats(min_value=0.05, max_value=1.0),
-    old=st.floats(min_value=0.0, max_value=10.0),
-    new=st.floats(min_value=0.0, max_value=10.0),
-    k=st.integers(min_value=1, max_value=100),
+    base=st.floats(min_value=0.0, max_value=0.05),
+    per_item=st.floats(min_value=0.0, max_value=0.01),
+    sizes=st.lists(st.integers(min_value=1, max_value=64), min_size=2, max_size=40, unique=True),
 )
-def test_ewma_converges_geometrically(alpha: float, old: float, new: float, k: int) -> None:
-    est = ServiceTimeEstimator(alpha=alpha)
-    est.observe("m@1", old, 2 * old)  # the first observation sets the estimate
-    assert est.expected_wait_s("m@1") == old
-    for _ in range(k):
-        est.observe("m@1", new, 2 * new)
-    bound = (1 - alpha) ** k * abs(old - new) + 1e-9
-    assert abs(est.expected_wait_s("m@1") - new) <= bound
-    assert abs(est.expected_service_s("m@1") - 2 * new) <= 2 * bound
-    assert est.estimate("m@1").samples == k + 1
+def test_batch_cost_model_recovers_base_and_per_item(
+    base: float, per_item: float, sizes: list[int]
+) -> None:
+    model = BatchCostModel(alpha=0.2)
+    assert model.wait_seconds(10, 8) == 0.0  # no observation yet: no reason to shed
+    for n in sizes:
+        model.observe(n, base + per_item * n)
+    # Exact data from at least two batch sizes: base and per-item cost are both recovered.
+    for n in (1, 8, 64):
+        assert model.batch_seconds(n) == pytest.approx(base + per_item * n, abs=1e-6)
+    assert model.wait_seconds(0, 8) == 0.0
+    assert model.wait_seconds(17, 8) == pytest.approx(3 * (base + per_item * 8), abs=1e-6)
 
 
-def test_estimator_keys_defaults_and_shedding() -> None:
-    est = ServiceTimeEstimator(alpha=0.5, default_service_s=0.01)
-    assert est.estimate("unknown@1").service_s == 0.01
-    est.observe("slow@1", 0.4, 0.4)
-    est.observe("fast@1", 0.001, 0.002)
-    est.observe("slow@1", -1.0, math.nan)  # ignored
-    assert est.expected_wait_s("slow@1") == 0.4
-    assert est.should_shed("slow@1", deadline_remaining_s=0.5)
-    assert not est.should_shed("fast@1", deadline_remaining_s=0.5)
-    est.forget("slow@1")
-    assert not est.should_shed("slow@1", deadline_remaining_s=0.5)
+def test_batch_cost_model_ignores_bad_samples() -> None:
+    model = BatchCostModel()
+    model.observe(0, 1.0)
+    model.observe(4, math.nan)
+    model.observe(4, -1.0)
+    assert model.samples == 0
     with pytest.raises(ValueError, match="alpha"):
-        ServiceTimeEstimator(alpha=0.0)
+        BatchCostModel(alpha=0.0)
