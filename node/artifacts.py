@@ -15,7 +15,8 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
 
 from workflows.loader import sha256_file, verify_package
 from workflows.manifest import WorkflowManifest
@@ -78,9 +79,18 @@ class DirectoryStore:
         return manifest, target.as_uri()
 
     def local_path(self, uri: str) -> Path:
-        from node.placement import artifact_path
-
         return artifact_path({"artifact_uri": uri})
+
+
+def artifact_path(doc: Any) -> Path:
+    """The local directory of a workflow document's ``artifact_uri`` (file:// or a path)."""
+    uri = doc.get("artifact_uri") if isinstance(doc, dict) else None
+    if not isinstance(uri, str) or not uri:
+        raise ValueError("workflow document has no artifact_uri")
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path if parsed.scheme else uri))
+    raise ValueError(f"unsupported artifact store {parsed.scheme!r} in {uri!r}")
 
 
 def pack(package_dir: Path) -> bytes:

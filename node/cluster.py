@@ -93,6 +93,7 @@ class ClusterMembership:
         self.view = MembershipView()
         self._subscribers: list[ViewSubscriber] = []
         self._changed = asyncio.Event()
+        self._seeded_revision = -1
 
     async def _client_factory(self) -> aetcd.Client:
         return await connect(self.endpoint)
@@ -143,18 +144,22 @@ class ClusterMembership:
 
     def _refresh(self) -> None:
         snapshot = self.watcher.current
-        seeds = {
-            node_id: rec.gossip_address
-            for node_id, rec in snapshot.nodes.items()
-            if node_id != self.node_id
-        }
-        self.gossip.set_seeds(seeds)
+        if snapshot.revision != self._seeded_revision:  # the roster can only change with it
+            self._seeded_revision = snapshot.revision
+            self.gossip.set_seeds(
+                {
+                    node_id: rec.gossip_address
+                    for node_id, rec in snapshot.nodes.items()
+                    if node_id != self.node_id
+                }
+            )
         view = build_view(snapshot, self.gossip.members(), self.node_id)
         if view == self.view:
             return
         self.view = view
         self._changed.set()
         self._changed = asyncio.Event()
+        self._seeded_revision = -1
         for callback in list(self._subscribers):
             try:
                 callback(view, snapshot)

@@ -14,12 +14,10 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urlparse
 
 from membership.snapshot import ClusterSnapshot
 from membership.view import MembershipView
+from node.artifacts import artifact_path
 from node.runtime import NodeRuntime
 from router import handoff
 from router.handoff import Phase
@@ -34,19 +32,9 @@ def replicas_of(snapshot: ClusterSnapshot) -> dict[str, int]:
     for key, doc in snapshot.workflows.items():
         manifest = doc.get("manifest")
         r = manifest.get("replicas", DEFAULT_REPLICAS) if isinstance(manifest, dict) else None
-        out[key] = r if isinstance(r, int) and not isinstance(r, bool) and r >= 1 else 2
+        valid = isinstance(r, int) and not isinstance(r, bool) and r >= 1
+        out[key] = r if valid and isinstance(r, int) else DEFAULT_REPLICAS
     return out
-
-
-def artifact_path(doc: Any) -> Path:
-    """The local directory of a workflow document's ``artifact_uri`` (file:// or a path)."""
-    uri = doc.get("artifact_uri") if isinstance(doc, dict) else None
-    if not isinstance(uri, str) or not uri:
-        raise ValueError("workflow document has no artifact_uri")
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return Path(unquote(parsed.path if parsed.scheme else uri))
-    raise ValueError(f"unsupported artifact store {parsed.scheme!r} in {uri!r}")
 
 
 def desired_models(node_id: str, view: MembershipView, snapshot: ClusterSnapshot) -> set[str]:

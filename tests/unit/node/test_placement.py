@@ -7,7 +7,8 @@ from types import MappingProxyType
 from membership.registry import NodeRecord, NodeState
 from membership.snapshot import ClusterSnapshot
 from membership.view import build_view
-from node.placement import artifact_path, desired_models
+from node.artifacts import artifact_path
+from node.placement import desired_models
 from node.routing import ring_of
 
 KEYS = [f"model_{i}@1" for i in range(40)]
