@@ -21,7 +21,7 @@ import functools
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -33,6 +33,7 @@ __all__ = [
     "ActorSystem",
     "AskTimeoutError",
     "Envelope",
+    "FairMailbox",
     "Mailbox",
     "MailboxFullError",
     "RestartPolicy",
@@ -126,19 +127,19 @@ class Mailbox(Generic[M]):
     def put_nowait(self, env: Envelope[M]) -> None:
         if self._closed:
             raise ActorStoppedError(self._stopped_message())
-        if len(self._items) >= self.capacity:
+        if self.qsize() >= self.capacity:
             # Envelopes whose askers gave up still take room; drop them before refusing.
-            self._items = deque(e for e in self._items if not e.done)
-            if len(self._items) >= self.capacity:
+            self._drop_done()
+            if self.qsize() >= self.capacity:
                 raise MailboxFullError(
                     f"overloaded: mailbox of actor {self.name!r} is full (capacity {self.capacity})"
                 )
-        self._items.append(env)
+        self._push(env)
         self._wake_getters()
 
     async def get(self) -> Envelope[M]:
         """Next envelope; raises :class:`ActorStoppedError` once closed and empty."""
-        while not self._items:
+        while not self.qsize():
             if self._closed:
                 raise ActorStoppedError(self._stopped_message())
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -148,14 +149,33 @@ class Mailbox(Generic[M]):
             finally:
                 if waiter in self._getters:
                     self._getters.remove(waiter)
-        return self._take(self._items.popleft())
+        return self._take(self._pop())
 
     def get_nowait(self) -> Envelope[M] | None:
         """Next envelope, or ``None`` when empty."""
-        return self._take(self._items.popleft()) if self._items else None
+        return self._take(self._pop()) if self.qsize() else None
 
     def qsize(self) -> int:
         return len(self._items)
+
+    def depth_ahead(self, flow: Hashable) -> int:
+        """How many queued envelopes would be handed out before one of ``flow`` put now
+        (FIFO: all of them, whatever the flow)."""
+        return len(self._items)
+
+    # Storage: a FIFO here; :class:`FairMailbox` keeps one queue per flow.
+    def _push(self, env: Envelope[M]) -> None:
+        self._items.append(env)
+
+    def _pop(self) -> Envelope[M]:
+        return self._items.popleft()
+
+    def _drop_done(self) -> None:
+        self._items = deque(e for e in self._items if not e.done)
+
+    def _clear(self) -> list[Envelope[M]]:
+        items, self._items = list(self._items), deque()
+        return items
 
     def close(self, reason: str | None = None) -> None:
         """Refuse further puts; gets still drain what is queued. Idempotent."""
@@ -166,7 +186,7 @@ class Mailbox(Generic[M]):
 
     def fail_all(self, exc: BaseException) -> int:
         """Remove every queued envelope, failing its reply with ``exc``; return the count."""
-        items, self._items = self._items, deque()
+        items = self._clear()
         for env in items:
             env.set_exception(exc)
         return len(items)
@@ -198,6 +218,69 @@ class Mailbox(Generic[M]):
     def _stopped_message(self) -> str:
         suffix = f": {self._close_reason}" if self._close_reason else ""
         return f"actor {self.name!r} is stopped{suffix}"
+
+
+class FairMailbox(Mailbox[M]):
+    """A bounded mailbox shared fairly by flows (e.g. the objectives calling one model).
+
+    Each message belongs to a flow (``flow_of(message)``); envelopes queue per flow and
+    ``get`` takes one from each flow with queued work in turn (round robin), so a flow
+    that queues many messages delays another flow's next message by at most one of its
+    own per turn. The capacity bounds all flows together, as for :class:`Mailbox`.
+    """
+
+    def __init__(
+        self, capacity: int, flow_of: Callable[[M], Hashable], *, name: str = "<unnamed>"
+    ) -> None:
+        super().__init__(capacity, name=name)
+        self.flow_of = flow_of
+        self._flows: dict[Hashable, deque[Envelope[M]]] = {}  # insertion order = turn order
+        self._size = 0
+
+    def qsize(self) -> int:
+        return self._size
+
+    def flow_depths(self) -> dict[Hashable, int]:
+        return {flow: len(q) for flow, q in self._flows.items()}
+
+    def depth_ahead(self, flow: Hashable) -> int:
+        """Round robin: a new envelope of ``flow`` waits for its flow's queue and, from
+        each other flow, as many envelopes as that queue plus itself (or all it has)."""
+        own = self._flows.get(flow)
+        turns = (len(own) if own else 0) + 1
+        return sum(min(len(q), turns) for q in self._flows.values() if q is not own) + turns - 1
+
+    def _push(self, env: Envelope[M]) -> None:
+        flow = self.flow_of(env.message)
+        queue = self._flows.get(flow)
+        if queue is None:
+            queue = self._flows[flow] = deque()
+        queue.append(env)
+        self._size += 1
+
+    def _pop(self) -> Envelope[M]:
+        flow = next(iter(self._flows))  # the flow whose turn it is
+        queue = self._flows.pop(flow)
+        env = queue.popleft()
+        if queue:
+            self._flows[flow] = queue  # to the back of the turn order
+        self._size -= 1
+        return env
+
+    def _drop_done(self) -> None:
+        for flow in list(self._flows):
+            kept = deque(e for e in self._flows[flow] if not e.done)
+            if kept:
+                self._flows[flow] = kept
+            else:
+                del self._flows[flow]
+        self._size = sum(len(q) for q in self._flows.values())
+
+    def _clear(self) -> list[Envelope[M]]:
+        items = [env for q in self._flows.values() for env in q]
+        self._flows.clear()
+        self._size = 0
+        return items
 
 
 class Actor(Generic[M]):
@@ -358,6 +441,11 @@ class ActorRef(Generic[M]):
     def mailbox_depth(self) -> int:
         return self._cell.mailbox.qsize()
 
+    def depth_ahead(self, flow: Hashable) -> int:
+        """Queued messages the actor would take before a message of ``flow`` told now
+        (the whole queue unless the actor was spawned with ``fair_by``)."""
+        return self._cell.mailbox.depth_ahead(flow)
+
     @property
     def alive(self) -> bool:
         """True while the actor accepts messages (running, restarting or starting)."""
@@ -401,15 +489,22 @@ class ActorSystem:
         *,
         mailbox_size: int = 1024,
         restart: RestartPolicy = _DEFAULT_RESTART,
+        fair_by: Callable[[M], Hashable] | None = None,
     ) -> ActorRef[M]:
-        """Create the actor, await its first ``on_start`` and start supervising it."""
+        """Create the actor, await its first ``on_start`` and start supervising it.
+
+        With ``fair_by`` the mailbox is a :class:`FairMailbox` over the flows it names."""
         if self._shut_down:
             raise ActorStoppedError(f"actor system {self.name!r} is shut down")
         if not name:
             raise ValueError("actor name must be non-empty")
         if name in self._cells:
             raise ValueError(f"an actor named {name!r} is already running")
-        mailbox: Mailbox[M] = Mailbox(mailbox_size, name=name)
+        mailbox: Mailbox[M] = (
+            Mailbox(mailbox_size, name=name)
+            if fair_by is None
+            else FairMailbox(mailbox_size, fair_by, name=name)
+        )
         cell = _Cell(name, factory, mailbox, restart, asyncio.get_running_loop())
         self._cells[name] = cell
         try:

@@ -39,6 +39,12 @@ class Job:
     context: ContextLike
     inputs: Mapping[str, Any]
     synthetic: bool = False
+    flow: str = ""  # who asks (an objective, shadows, warm-up): the model's queue is fair
+    # across flows, so one objective's burst does not queue ahead of another's requests
+
+
+def job_flow(job: Job) -> str:
+    return job.flow
 
 
 @dataclass(slots=True)

@@ -50,7 +50,7 @@ from node.errors import (
 )
 from node.inputs import InputDecoder
 from node.metrics import NodeMetrics
-from node.model_actor import Job, JobResult, ModelActor
+from node.model_actor import Job, JobResult, ModelActor, job_flow
 from node.predlog import JsonlFileSink, PredictionLog, PredictionLogConfig, PredictionRecord
 from node.tls import TlsFiles
 from router.rules import Decision, ObjectiveConfig, OverrideNotAllowed, RequestContext, evaluate
@@ -109,6 +109,10 @@ class LoadedModel:
     @property
     def manifest(self) -> WorkflowManifest:
         return self.loaded.manifest
+
+
+SHADOW_FLOW = "~shadow"  # shadow copies of every objective share one turn at a model's queue
+WARMUP_FLOW = "~warmup"
 
 
 def context_of(message: Any) -> RequestContext:
@@ -194,12 +198,13 @@ class NodeRuntime:
             lambda: ModelActor(loaded, self.executors, observer=self._observe_batch),
             mailbox_size=loaded.manifest.batching.queue_capacity,
             restart=RestartPolicy(),
+            fair_by=job_flow,
         )
         model = LoadedModel(loaded, ref, InputDecoder(loaded.manifest))
         if warm:
             try:
                 fields, inputs = loaded.workflow.example_request()
-                job = Job(StaticContext.from_fields(fields), inputs, synthetic=True)
+                job = Job(StaticContext.from_fields(fields), inputs, True, WARMUP_FLOW)
                 await self._ask(model, job, self.config.default_deadline_s)
             except BaseException:
                 await self.system.stop(ref, drain=False)
@@ -380,9 +385,11 @@ class NodeRuntime:
             request.ParseFromString(raw)
         except DecodeError:
             raise InvalidArgument("request", "not a valid shardline.v1.PredictRequest") from None
-        self._shed_if_late(model, request.objective, timeout_s)
+        shadow = cell == "shadow"
+        flow = SHADOW_FLOW if shadow else request.objective
+        self._shed_if_late(model, request.objective, flow, timeout_s)
         inputs = model.inputs.decode(request.inputs)
-        job = Job(context or context_of(request), inputs, request.synthetic or cell == "shadow")
+        job = Job(context or context_of(request), inputs, request.synthetic or shadow, flow)
         self.in_flight += 1
         try:
             result = await self._ask(model, job, timeout_s)
@@ -393,17 +400,21 @@ class NodeRuntime:
             self._log_prediction(request, job, model_key, cell, result, started)
         return answer
 
-    def _shed_if_late(self, model: LoadedModel, objective: str, timeout_s: float) -> None:
+    def _shed_if_late(
+        self, model: LoadedModel, objective: str, flow: str, timeout_s: float
+    ) -> None:
         """Refuse before queueing when the queue ahead cannot be served in time: the
-        expected wait (queue depth x per-request service time) is over the queue budget,
-        or wait plus service would overrun the request's deadline."""
+        expected wait (requests queued ahead of this flow's next one x per-request service
+        time) is over the queue budget, or wait plus service would overrun the request's
+        deadline. The queue is fair across flows, so another objective's backlog counts
+        only as far as it would be served before this request."""
         key = model.manifest.model_key
         cost = self.batch_costs.get(key)
         if cost is None:
             return
-        depth = model.ref.mailbox_depth
-        if depth == 0 and timeout_s > 1.0:
+        if model.ref.mailbox_depth == 0 and timeout_s > 1.0:
             return  # nothing queued ahead and time to spare: the common, unloaded case
+        depth = model.ref.depth_ahead(flow)
         max_batch = model.manifest.batching.max_batch_size
         wait = cost.wait_seconds(depth, max_batch)
         batch = cost.batch_seconds(max_batch)

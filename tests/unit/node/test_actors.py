@@ -18,6 +18,7 @@ from node.actors import (
     ActorSystem,
     AskTimeoutError,
     Envelope,
+    FairMailbox,
     Mailbox,
     MailboxFullError,
     RestartPolicy,
@@ -544,3 +545,116 @@ def test_messages_processed_in_order_for_any_capacity(capacity: int, count: int)
     seen, saw_full = asyncio.run(_send_all_in_order(capacity, count))
     assert seen == list(range(count))
     assert saw_full == (count > capacity)
+
+
+# --- fair mailbox: one flow's backlog does not queue ahead of another's --------------
+
+
+def _flow(message: str) -> str:
+    return message[0]
+
+
+def _put(box: Mailbox[str], *messages: str) -> None:
+    for m in messages:
+        box.put_nowait(Envelope(m, enqueued_at=0.0))
+
+
+def _drain(box: Mailbox[str]) -> list[str]:
+    out = []
+    while (env := box.get_nowait()) is not None:
+        out.append(env.message)
+    return out
+
+
+def test_fair_mailbox_takes_flows_in_turn_and_each_flow_in_order() -> None:
+    box: FairMailbox[str] = FairMailbox(100, _flow, name="fair")
+    _put(box, "a1", "a2", "a3", "a4", "a5", "b1", "b2", "c1")
+    assert box.qsize() == 8
+    assert box.flow_depths() == {"a": 5, "b": 2, "c": 1}
+    # b1 waits for one a, not for a's whole backlog; c1 likewise.
+    # A third b waits for b's 2, three turns of a and c's one: 6, not the whole queue.
+    assert box.depth_ahead("b") == 2 + 3 + 1
+    assert box.depth_ahead("d") == 3  # a new flow waits one turn of each busy flow
+    assert _drain(box) == ["a1", "b1", "c1", "a2", "b2", "a3", "a4", "a5"]
+    assert box.qsize() == 0 and box.depth_ahead("a") == 0
+
+
+def test_fifo_mailbox_depth_ahead_is_the_whole_queue() -> None:
+    box: Mailbox[str] = Mailbox(10, name="fifo")
+    _put(box, "a1", "a2", "b1")
+    assert box.depth_ahead("b") == 3 and box.depth_ahead("z") == 3
+
+
+async def test_fair_mailbox_capacity_is_shared_and_abandoned_asks_make_room() -> None:
+    loop = asyncio.get_running_loop()
+    box: FairMailbox[str] = FairMailbox(3, _flow, name="fair")
+    replies = [loop.create_future() for _ in range(3)]
+    for m, r in zip(("a1", "a2", "b1"), replies, strict=True):
+        box.put_nowait(Envelope(m, enqueued_at=0.0, reply=r))
+    with pytest.raises(MailboxFullError, match="capacity 3"):
+        _put(box, "c1")
+    replies[2].cancel()  # b1's asker gave up: its room (and flow) go
+    _put(box, "c1")
+    assert box.flow_depths() == {"a": 2, "c": 1}
+    assert box.fail_all(ActorStoppedError("gone")) == 3
+    assert box.qsize() == 0 and box.get_nowait() is None
+    for reply in replies[:2]:
+        with pytest.raises(ActorStoppedError, match="gone"):
+            reply.result()
+
+
+async def test_actor_spawned_fair_by_serves_a_late_flow_before_an_early_backlog() -> None:
+    system = ActorSystem()
+    seen: list[int] = []
+    progressed = asyncio.Event()
+    gate = asyncio.Event()
+
+    class Gated(Actor[int]):
+        async def receive(self, message: int) -> object:
+            await gate.wait()
+            seen.append(message)
+            progressed.set()
+            return message
+
+    ref = await system.spawn("gated", Gated, fair_by=lambda m: m // 100)
+    asks = [asyncio.ensure_future(ref.ask(m, timeout_s=5.0)) for m in (0, 1, 2, 3, 4)]
+    await asyncio.sleep(0)  # the actor takes 0 and waits at the gate
+    asks.append(asyncio.ensure_future(ref.ask(100, timeout_s=5.0)))
+    await asyncio.sleep(0)
+    # Queued: 1 2 3 4 (flow 0), 100 (flow 1). Another flow-1 message would wait for 1,
+    # 100 and 2; a message of a new flow for one turn of each.
+    assert ref.depth_ahead(1) == 3 and ref.depth_ahead(2) == 2 and ref.mailbox_depth == 5
+    gate.set()
+    assert await asyncio.gather(*asks) == [0, 1, 2, 3, 4, 100]
+    assert seen == [0, 1, 100, 2, 3, 4]
+    await system.shutdown()
+
+
+@settings(max_examples=80, deadline=None)
+@given(ops=st.lists(st.one_of(st.sampled_from("abcd"), st.just("get")), min_size=0, max_size=80))
+def test_fair_mailbox_loses_nothing_keeps_flow_order_and_bounds_the_wait(ops: list[str]) -> None:
+    box: FairMailbox[str] = FairMailbox(1000, _flow, name="fair")
+    put: list[str] = []
+    got: list[str] = []
+    count: dict[str, int] = {}
+    for op in ops:
+        if op == "get":
+            env = box.get_nowait()
+            if env is not None:
+                got.append(env.message)
+            continue
+        count[op] = count.get(op, 0) + 1
+        message = f"{op}{count[op]:03d}"
+        promised = box.depth_ahead(op)
+        _put(box, message)
+        put.append(message)
+        # What the box promised is what happens if nothing else arrives.
+        probe: FairMailbox[str] = FairMailbox(1000, _flow, name="probe")
+        probe._flows = {f: type(q)(q) for f, q in box._flows.items()}
+        probe._size = box.qsize()
+        assert _drain(probe).index(message) <= promised
+    got += _drain(box)
+    assert sorted(got) == sorted(put)  # nothing lost, nothing twice
+    for flow in "abcd":
+        mine = [m for m in got if m[0] == flow]
+        assert mine == sorted(mine)  # each flow in its own order
