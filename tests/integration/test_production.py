@@ -17,8 +17,9 @@ from grpclib.const import Status
 
 from node.client import Client, PredictError
 from node.predlog import PredictionRecord
+from tests.integration.conftest import make_slow_package
 from tests.integration.test_standalone_node import FRAUD, metric
-from tests.procs import EXAMPLES, NodeProcess
+from tests.procs import EXAMPLES, NodeProcess, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +41,14 @@ OBJECTIVES = {
         name = "open"
         default = "payment_fraud@1"
     """,
+    "bulk.toml": """
+        name = "bulk"
+        default = "slow@1"
+    """,
+    "interactive.toml": """
+        name = "interactive"
+        default = "slow@1"
+    """,
 }
 
 
@@ -48,6 +57,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("prod")
     workflows = root / "workflows"
     shutil.copytree(EXAMPLES / "payment_fraud", workflows / "payment_fraud")
+    make_slow_package(workflows, delay_s=0.05, queue_capacity=64)
     objectives = root / "objectives"
     objectives.mkdir()
     for name, text in OBJECTIVES.items():
@@ -158,3 +168,30 @@ async def test_prediction_log_samples_and_flags(tree: tuple[Path, Path, Path]) -
         assert set(r.outputs) == {"probability", "decision"}
         assert r.timings_ms["total"] > 0
     json.loads(records[0].to_json())
+
+
+async def test_one_objectives_backlog_does_not_queue_ahead_of_another(node: NodeProcess) -> None:
+    """Two objectives share the slow model (one request per 50 ms batch). A burst of 16 on
+    ``bulk`` queues up; an ``interactive`` request sent behind it is taken at its flow's
+    next turn, not after the whole backlog (it would be 16th in a plain FIFO)."""
+    finished: list[str] = []
+
+    async def call(client: Client, objective: str, i: int) -> None:
+        await client.predict(objective, {"x": float(i)}, user_id=f"{objective}-{i}", timeout_s=20)
+        finished.append(objective)
+
+    async with Client(node.target) as client:
+        bulk = [asyncio.ensure_future(call(client, "bulk", i)) for i in range(16)]
+        await eventually(
+            lambda: (
+                metric(node.metrics_text(), "shardline_model_queue_depth", model_key="slow@1") >= 10
+                or None
+            )
+        )
+        await call(client, "interactive", 0)
+        ahead = finished.index("interactive")
+        await asyncio.gather(*bulk)
+    # At most: the batch running, the one handed to the device, one turn of bulk, and
+    # whatever finished while the backlog formed.
+    assert ahead <= 16 - 10 + 3, finished
+    assert len(finished) == 17
