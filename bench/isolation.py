@@ -15,6 +15,9 @@ first request of each phase (a flood's onset counts):
   B alone         B at 30 % of capacity, nothing else (reference);
   without flood   A at 30 % of capacity (under its limit), B at 30 %;
   with flood      A at 10x capacity, B at 30 %.
+Each objective's load comes from its own process with its own connections, as tenants
+are separate clients: one process generating both would measure itself, B's answers
+queueing behind A's 1 200/s in the generator's event loop.
 Printed per phase: each objective's goodput, p50/p99 and errors by status, what the node
 did (shed counters, batches, device busy, CPU) and B's summary.
 Targets: B's p99 with the flood <= 1.5x its p99 without it, and zero B errors.
@@ -24,13 +27,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
+import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 
 from rich.console import Console
 from rich.table import Table
 
-from bench.loadgen import LoadResult, run_open_loop
+from bench.loadgen import LoadResult, OpenLoopResult, run_open_loop
 from bench.overload import (
     DEADLINE_S,
     ClientPool,
@@ -53,29 +59,60 @@ STEADY_SHARE = 0.3
 FLOOD_X = 10.0
 
 
+START_DELAY_S = 4.0  # time for the generator processes to start before their common start
+
+
+def tenant_load(
+    target: str,
+    objective: str,
+    rate: float,
+    duration_s: float,
+    name: str,
+    seed: int,
+    start_at: float,
+) -> OpenLoopResult:
+    """One tenant: an open loop on ``objective`` from this (child) process, starting at
+    the wall-clock time ``start_at`` so every tenant of a phase starts together."""
+
+    async def run() -> OpenLoopResult:
+        pool = ClientPool(target)
+        try:
+            call = pool.caller(objective)
+            await asyncio.sleep(max(0.0, start_at - time.time()))  # a common start
+            return await run_open_loop(
+                call, rate, duration_s, name=name, timeout_s=DEADLINE_S + 0.25, seed=seed
+            )
+        finally:
+            pool.close()
+
+    return asyncio.run(run())  # fmt: skip
+
+
 async def phase(
     label: str,
     node: NodeProcess,
     spec: ModelSpec,
-    pool: ClientPool,
     rates: dict[str, float],
     duration_s: float,
     seed: int,
 ) -> dict[str, Step]:
-    """Offer each objective its rate at once; one ``Step`` per objective (the node's usage
-    is for the whole phase, so both steps carry the same)."""
-    meter = Meter(node, spec)
-    meter.start()
-    results = await asyncio.gather(
-        *(
-            run_open_loop(
-                pool.caller(obj), rate, duration_s, name=f"{label}: {TAG[obj]}",
-                timeout_s=DEADLINE_S + 0.25, seed=seed * 10 + i,
+    """Offer each objective its rate at once, each from its own process; one ``Step`` per
+    objective (the node's usage is for the whole phase, so both steps carry the same)."""
+    loop = asyncio.get_running_loop()
+    start_at = time.time() + START_DELAY_S
+    with ProcessPoolExecutor(len(rates), mp_context=multiprocessing.get_context("spawn")) as ex:
+        futures = [
+            loop.run_in_executor(
+                ex, tenant_load, node.target, obj, rate, duration_s, f"{label}: {TAG[obj]}",
+                seed * 10 + i, start_at,
             )
             for i, (obj, rate) in enumerate(rates.items())
-        )
-    )  # fmt: skip
-    usage = meter.stop()
+        ]  # fmt: skip
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        meter = Meter(node, spec)
+        meter.start()
+        results = await asyncio.gather(*futures)
+    usage = meter.stop()  # after the generators exited, so their CPU is counted
     return {obj: Step(r.name, r, usage) for obj, r in zip(rates, results, strict=True)}
 
 
@@ -98,7 +135,7 @@ async def run(
             ]
             out = []
             for i, (label, rates) in enumerate(phases):
-                out.append(await phase(label, node, spec, pool, rates, duration_s, seed=i))
+                out.append(await phase(label, node, spec, rates, duration_s, seed=i))
         finally:
             pool.close()
     return cap, a_rate, out

@@ -40,6 +40,7 @@ import asyncio
 import itertools
 import os
 import re
+import resource
 import tempfile
 import textwrap
 import time
@@ -259,6 +260,12 @@ def node_counters(node: NodeProcess) -> dict[str, float]:
     return out
 
 
+def client_cpu_seconds() -> float:
+    """CPU of this process and of its load-generator children that have exited."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -289,7 +296,7 @@ class Usage:
 
     node_cpu: float
     node_wait: float  # node threads runnable but waiting for a CPU
-    client_cpu: float  # this process
+    client_cpu: float  # this process and its load-generator processes
     others_cpu: float  # every other process on the machine
     shed: Mapping[str, float]  # node's shed counter by reason
     batches: float
@@ -310,7 +317,7 @@ class Meter:
     def start(self) -> None:
         pid = self.node.proc.pid
         self._t = (
-            time.monotonic(), cpu_seconds(pid), runqueue_wait_s(pid), time.process_time(),
+            time.monotonic(), cpu_seconds(pid), runqueue_wait_s(pid), client_cpu_seconds(),
             machine_busy_s(),
         )  # fmt: skip
         self._c = node_counters(self.node)
@@ -320,7 +327,7 @@ class Meter:
         pid = self.node.proc.pid
         wall = max(1e-9, time.monotonic() - t0)
         node_cpu = (cpu_seconds(pid) - n0) / wall
-        client_cpu = (time.process_time() - c0) / wall
+        client_cpu = (client_cpu_seconds() - c0) / wall
         machine = (machine_busy_s() - m0) / wall
         now = node_counters(self.node)
         d = {k: v - self._c.get(k, 0.0) for k, v in now.items()}
