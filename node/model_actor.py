@@ -1,9 +1,7 @@
 """The model actor: one per loaded workflow, its mailbox is its batch queue.
 
 The actor takes requests off its bounded mailbox, closes a batch by the
-``BatchPolicy`` (max size or max delay since the first request was enqueued; while the
-device is still busy with the previous batch, the next one stays open until shortly
-before the device is expected to be free, by a cost model fitted to past batches), drops
+``BatchPolicy`` (max size or max delay since the first request was enqueued), drops
 requests whose asker gave up or whose deadline has passed, and hands the whole batch
 to its device's worker thread: per request ``preprocess``, one batched ``forward``
 under ``torch.inference_mode()``, per request ``postprocess``. A bad input fails only
@@ -25,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from node.actors import Actor, Envelope, Mailbox
-from node.admission import BatchCostModel
 from node.errors import DeadlineExceeded, Internal, InvalidArgument
 from workflows.batching import BatchPolicy
 from workflows.devices import DeviceExecutors
@@ -81,13 +78,6 @@ BatchObserver = Callable[[str, int, float, float], None]
 batch took on the device worker)."""
 
 PIPELINE_DEPTH = 2  # batches handed to the device at once: one running, one ready
-HOLD_LEAD_S = 0.001  # close the next batch this long before the device is expected free
-
-
-@dataclass(slots=True)
-class _InFlight:
-    done: asyncio.Future[float]  # the batch's run on the device worker
-    expected_end: float  # loop time, by the batch cost model
 
 
 class ModelActor(Actor[Job]):
@@ -105,19 +95,14 @@ class ModelActor(Actor[Job]):
         batching = loaded.manifest.batching
         self.policy = policy or BatchPolicy(batching.max_batch_size, batching.max_delay_ms)
         self.observer = observer
-        self.cost = BatchCostModel()  # batch time on the device, fitted as batches finish
 
     @staticmethod
-    async def _get_within(
-        mailbox: Mailbox[Job], timeout_s: float, busy: asyncio.Future[float] | None = None
-    ) -> Envelope[Job] | None:
-        """The next envelope within ``timeout_s`` (and before ``busy`` completes, when
-        given), else None; a get that raced the end of the wait still hands its envelope
-        over, so nothing is lost to a cancelled wait."""
+    async def _get_within(mailbox: Mailbox[Job], timeout_s: float) -> Envelope[Job] | None:
+        """The next envelope within ``timeout_s``, else None; a get that raced the
+        timeout still hands its envelope over, so nothing is lost to a cancelled wait."""
         task = asyncio.ensure_future(mailbox.get())
-        waiting: set[asyncio.Future[Any]] = {task} if busy is None else {task, busy}
-        await asyncio.wait(waiting, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if not done:
             task.cancel()
             try:
                 return await task
@@ -127,16 +112,9 @@ class ModelActor(Actor[Job]):
                 raise
         return task.result()
 
-    async def next_batch(
-        self,
-        mailbox: Mailbox[Job],
-        hold_until: float = 0.0,
-        busy: asyncio.Future[float] | None = None,
-    ) -> list[Envelope[Job]]:
+    async def next_batch(self, mailbox: Mailbox[Job]) -> list[Envelope[Job]]:
         """Block for a first request, take whatever is already queued (up to the max size),
-        then wait for more while the policy keeps the batch open, and, while the device
-        is busy with the batch ``busy``, until ``hold_until`` (loop time): a batch that
-        could not start yet keeps taking requests instead of making them wait a batch."""
+        then wait for more only while the policy keeps the batch open."""
         first = await mailbox.get()
         batch = [first]
         limit = self.policy.max_batch_size
@@ -144,21 +122,14 @@ class ModelActor(Actor[Job]):
         while len(batch) < limit:
             env = mailbox.get_nowait()
             if env is None:
-                now = loop.time()
-                wait = self.policy.wait_s(len(batch), first.enqueued_at, now)
-                if wait <= 0 and busy is not None and not busy.done():
-                    wait = hold_until - now
+                wait = self.policy.wait_s(len(batch), first.enqueued_at, loop.time())
                 if wait <= 0:
                     break
-                env = await self._get_within(mailbox, wait, busy)
+                env = await self._get_within(mailbox, wait)
                 if env is None:
                     break
             batch.append(env)
         return batch
-
-    def _device_free_at(self, running: collections.deque[_InFlight]) -> float:
-        """When (loop time) the device is expected to finish what it was handed."""
-        return running[-1].expected_end if running else 0.0
 
     async def run(self, mailbox: Mailbox[Job]) -> None:
         """Batches flow through a two-deep pipeline: while the device runs batch N, the
@@ -166,19 +137,10 @@ class ModelActor(Actor[Job]):
         waits for the event loop between batches. Results are delivered as each batch
         completes. A failing batch fails its own requests only."""
         loop = asyncio.get_running_loop()
-        running: collections.deque[_InFlight] = collections.deque()
+        running: collections.deque[asyncio.Future[float]] = collections.deque()
         try:
             while True:
-                # A batch closes only once the device can take it (a pipeline slot is
-                # free), and stays open while the device is expected to be busy anyway.
-                while len(running) >= PIPELINE_DEPTH:
-                    await asyncio.wait({running[0].done})
-                    running.popleft()
-                while running and running[0].done.done():
-                    running.popleft()
-                hold_until = self._device_free_at(running) - HOLD_LEAD_S
-                busy = running[-1].done if running else None
-                batch = await self.next_batch(mailbox, hold_until, busy)
+                batch = await self.next_batch(mailbox)
                 now = loop.time()
                 live: list[Envelope[Job]] = []
                 for env in batch:
@@ -198,15 +160,17 @@ class ModelActor(Actor[Job]):
                     )
                     for env in live
                 ]
+                while len(running) >= PIPELINE_DEPTH:
+                    await asyncio.wait({running[0]})
+                    running.popleft()
                 done = asyncio.ensure_future(
                     self.executors.run(self.loaded.device, functools.partial(self._process, slots))
                 )
                 done.add_done_callback(functools.partial(self._deliver, live, slots))
-                start = max(now, self._device_free_at(running))
-                running.append(_InFlight(done, start + self.cost.batch_seconds(len(slots))))
+                running.append(done)
         finally:
             if running:  # stopping: let what the device already has finish and answer
-                await asyncio.wait({r.done for r in running})
+                await asyncio.wait(set(running))
 
     def _deliver(
         self, live: list[Envelope[Job]], slots: list[_Slot], done: asyncio.Future[float]
@@ -219,7 +183,6 @@ class ModelActor(Actor[Job]):
             for env in live:
                 env.set_exception(err)
             return
-        self.cost.observe(len(slots), done.result())
         if self.observer is not None:
             self.observer(
                 self.loaded.manifest.model_key,

@@ -132,28 +132,6 @@ async def test_next_batch_is_queued_on_the_device_while_one_runs(setup: Any) -> 
     assert wf.batches == [2, 2, 2]
 
 
-async def test_next_batch_stays_open_while_the_device_is_expected_busy(setup: Any) -> None:
-    """Once the actor knows a batch takes ~200 ms, requests that trickle in while one
-    runs join one next batch (closed when the device frees up), rather than each closing
-    its own batch at the policy's zero delay and waiting behind the others."""
-    system, wf, ex = setup
-    wf.gate = threading.Event()
-    ref = await spawn(system, wf, ex, BatchPolicy(8, 0.0))
-    actor = ref._cell.actor
-    assert isinstance(actor, ModelActor)
-    actor.cost.observe(1, 0.2)
-    first = asyncio.ensure_future(ref.ask(job(1)))
-    await asyncio.get_running_loop().run_in_executor(None, wf.in_forward.wait, 10)
-    trickle = []
-    for i in range(3):
-        trickle.append(asyncio.ensure_future(ref.ask(job(i))))
-        for _ in range(5):
-            await asyncio.sleep(0)  # the actor takes it and, today, would close a batch
-    wf.gate.set()  # the device frees up: the held batch closes and runs
-    await asyncio.gather(first, *trickle)
-    assert wf.batches == [1, 3]
-
-
 async def test_bad_input_fails_only_its_own_request(setup: Any) -> None:
     system, wf, ex = setup
     ref = await spawn(system, wf, ex, BatchPolicy(3, 1000.0))
