@@ -5,8 +5,11 @@
 Side by side, in one run on this machine, server and client in separate processes:
   (a) a bare grpclib server answering fixed bytes of the size of a Predict answer,
       called with request bytes of the size of a Predict request;
-  (b) ``Predict`` on the shipped ``payment_fraud`` objective of a standalone node;
-and the ratio (b)/(a) of their throughput (target >= 0.8). Then, in this process, the
+  (b) ``Predict`` on the shipped ``payment_fraud`` objective of a standalone node: one
+      prediction per request, plus a shadow copy for 25 % of users (1.25 per request);
+  (c) the same objective with its shadows off (exactly one prediction per request);
+and the ratios (b)/(a) and (c)/(a) of their throughput (target >= 0.8). Then, in this
+process, the
 ``payment_fraud@1`` model actor with dynamic batching vs ``max_batch_size=1`` at the same
 concurrency (target >= 3x).
 """
@@ -15,9 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import subprocess
 import sys
+import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -72,19 +78,33 @@ def merge(name: str, rounds: list[LoadResult]) -> LoadResult:
     )
 
 
+def without_shadows(root: Path) -> Path:
+    """An objectives dir holding the shipped ``payment_fraud`` objective minus its shadows."""
+    path = EXAMPLES / "objectives" / "payment_fraud.toml"
+    config = tomllib.loads(path.read_text())
+    config.pop("shadows", None)
+    (root / "payment_fraud.json").write_text(json.dumps(config))
+    return root
+
+
 async def transport_vs_predict(
     duration_s: float, concurrency: int, rounds: int
 ) -> list[LoadResult]:
-    """Both servers stay up; rounds alternate (a), (b), (a), (b)… so background load on a
-    shared machine hits both alike; the median round of each is reported."""
-    node = NodeProcess.start(workflows=EXAMPLES, metrics=False, args=["--cpu-threads", "1"])
+    """The servers stay up; rounds alternate (a), (b), (c), (a), (b), (c)… so background
+    load on a shared machine hits all alike; the median round of each is reported."""
+    args = ["--cpu-threads", "1"]
+    node = NodeProcess.start(workflows=EXAMPLES, metrics=False, args=args)
+    tmp = tempfile.TemporaryDirectory(prefix="shardline-bench-")
+    plain = NodeProcess.start(
+        workflows=EXAMPLES, objectives=without_shadows(Path(tmp.name)), metrics=False, args=args
+    )
     echo: subprocess.Popen[str] | None = None
     try:
         requests = [
             build_request("payment_fraud", FRAUD, user_id=f"user-{i}", country="US")
             for i in range(1000)
         ]
-        async with Client(node.target) as client:
+        async with Client(node.target) as client, Client(plain.target) as plain_client:
             reply = await client.predict_raw(requests[0])
             echo, port = start_echo(len(reply))
             channel = Channel("127.0.0.1", port, codec=WireCodec())
@@ -95,32 +115,34 @@ async def transport_vs_predict(
             async def predict() -> object:
                 return await client.predict_raw(requests[next(counter) % len(requests)])
 
+            async def predict_plain() -> object:
+                return await plain_client.predict_raw(requests[next(counter) % len(requests)])
+
             async def echo_call() -> object:
                 return await method(payload, timeout=10)
 
-            a: list[LoadResult] = []
-            b: list[LoadResult] = []
+            setups = {"a": echo_call, "b": predict, "c": predict_plain}
+            rounds_of: dict[str, list[LoadResult]] = {k: [] for k in setups}
             per_round = duration_s / rounds
             for _ in range(rounds):
-                a.append(
-                    await run_closed_loop(
-                        "a", echo_call, concurrency=concurrency, duration_s=per_round
+                for key, call in setups.items():
+                    rounds_of[key].append(
+                        await run_closed_loop(
+                            key, call, concurrency=concurrency, duration_s=per_round
+                        )
                     )
-                )
-                b.append(
-                    await run_closed_loop(
-                        "b", predict, concurrency=concurrency, duration_s=per_round
-                    )
-                )
             channel.close()
     finally:
         node.stop()
+        plain.stop()
+        tmp.cleanup()
         if echo is not None:
             echo.terminate()
             echo.wait()
     return [
-        merge(f"(a) bare grpclib, {len(payload)} B in / {len(reply)} B out", a),
-        merge("(b) Predict payment_fraud", b),
+        merge(f"(a) bare grpclib, {len(payload)} B in / {len(reply)} B out", rounds_of["a"]),
+        merge("(b) Predict payment_fraud (shipped objective)", rounds_of["b"]),
+        merge("(c) Predict payment_fraud, shadows off", rounds_of["c"]),
     ]
 
 
@@ -189,10 +211,12 @@ def main() -> None:
     for r in (*transport, *batching):
         table.add_row(r.name, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.errors))
     console.print(table)
-    echo, predict = transport
+    echo, predict, plain = transport
     on, off = batching
     console.print(
-        f"Predict / bare transport throughput: {predict.rps / echo.rps:.2f} (target >= 0.8)"
+        f"Predict / bare transport throughput: {predict.rps / echo.rps:.2f} with the shipped "
+        f"objective (1.25 predictions per request), {plain.rps / echo.rps:.2f} with its "
+        "shadows off (target >= 0.8)"
     )
     console.print(f"batching on / off throughput: {on.rps / off.rps:.2f}x (target >= 3x)")
 
