@@ -102,6 +102,11 @@ class Envelope(Generic[M]):
         return f"Envelope({kind}, {self.message!r}, done={self.done})"
 
 
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Mailbox(Generic[M]):
     """A bounded FIFO of envelopes with an async ``get`` and a close/drain protocol.
 
@@ -149,6 +154,29 @@ class Mailbox(Generic[M]):
             finally:
                 if waiter in self._getters:
                     self._getters.remove(waiter)
+        return self._take(self._pop())
+
+    async def get_within(self, timeout_s: float) -> Envelope[M] | None:
+        """Next envelope if one is queued or arrives within ``timeout_s``, else ``None``;
+        raises :class:`ActorStoppedError` once closed and empty. Nothing is taken unless
+        it is returned, so a cancelled wait loses nothing."""
+        if not self.qsize():
+            if self._closed:
+                raise ActorStoppedError(self._stopped_message())
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._getters.append(waiter)
+            timer = loop.call_later(timeout_s, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                if waiter in self._getters:
+                    self._getters.remove(waiter)
+            if not self.qsize():
+                if self._closed:
+                    raise ActorStoppedError(self._stopped_message())
+                return None
         return self._take(self._pop())
 
     def get_nowait(self) -> Envelope[M] | None:
@@ -211,8 +239,7 @@ class Mailbox(Generic[M]):
 
     def _wake_getters(self) -> None:
         for waiter in self._getters:
-            if not waiter.done():
-                waiter.set_result(None)
+            _resolve(waiter)
         self._getters.clear()
 
     def _stopped_message(self) -> str:

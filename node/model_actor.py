@@ -96,22 +96,6 @@ class ModelActor(Actor[Job]):
         self.policy = policy or BatchPolicy(batching.max_batch_size, batching.max_delay_ms)
         self.observer = observer
 
-    @staticmethod
-    async def _get_within(mailbox: Mailbox[Job], timeout_s: float) -> Envelope[Job] | None:
-        """The next envelope within ``timeout_s``, else None; a get that raced the
-        timeout still hands its envelope over, so nothing is lost to a cancelled wait."""
-        task = asyncio.ensure_future(mailbox.get())
-        done, _ = await asyncio.wait({task}, timeout=timeout_s)
-        if not done:
-            task.cancel()
-            try:
-                return await task
-            except asyncio.CancelledError:
-                if task.cancelled():
-                    return None
-                raise
-        return task.result()
-
     async def next_batch(self, mailbox: Mailbox[Job]) -> list[Envelope[Job]]:
         """Block for a first request, take whatever is already queued (up to the max size),
         then wait for more only while the policy keeps the batch open."""
@@ -125,7 +109,7 @@ class ModelActor(Actor[Job]):
                 wait = self.policy.wait_s(len(batch), first.enqueued_at, loop.time())
                 if wait <= 0:
                     break
-                env = await self._get_within(mailbox, wait)
+                env = await mailbox.get_within(wait)
                 if env is None:
                     break
             batch.append(env)

@@ -169,6 +169,31 @@ async def test_mailbox_fail_all_and_room_from_abandoned_asks() -> None:
         replies[1].result()
 
 
+async def test_mailbox_get_within_waits_at_most_its_timeout_and_loses_nothing() -> None:
+    box: Mailbox[str] = Mailbox(4, name="box")
+    _put(box, "queued")
+    got = await box.get_within(10.0)  # already queued: no wait
+    assert got is not None and got.message == "queued"
+    assert await box.get_within(0.01) is None  # nothing arrives: None after the timeout
+    waiting = asyncio.ensure_future(box.get_within(10.0))
+    await asyncio.sleep(0)
+    _put(box, "late")  # arrives during the wait: handed over at once
+    got = await waiting
+    assert got is not None and got.message == "late"
+    cancelled = asyncio.ensure_future(box.get_within(10.0))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    _put(box, "kept")  # a cancelled wait took nothing and left no getter behind
+    assert not box._getters and box.qsize() == 1
+    box.close("closing")
+    got = await box.get_within(10.0)  # closed: what is queued still drains
+    assert got is not None and got.message == "kept"
+    with pytest.raises(ActorStoppedError, match="closing"):
+        await box.get_within(10.0)
+
+
 @pytest.mark.parametrize("capacity", [0, -1, True])
 def test_mailbox_is_never_unbounded(capacity: int) -> None:
     with pytest.raises(ValueError):
