@@ -377,6 +377,19 @@ class NodeRuntime:
         context: RequestContext | None = None,
     ) -> bytes:
         """Run a request on the local actor of ``model_key`` (decided by the ingress)."""
+        request, result = await self._run(raw, model_key, cell, timeout_s, started, context)
+        return self._encode(request, model_key, cell, result, started, hops)
+
+    async def _run(
+        self,
+        raw: bytes,
+        model_key: str,
+        cell: str,
+        timeout_s: float,
+        started: float,
+        context: RequestContext | None,
+    ) -> tuple[Any, JobResult]:
+        """Decode, queue on the model's actor and await the result (logged if sampled)."""
         model = self.models.get(model_key)
         if model is None:
             raise Unavailable(f"model {model_key} is not loaded on node {self.config.node_id}")
@@ -395,10 +408,9 @@ class NodeRuntime:
             result = await self._ask(model, job, timeout_s)
         finally:
             self.in_flight -= 1
-        answer = self._encode(request, model_key, cell, result, started, hops)
         if self.predlog is not None and self.predlog.sampled(request.objective, request.request_id):
             self._log_prediction(request, job, model_key, cell, result, started)
-        return answer
+        return request, result
 
     def _shed_if_late(
         self, model: LoadedModel, objective: str, flow: str, timeout_s: float
@@ -534,10 +546,9 @@ class NodeRuntime:
 
     async def _local_shadow(self, key: str, context: RequestContext, raw: bytes) -> None:
         started = time.perf_counter()
-        timeout = self.config.shadow_timeout_s
-        await self.execute(
-            raw, key, "shadow", hops=0, timeout_s=timeout, started=started, context=context
-        )
+        # No answer to encode: nobody reads a shadow's (its outcome is counted, and its
+        # prediction logged when sampled).
+        await self._run(raw, key, "shadow", self.config.shadow_timeout_s, started, context)
 
     async def _count_shadow(self, key: str, work: Awaitable[object]) -> None:
         outcome = "ok"
