@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from node.actors import Actor, Envelope, Mailbox
+from node.admission import BatchCostModel
 from node.errors import DeadlineExceeded, Internal, InvalidArgument
 from workflows.batching import BatchPolicy
 from workflows.devices import DeviceExecutors
@@ -78,6 +79,12 @@ BatchObserver = Callable[[str, int, float, float], None]
 batch took on the device worker)."""
 
 PIPELINE_DEPTH = 2  # batches handed to the device at once: one running, one ready
+PIPELINE_MAX_BATCH_S = 0.004  # ...while batches are this quick; slower ones go one at a time
+
+
+def _observe(cost: BatchCostModel, size: int, done: asyncio.Future[float]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        cost.observe(size, done.result())
 
 
 class ModelActor(Actor[Job]):
@@ -122,8 +129,16 @@ class ModelActor(Actor[Job]):
         completes. A failing batch fails its own requests only."""
         loop = asyncio.get_running_loop()
         running: collections.deque[asyncio.Future[float]] = collections.deque()
+        cost = BatchCostModel()  # device time per batch, fitted as batches finish
         try:
             while True:
+                # Pipelining pays when a batch is as quick as a trip through the loop; for
+                # a slow model a batch closed early only holds its requests back a whole
+                # batch and takes none that arrive meanwhile, so it waits for the device.
+                depth = PIPELINE_DEPTH if self._quick(cost) else 1
+                while len(running) >= depth:
+                    await asyncio.wait({running[0]})
+                    running.popleft()
                 batch = await self.next_batch(mailbox)
                 now = loop.time()
                 live: list[Envelope[Job]] = []
@@ -144,17 +159,20 @@ class ModelActor(Actor[Job]):
                     )
                     for env in live
                 ]
-                while len(running) >= PIPELINE_DEPTH:
-                    await asyncio.wait({running[0]})
-                    running.popleft()
                 done = asyncio.ensure_future(
                     self.executors.run(self.loaded.device, functools.partial(self._process, slots))
                 )
                 done.add_done_callback(functools.partial(self._deliver, live, slots))
+                done.add_done_callback(functools.partial(_observe, cost, len(slots)))
                 running.append(done)
         finally:
             if running:  # stopping: let what the device already has finish and answer
                 await asyncio.wait(set(running))
+
+    def _quick(self, cost: BatchCostModel) -> bool:
+        """Whether a full batch is expected to take under ``PIPELINE_MAX_BATCH_S`` (or
+        nothing is known yet)."""
+        return cost.batch_seconds(self.policy.max_batch_size) < PIPELINE_MAX_BATCH_S
 
     def _deliver(
         self, live: list[Envelope[Job]], slots: list[_Slot], done: asyncio.Future[float]

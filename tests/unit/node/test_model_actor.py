@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ class Doubler(Workflow):
         self.gate: threading.Event | None = None
         self.in_forward = threading.Event()
         self.fail_forward = False
+        self.delay_s = 0.0
 
     def preprocess(self, context: Any, inputs: Any) -> float:
         x = float(inputs["x"])
@@ -54,6 +56,7 @@ class Doubler(Workflow):
         self.in_forward.set()
         if self.gate is not None:
             self.gate.wait(10)
+        time.sleep(self.delay_s)  # a slow device
         if self.fail_forward:
             raise RuntimeError("boom")
         self.batches.append(len(batch))
@@ -130,6 +133,28 @@ async def test_next_batch_is_queued_on_the_device_while_one_runs(setup: Any) -> 
     wf.gate.set()
     await asyncio.gather(*first, *second, *third)
     assert wf.batches == [2, 2, 2]
+
+
+async def test_a_slow_model_takes_its_next_batch_when_the_device_frees_up(setup: Any) -> None:
+    """Once a batch is known to take longer than a loop trip (here 10 ms), requests that
+    arrive while one runs are not closed into a batch of their own at once: they all go
+    in the next batch, taken when the device is free (pipelined, they would be [1, 2])."""
+    system, wf, ex = setup
+    wf.delay_s = 0.01
+    ref = await spawn(system, wf, ex, BatchPolicy(8, 0.0))
+    await ref.ask(job(0))  # the actor learns how long a batch takes
+    wf.gate = threading.Event()
+    wf.in_forward.clear()
+    running = asyncio.ensure_future(ref.ask(job(1)))
+    await asyncio.get_running_loop().run_in_executor(None, wf.in_forward.wait, 10)
+    trickle = []
+    for i in range(3):
+        trickle.append(asyncio.ensure_future(ref.ask(job(i))))
+        for _ in range(5):
+            await asyncio.sleep(0)  # the actor takes each as it arrives
+    wf.gate.set()
+    await asyncio.gather(running, *trickle)
+    assert wf.batches == [1, 1, 3]
 
 
 async def test_bad_input_fails_only_its_own_request(setup: Any) -> None:
