@@ -30,16 +30,23 @@ code with a seeded `random.Random`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 
+_BLAKE2B_8 = hashlib.blake2b(digest_size=8)  # copied per hash: cheaper than a constructor
 
+
+@functools.lru_cache(maxsize=1 << 14)
 def _score(user_id: str, candidate: str) -> bytes:
-    data = user_id.encode("utf-8") + b"\x00" + candidate.encode("utf-8")
-    return hashlib.blake2b(data, digest_size=8).digest()
+    """blake2b of ``user_id``, NUL, ``candidate`` (UTF-8); pure, so the hot (user, node)
+    pairs are cached."""
+    h = _BLAKE2B_8.copy()
+    h.update(f"{user_id}\x00{candidate}".encode())
+    return h.digest()
 
 
 def rendezvous_order(user_id: str, candidates: Sequence[str]) -> tuple[str, ...]:
@@ -56,7 +63,16 @@ def rendezvous(user_id: str, candidates: Sequence[str]) -> str:
     """
     if not candidates:
         raise ValueError("rendezvous needs at least one candidate")
-    return max(candidates, key=lambda c: (_score(user_id, c), c))
+    # max by (score, candidate), the first of equals kept (as ``max`` does), without a
+    # key tuple per candidate.
+    it = iter(candidates)
+    best = next(it)
+    best_score = _score(user_id, best)
+    for c in it:
+        score = _score(user_id, c)
+        if score > best_score or (score == best_score and c > best):
+            best, best_score = c, score
+    return best
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,7 @@ class ReplicaPolicy:
 
 
 DEFAULT_POLICY = ReplicaPolicy()
+_NONE: tuple[str, ...] = ()  # the default ``exclude`` (nothing to filter out)
 
 
 def choose_replica(
@@ -91,7 +108,7 @@ def choose_replica(
     in_flight: Mapping[str, int],
     rng: random.Random,
     policy: ReplicaPolicy = DEFAULT_POLICY,
-    exclude: Container[str] = (),
+    exclude: Container[str] = _NONE,
 ) -> str | None:
     """The owner to send this request to, or None when every owner is excluded.
 
@@ -99,22 +116,34 @@ def choose_replica(
     are dead or were already tried. `rng` is drawn from only when the sticky replica is
     loaded and more than two candidates are within the limit.
     """
-    candidates = [o for o in dict.fromkeys(owners) if o not in exclude]
-    if not candidates:
-        return None
-    if len(candidates) == 1:
-        return candidates[0]
+    if exclude is _NONE:
+        if len(owners) == 2 and owners[0] != owners[1]:  # (the usual case, without a dict)
+            candidates = [owners[0], owners[1]]
+        else:
+            candidates = list(dict.fromkeys(owners))
+    else:
+        candidates = [o for o in dict.fromkeys(owners) if o not in exclude]
+    n = len(candidates)
+    if n < 2:
+        return candidates[0] if candidates else None
     sticky = rendezvous(user_id, candidates)
-    mean = sum(in_flight.get(c, 0) for c in candidates) / len(candidates)
-    limit = policy.limit(mean)
-    if in_flight.get(sticky, 0) <= limit:
+    get = in_flight.get
+    total = 0
+    for c in candidates:
+        total += get(c, 0)
+    limit = policy.limit(total / n)
+    if get(sticky, 0) <= limit:
         return sticky
     # The least loaded candidate is at most the mean, hence within the limit (the fallback
     # only matters for nonsensical negative counts).
-    eligible = [c for c in candidates if in_flight.get(c, 0) <= limit] or candidates
+    eligible = [c for c in candidates if get(c, 0) <= limit]
+    if len(eligible) == 1:
+        return eligible[0]
+    if not eligible:
+        eligible = candidates
     pair = eligible if len(eligible) <= 2 else rng.sample(eligible, 2)
     # min keeps the first of equals: ties go to the user's rendezvous order.
-    return min(rendezvous_order(user_id, pair), key=lambda c: in_flight.get(c, 0))
+    return min(rendezvous_order(user_id, pair), key=lambda c: get(c, 0))
 
 
 def failover_order(owners: Sequence[str], first: str) -> tuple[str, ...]:

@@ -33,7 +33,9 @@ MODEL_KEY_RE = re.compile(r"\A(?P<name>[a-z0-9_]+)@(?P<version>[A-Za-z0-9._-]+)\
 OBJECTIVE_NAME_RE = re.compile(r"\A[a-z0-9_]+\Z")
 _LABEL_RE = re.compile(r"\A[A-Za-z0-9_.-]+\Z")  # rule names, experiment ids, cells, attrs
 BUCKETS = 10_000
+_DEFAULT_REASON = "default: no rule, experiment or canary applied"
 _BUILTIN_ATTRS = ("country", "device", "surface")
+_NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})  # (read-only: shared)
 _T = TypeVar("_T")
 
 
@@ -122,8 +124,24 @@ class RequestContext:
     surface: str = ""
     attributes: Mapping[str, str] = field(default_factory=dict, hash=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
+    def __init__(
+        self,
+        user_id: str,
+        country: str = "",
+        device: str = "",
+        surface: str = "",
+        attributes: Mapping[str, str] = _NO_ATTRIBUTES,
+    ) -> None:
+        # Written out: the generated frozen ``__init__`` sets each field with
+        # ``object.__setattr__``, which costs several times this (the fields end the same).
+        fields = self.__dict__
+        fields["user_id"] = user_id
+        fields["country"] = country
+        fields["device"] = device
+        fields["surface"] = surface
+        fields["attributes"] = (
+            attributes if attributes is _NO_ATTRIBUTES else MappingProxyType(dict(attributes))
+        )
 
     def get(self, key: str) -> str | None:
         """The attribute ``key``; None when missing (an empty built-in field is missing)."""
@@ -345,6 +363,9 @@ class ObjectiveConfig(_Plain):
     limits: Limits | None = None
     prediction_log_rate: float | None = None  # share of requests logged (node default if unset)
     _keys: frozenset[str] = field(init=False, repr=False, compare=False, hash=False)
+    # The decision for every user that falls through to the default when there are no
+    # shadows (nothing in it then depends on the user): built once, shared (it is frozen).
+    _default_decision: Decision | None = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not OBJECTIVE_NAME_RE.match(self.name):
@@ -369,6 +390,10 @@ class ObjectiveConfig(_Plain):
         if self.canary is not None:
             keys.add(self.canary.model)
         object.__setattr__(self, "_keys", frozenset(keys))
+        default = None
+        if not self.shadows:
+            default = _decision(self.name, self.default, "default", (), _DEFAULT_REASON)
+        object.__setattr__(self, "_default_decision", default)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ObjectiveConfig:
@@ -446,13 +471,48 @@ class Decision:
     reason: str
 
 
+def _decision(
+    objective: str, model_key: str, cell: str, shadows: tuple[str, ...], reason: str
+) -> Decision:
+    """``Decision(objective, model_key, cell, shadows, reason)``, the same object, built
+    without the frozen dataclass ``__init__`` (an ``object.__setattr__`` call per field
+    costs as much as the rest of ``evaluate``)."""
+    decision = _new_object(Decision)
+    fields = decision.__dict__
+    fields["objective"] = objective
+    fields["model_key"] = model_key
+    fields["cell"] = cell
+    fields["shadows"] = shadows
+    fields["reason"] = reason
+    return decision
+
+
+_new_object = object.__new__
+_from_bytes = int.from_bytes
+_BLAKE2B_8 = hashlib.blake2b(digest_size=8)  # copied per hash: cheaper than a constructor
+
+
 def stable_bucket(*parts: str, buckets: int = BUCKETS) -> int:
     """A bucket in ``[0, buckets)`` from blake2b of ``parts`` joined with ``"\\x1f"``."""
     if buckets < 1:
         raise ValueError("buckets must be at least 1")
-    data = "\x1f".join(parts).encode("utf-8", "surrogatepass")
-    digest = hashlib.blake2b(data, digest_size=8).digest()
-    return int.from_bytes(digest, "big") % buckets
+    h = _BLAKE2B_8.copy()
+    h.update("\x1f".join(parts).encode("utf-8", "surrogatepass"))
+    return _from_bytes(h.digest(), "big") % buckets
+
+
+def _decide(config: ObjectiveConfig, user: str, model: str, cell: str, reason: str) -> Decision:
+    shadows = (
+        tuple(
+            s.model
+            for s in config.shadows
+            if s.model != model
+            and stable_bucket("shadow", config.name, s.model, user) < _threshold(s.percent)
+        )
+        if config.shadows
+        else ()
+    )
+    return _decision(config.name, model, cell, shadows, reason)
 
 
 def evaluate(config: ObjectiveConfig, ctx: RequestContext, override: str | None = None) -> Decision:
@@ -462,37 +522,31 @@ def evaluate(config: ObjectiveConfig, ctx: RequestContext, override: str | None 
     raises OverrideNotAllowed unless ``allow_override`` and it is one of model_keys().
     """
     user = ctx.user_id
-
-    def decide(model: str, cell: str, reason: str) -> Decision:
-        shadows = tuple(
-            s.model
-            for s in config.shadows
-            if s.model != model
-            and stable_bucket("shadow", config.name, s.model, user) < _threshold(s.percent)
-        )
-        return Decision(config.name, model, cell, shadows, reason)
-
     if override:
         if not config.allow_override:
             raise OverrideNotAllowed(f"objective {config.name!r} does not allow overrides")
         if override not in (keys := config.model_keys()):
             known = f"{config.name!r} (one of: {', '.join(sorted(keys))})"
             raise OverrideNotAllowed(f"{override!r} is not a model of objective {known}")
-        return decide(override, "override", f"client override to {override}")
+        return _decide(config, user, override, "override", f"client override to {override}")
     for rule in config.rules:
         if rule.matches(ctx):
             on = ", ".join(f"{k}={ctx.get(k)}" for k, _ in rule.match)
-            return decide(rule.model, f"rule:{rule.name}", f"context rule {rule.name!r} ({on})")
+            reason = f"context rule {rule.name!r} ({on})"
+            return _decide(config, user, rule.model, f"rule:{rule.name}", reason)
     for exp in config.experiments:
         enrol = stable_bucket("enrol", exp.id, user)
         if enrol < _threshold(exp.percent):
             bucket = stable_bucket("cell", exp.id, user)
             cell = exp.cell_for(bucket)
             reason = f"experiment {exp.id!r} (enrol bucket {enrol}, cell bucket {bucket})"
-            return decide(cell.model, f"{exp.id}:{cell.name}", reason)
+            return _decide(config, user, cell.model, f"{exp.id}:{cell.name}", reason)
     if config.canary is not None:
         bucket = stable_bucket("canary", config.name, user)
         limit = _threshold(config.canary.percent)
         if bucket < limit:
-            return decide(config.canary.model, "canary", f"canary (bucket {bucket} < {limit})")
-    return decide(config.default, "default", "default: no rule, experiment or canary applied")
+            reason = f"canary (bucket {bucket} < {limit})"
+            return _decide(config, user, config.canary.model, "canary", reason)
+    if config._default_decision is not None:
+        return config._default_decision
+    return _decide(config, user, config.default, "default", _DEFAULT_REASON)

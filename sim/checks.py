@@ -22,6 +22,7 @@ and the ring over the roster's active members.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ class Safety:
         self.staleness_s = staleness_s
         self.violations: Counter[str] = Counter()
         self.examples: list[str] = []
-        self._expected: dict[tuple[int, int, int], str | None] = {}
+        self._expected: list[dict[int, dict[int, str | None]]] = []  # [obj][rev][user]
         self._histories: list[list[ObjectiveVersion]] = []
         self._configs: dict[tuple[str, int], ObjectiveConfig] = {}
         self.checked_answers = 0
@@ -72,8 +73,12 @@ class Safety:
         """Bind to etcd's objective histories (after the world wrote them)."""
         etcd = self.world.etcd
         self._histories = [etcd.objectives[name] for name in self.world.engine.names]
+        self._expected = [{} for _ in self._histories]
 
     def routed(self, req: Request, via: SimNode, target: str) -> None:
+        """``via`` sends ``req`` to ``target``. The request path calls this for every route
+        to a node that is down or that ``via``'s view holds dead: no other route can
+        violate these two properties (``checked_routes`` counts those calls)."""
         self.checked_routes += 1
         down = self.world.down_since.get(target)
         now = self.world.loop.now
@@ -88,39 +93,58 @@ class Safety:
                 f"request {req.rid}: {via.node_id} holds {target} dead but sent to it",
             )
 
-    def expected_model(self, name: str, revision: int, user: int) -> str | None:
-        """What ``evaluate`` says for this user under the config etcd stored."""
-        version = self.world.etcd.objective(name, revision)
+    def expected_model(
+        self, name: str, revision: int, user: int, version: ObjectiveVersion | None = None
+    ) -> str | None:
+        """What ``evaluate`` says for this user under the config etcd stored (``version``:
+        that revision as etcd stored it, when the caller has it at hand)."""
         if version is None:
-            return None
+            version = self.world.etcd.objective(name, revision)
+            if version is None:
+                return None
         config = self._configs.get((name, revision))
         if config is None:
             config = self._configs[(name, revision)] = ObjectiveConfig.from_dict(version.config)
         decision: Decision = evaluate(config, self.world.engine.context(user))
         return decision.model_key
 
-    def answered(self, req: Request, model_key: str, server: SimNode) -> None:
-        """An answer from ``model_key``: was it the model (and config) it should be?"""
-        self.checked_answers += 1
-        history = self._histories[req.obj]
-        rev = req.rev
-        version = history[rev - 1] if 0 < rev <= len(history) else None
-        if version is None or version.committed_at > req.t_route:
-            name = self.world.engine.names[req.obj]
-            self._violation("unknown_config", f"request {req.rid}: {name} revision {rev}")
-            return
-        if req.t_route - version.superseded_at > self.staleness_s:
-            self._stale(req, version.superseded_at)
-        expected = self._expected.get((req.obj, rev, req.user))
-        if expected is None:
-            expected = self.expected_model(self.world.engine.names[req.obj], rev, req.user)
-            self._expected[(req.obj, rev, req.user)] = expected
-        if model_key != expected:
-            self._violation(
-                "wrong_model",
-                f"request {req.rid} ({self.world.engine.names[req.obj]} rev {rev}, user "
-                f"u{req.user}) answered by {model_key} on {server.node_id}, expected {expected}",
-            )
+    def answered(self, reqs: list[Request], model_key: str, server: SimNode) -> None:
+        """Answers from ``model_key`` (one batch on ``server``): was each the model (and
+        config) it should be?"""
+        self.checked_answers += len(reqs)
+        staleness_s = self.staleness_s
+        obj = rev = -1
+        version: ObjectiveVersion | None = None
+        committed_at = superseded_at = math.inf
+        by_user: dict[int, str | None] = {}
+        for req in reqs:
+            if req.obj != obj or req.rev != rev:  # (a batch is mostly one objective revision)
+                obj, rev = req.obj, req.rev
+                history = self._histories[obj]
+                version = history[rev - 1] if 0 < rev <= len(history) else None
+                if version is not None:
+                    committed_at, superseded_at = version.committed_at, version.superseded_at
+                by_user = self._expected[obj].setdefault(rev, {})
+            t_route = req.t_route
+            if version is None or committed_at > t_route:
+                name = self.world.engine.names[obj]
+                self._violation("unknown_config", f"request {req.rid}: {name} revision {rev}")
+                continue
+            if t_route - superseded_at > staleness_s:
+                self._stale(req, superseded_at)
+            user = req.user
+            expected = by_user.get(user)
+            if expected is None:
+                expected = by_user[user] = self.expected_model(
+                    self.world.engine.names[obj], rev, user, version
+                )
+            if model_key != expected:
+                self._violation(
+                    "wrong_model",
+                    f"request {req.rid} ({self.world.engine.names[obj]} rev {rev}, user "
+                    f"u{user}) answered by {model_key} on {server.node_id}, "
+                    f"expected {expected}",
+                )
 
     def _stale(self, req: Request, superseded_at: float) -> None:
         control = req.ingress.control

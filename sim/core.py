@@ -37,17 +37,17 @@ def derive_np(seed: int, purpose: str) -> np.random.Generator:
 class EventLoop:
     """A heap of ``(time, seq, handler, argument)`` on a virtual clock."""
 
-    __slots__ = ("_seq", "heap", "now")
+    __slots__ = ("heap", "now", "seq")
 
     def __init__(self) -> None:
         self.now = 0.0
         self.heap: list[tuple[float, int, Handler, Any]] = []
-        self._seq = 0
+        self.seq = 0  # the last sequence number given out (a hot caller may push itself)
 
     def at(self, when: float, fn: Handler, arg: Any = None) -> None:
         """Run ``fn(arg)`` at virtual time ``when`` (never before ``now``)."""
-        self._seq += 1
-        heapq.heappush(self.heap, (when if when > self.now else self.now, self._seq, fn, arg))
+        self.seq += 1
+        heapq.heappush(self.heap, (when if when > self.now else self.now, self.seq, fn, arg))
 
     def after(self, delay_s: float, fn: Handler, arg: Any = None) -> None:
         self.at(self.now + delay_s, fn, arg)
@@ -64,4 +64,4 @@ class EventLoop:
     @property
     def scheduled(self) -> int:
         """How many events were ever scheduled (a measure of the run's work)."""
-        return self._seq
+        return self.seq

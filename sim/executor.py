@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from heapq import heappush
 from typing import TYPE_CHECKING
 
 from sim.core import EventLoop
@@ -32,9 +33,12 @@ class Executor:
     __slots__ = (
         "_base_s",
         "_busy",
+        "_close_fn",
         "_close_token",
+        "_complete_fn",
         "_engine",
         "_loop",
+        "_max_batch",
         "_per_item_s",
         "_rng",
         "_running",
@@ -60,6 +64,7 @@ class Executor:
         self.node = node
         self.key = spec.key
         self.policy = BatchPolicy(spec.max_batch, spec.max_delay_ms)
+        self._max_batch = self.policy.max_batch_size
         self.capacity = spec.queue_capacity
         self._base_s = spec.base_ms / 1000.0
         self._per_item_s = spec.per_item_ms / 1000.0
@@ -74,6 +79,8 @@ class Executor:
         self.alive = True
         self.closing = False
         self.batches = 0
+        self._close_fn = self._close  # (bound once: scheduled for every batch)
+        self._complete_fn = self._complete
 
     def offer(self, req: Request) -> str | None:
         """Enqueue ``req``; an error status when it cannot be taken."""
@@ -85,7 +92,7 @@ class Executor:
         now = self._loop.now
         queue.append((req, now))
         self.node.in_flight += 1
-        if not self._busy and (len(queue) == 1 or len(queue) >= self.policy.max_batch_size):
+        if not self._busy and (len(queue) == 1 or len(queue) >= self._max_batch):
             self._schedule_close(now)
         return None
 
@@ -93,7 +100,9 @@ class Executor:
         self._close_token += 1
         first = self.queue[0][1]
         wait = self.policy.wait_s(len(self.queue), first, now)
-        self._loop.at(now + wait, self._close, self._close_token)
+        loop = self._loop  # loop.at(now + wait, self._close, token), inline (wait >= 0)
+        loop.seq += 1
+        heappush(loop.heap, (now + wait, loop.seq, self._close_fn, self._close_token))
 
     def _close(self, token: int) -> None:
         if token != self._close_token or self._busy or not self.alive:
@@ -104,16 +113,24 @@ class Executor:
             return
         now = self._loop.now
         queue = self.queue
-        batch: list[Request] = []
-        engine = self._engine
-        limit = self.policy.max_batch_size
-        while queue and len(batch) < limit:
-            req, _ = queue.popleft()
-            if req.deadline <= now:
-                node.in_flight -= 1
-                engine.expired_in_queue(req)
-            else:
-                batch.append(req)
+        limit = self._max_batch
+        if len(queue) <= limit:
+            taken = list(queue)
+            queue.clear()
+        else:
+            taken = [queue.popleft() for _ in range(limit)]
+        batch = [req for req, _ in taken if req.deadline > now]
+        if len(batch) < len(taken):  # some expired: one by one, topping up from the queue
+            queue.extendleft(reversed(taken))
+            batch = []
+            engine = self._engine
+            while queue and len(batch) < limit:
+                req, _ = queue.popleft()
+                if req.deadline <= now:
+                    node.in_flight -= 1
+                    engine.expired_in_queue(req)
+                else:
+                    batch.append(req)
         if not batch:
             if queue:
                 self._schedule_close(now)
@@ -126,7 +143,9 @@ class Executor:
         self._busy = True
         self._running = batch
         self.batches += 1
-        self._loop.at(now + cost, self._complete, batch)
+        loop = self._loop  # loop.at(now + cost, self._complete, batch), inline (cost >= 0)
+        loop.seq += 1
+        heappush(loop.heap, (now + cost, loop.seq, self._complete_fn, batch))
 
     def _complete(self, batch: list[Request]) -> None:
         if not self.alive:

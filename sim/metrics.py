@@ -1,16 +1,18 @@
 """What a run measured: every request's outcome, detection times, ring churn, the trace hash.
 
-Outcomes go into flat arrays (end time, latency, status, objective, serving node) so a
-million requests cost a few tens of MB; percentiles and per-second series are computed
-with numpy at the end. The trace hash is a blake2b over every request outcome and every
-membership change seen by every node, in event order: one seed gives one hash.
+Outcomes go into flat columns (end time, start time, status, objective, serving node): one
+plain list takes the five values of each request (one ``list.extend``, the cheapest way
+Python has), moved into numpy columns every ``FLUSH_VALUES`` values, so a million requests
+cost a few tens of MB; percentiles and per-second series are computed with numpy at the
+end. The trace hash is a blake2b over every request outcome and every membership change
+seen by every node, in event order: one seed gives one hash.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from array import array
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,11 @@ from sim.request import STATUS_CODE, STATUSES, Request
 
 if TYPE_CHECKING:
     from sim.node import SimNode
+
+
+#: numpy types of the outcome columns (end time, start time, status, objective, server).
+COLUMN_TYPES = (np.float64, np.float64, np.int8, np.int8, np.int16)
+FLUSH_VALUES = len(COLUMN_TYPES) << 16  # (rows of five values)
 
 
 @dataclass
@@ -45,11 +52,10 @@ class Detection:
 
 class Metrics:
     def __init__(self, keys: Mapping[str, int]) -> None:
-        self.t_end = array("d")
-        self.t0 = array("d")
-        self.code = array("b")
-        self.obj = array("b")
-        self.server = array("h")
+        # The rows not yet flushed, flat: end time, start time, status code, objective and
+        # server index of each (extended in place, never replaced).
+        self.rows: list[float] = []
+        self._chunks: list[list[np.ndarray]] = [[] for _ in COLUMN_TYPES]
         self._trace = hashlib.blake2b(digest_size=16)
         self._pending: list[tuple[Any, ...]] = []
         self.keys = dict(keys)
@@ -66,11 +72,36 @@ class Metrics:
     # ------------------------------------------------------------------ requests
 
     def record(self, req: Request, status: str, at: float, server: SimNode | None) -> None:
-        self.t_end.append(at)
-        self.t0.append(req.t0)
-        self.code.append(STATUS_CODE[status])
-        self.obj.append(req.obj)
-        self.server.append(-1 if server is None else server.index)
+        rows = self.rows
+        rows.extend(
+            (at, req.t0, STATUS_CODE[status], req.obj, -1 if server is None else server.index)
+        )
+        if len(rows) >= FLUSH_VALUES:
+            self.flush_rows()
+
+    def flush_rows(self) -> None:
+        """Move the rows recorded so far into numpy columns (exact: the codes, objectives
+        and server indexes are small integers)."""
+        if not self.rows:
+            return
+        rows = self.rows
+        packed = struct.pack(f"{len(rows)}d", *rows)  # (the cheapest conversion there is)
+        table = np.frombuffer(packed, dtype=np.float64).reshape(-1, len(COLUMN_TYPES))
+        self.rows.clear()
+        for i, (chunks, dtype) in enumerate(zip(self._chunks, COLUMN_TYPES, strict=True)):
+            chunks.append(table[:, i].astype(dtype))
+
+    def columns(self) -> tuple[np.ndarray, ...]:
+        """(end time, start time, status code, objective, serving node) of every request
+        in finishing order."""
+        self.flush_rows()
+        out = []
+        for chunks, dtype in zip(self._chunks, COLUMN_TYPES, strict=True):
+            if len(chunks) != 1:
+                whole = np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
+                chunks[:] = [whole]
+            out.append(chunks[0])
+        return tuple(out)
 
     def record_unrouted(self, rid: int, obj: int, t0: float, at: float) -> None:
         """A client with no node to send to: UNAVAILABLE at once."""
@@ -95,7 +126,7 @@ class Metrics:
         (end time, start time, status, objective, serving node)."""
         self._flush()
         digest = self._trace.copy()
-        for column in (self.t_end, self.t0, self.code, self.obj, self.server):
+        for column in self.columns():
             digest.update(column.tobytes())
         return digest.hexdigest()
 
@@ -140,16 +171,11 @@ class Metrics:
     # ------------------------------------------------------------------ summaries
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "t_end": np.frombuffer(self.t_end, dtype=np.float64),
-            "latency": np.frombuffer(self.t_end, dtype=np.float64)
-            - np.frombuffer(self.t0, dtype=np.float64),
-            "code": np.frombuffer(self.code, dtype=np.int8),
-            "server": np.frombuffer(self.server, dtype=np.int16),
-        }
+        t_end, t0, code, _, server = self.columns()
+        return {"t_end": t_end, "latency": t_end - t0, "code": code, "server": server}
 
     def status_counts(self) -> dict[str, int]:
-        counts = np.bincount(np.frombuffer(self.code, dtype=np.int8), minlength=len(STATUSES))
+        counts = np.bincount(self.columns()[2], minlength=len(STATUSES))
         return {name: int(counts[i]) for i, name in enumerate(STATUSES) if counts[i]}
 
     def latency_ms(self, ok_only: bool = True) -> dict[str, float]:

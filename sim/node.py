@@ -32,7 +32,7 @@ from sim.control import ControlClient
 from sim.core import Handler, derive_rng
 from sim.executor import Executor
 from sim.request import ObjectiveEntry
-from sim.routing import replicas_of
+from sim.routing import Serving, replicas_of
 
 if TYPE_CHECKING:
     from sim.world import World
@@ -43,6 +43,57 @@ _EMPTY_RING = Ring(())
 
 class SimNode:
     """One node id; a crash ends its process, a restart begins a new ``epoch``."""
+
+    # Slots: more attributes than CPython shares per class, so a dict per node otherwise.
+    __slots__ = (
+        "_activating",
+        "_leaving",
+        "_load_queue",
+        "_loading",
+        "_models_changed",
+        "_placement_due",
+        "_placement_key",
+        "_placement_refs",
+        "_reported",
+        "_seeds",
+        "_stop_by",
+        "_timer_at",
+        "accepting",
+        "cand",
+        "capacity",
+        "closing",
+        "control",
+        "deferred",
+        "epoch",
+        "executors",
+        "frozen",
+        "frozen_until",
+        "gossip_address",
+        "gossip_delay_s",
+        "grpc_address",
+        "in_flight",
+        "in_flight_of",
+        "index",
+        "limits",
+        "misc_rng",
+        "models_of",
+        "node_id",
+        "objective_at",
+        "objectives",
+        "phase",
+        "replica_rng",
+        "replicas",
+        "ring",
+        "ring_key",
+        "served",
+        "service_rng",
+        "slow_factor",
+        "snapshot",
+        "swim",
+        "up",
+        "view",
+        "world",
+    )
 
     def __init__(self, world: World, node_id: str, index: int, capacity: float) -> None:
         self.world = world
@@ -76,15 +127,16 @@ class SimNode:
         self.ring_key: tuple[tuple[str, float], ...] = ()
         self.replicas: dict[str, int] = {}
         self.objectives: dict[str, ObjectiveEntry] = {}
+        self.objective_at: list[ObjectiveEntry | None] = []  # by the engine's objective index
         self.models_of: dict[str, tuple[str, ...]] = {}
         self.in_flight_of: dict[str, int] = {}
+        self.limits: dict[Serving, float] = {}  # emptied when in_flight_of changes (see choose)
         self.executors: dict[str, Executor] = {}
         self.closing: set[Executor] = set()
         self.in_flight = 0
-        self.ingress_open: dict[int, Any] = {}
         self.deferred: list[tuple[Handler, Any]] = []
         self.phase = Phase.GONE
-        self.cand: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self.cand: dict[str, Serving] = {}  # key -> candidates (see sim.routing)
         self._timer_at = math.inf
         self._placement_due = False
         self._placement_key: tuple[tuple[str, int], ...] = ()
@@ -179,7 +231,7 @@ class SimNode:
         """The server stops once the requests it is ingress for have ended (or at grace)."""
         if epoch != self.epoch or not self.up or self.accepting:
             return
-        if self.ingress_open and self.world.loop.now < self._stop_by:
+        if self.world.loop.now < self._stop_by and self.world.engine.ingress_requests(self):
             self.world.loop.after(0.05, self._stopping, epoch)
             return
         self.up = False
@@ -228,10 +280,12 @@ class SimNode:
                 member = effect.member
                 self.models_of[member.node_id] = member.models
                 self.in_flight_of[member.node_id] = member.in_flight
+                self.limits.clear()
                 world.member_changed(self, effect)
             elif type(effect) is LoadChanged:
                 member = effect.member
                 self.in_flight_of[member.node_id] = member.in_flight
+                self.limits.clear()
                 old = self.models_of.get(member.node_id, ())
                 if old != member.models:
                     self.models_of[member.node_id] = member.models
@@ -262,7 +316,10 @@ class SimNode:
 
     def on_snapshot(self, snapshot: ClusterSnapshot) -> None:
         self.snapshot = snapshot
-        self.replicas = replicas_of(snapshot)
+        replicas = replicas_of(snapshot)
+        if replicas != self.replicas:
+            self.cand.clear()  # (owners depend on R)
+        self.replicas = replicas
         objectives: dict[str, ObjectiveEntry] = {}
         for name, doc in snapshot.objectives.items():
             known = self.objectives.get(name)
@@ -272,6 +329,7 @@ class SimNode:
             else:
                 objectives[name] = self.world.objective_entry(name, revision, doc)
         self.objectives = objectives
+        self.objective_at = [objectives.get(name) for name in self.world.engine.names]
         self.refresh()
 
     def refresh(self) -> None:
@@ -295,6 +353,7 @@ class SimNode:
         if ring_key != self.ring_key:
             self.ring_key = ring_key
             self.ring = handoff.ring_of(view)
+            self.cand.clear()
             self.world.ring_changed(self)
         # Placement reads the members, their records and models (models: see _dispatch);
         # a change of liveness alone (suspect <-> alive) gives it nothing new to do.

@@ -38,8 +38,9 @@ class ObjectiveEntry:
 class Request:
     """A request as one client attempt sees it; a client retry makes a fresh ``Request``.
 
-    ``done`` is set when the attempt ends (answered, failed, or abandoned because the
-    client retried elsewhere); events about a done request are ignored.
+    Made by ``make_request`` (``Request()`` alone leaves every field unset). ``done`` is
+    set when the attempt ends (answered, failed, or abandoned because the client retried
+    elsewhere); events about a done request are ignored.
     """
 
     __slots__ = (
@@ -62,30 +63,51 @@ class Request:
         "user",
     )
 
-    def __init__(
-        self, rid: int, t0: float, obj: int, user: int, deadline: float, ingress: SimNode
-    ) -> None:
-        self.rid = rid
-        self.t0 = t0
-        self.obj = obj
-        self.user = user
-        self.deadline = deadline
-        self.ingress = ingress
-        self.tries = 1
-        self.done = False
-        self.shadow = False
-        self.key = ""
-        self.cell = ""
-        self.rev = 0
-        self.attempts: tuple[str, ...] = ()
-        self.idx = 0
-        self.mid: SimNode | None = None  # the owner that passed it on (second hop)
-        self.second = ""  # where that owner passed it
-        self.t_route = 0.0
+    rid: int
+    t0: float  # when the client sent it
+    obj: int  # objective index
+    user: int
+    deadline: float
+    ingress: SimNode
+    tries: int  # client attempts so far, this one included
+    done: bool
+    shadow: bool  # a fire-and-forget shadow copy
+    idx: int  # which of ``attempts`` is being tried
+    attempts: tuple[str, ...]  # the owners to try, set when routed (until then empty)
+    # Set when the request is routed (before anything reads them): the model key, cell and
+    # objective revision it routed with, and when (a shadow copy gets only its ``key``);
+    # ``mid`` when an attempt is made, ``second`` on a second hop.
+    key: str
+    cell: str
+    rev: int
+    t_route: float
+    mid: SimNode | None  # the owner that passed it on (second hop)
+    second: str  # where that owner passed it
 
     def retry(self, ingress: SimNode) -> Request:
         """The client's next attempt (on another ingress); this one is abandoned."""
         self.done = True
-        nxt = Request(self.rid, self.t0, self.obj, self.user, self.deadline, ingress)
+        nxt = make_request(self.rid, self.t0, self.obj, self.user, self.deadline, ingress)
         nxt.tries = self.tries + 1
         return nxt
+
+
+def make_request(
+    rid: int, t0: float, obj: int, user: int, deadline: float, ingress: SimNode
+) -> Request:
+    """A fresh client attempt (a function rather than ``Request.__init__``: the
+    interpreter calls a plain function inline, an ``__init__`` through the type; the
+    engine's ``new_request`` does the same inline)."""
+    req = Request()
+    req.rid = rid
+    req.t0 = t0
+    req.obj = obj
+    req.user = user
+    req.deadline = deadline
+    req.ingress = ingress
+    req.tries = 1
+    req.done = False
+    req.shadow = False
+    req.idx = 0
+    req.attempts = ()
+    return req

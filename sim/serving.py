@@ -18,15 +18,16 @@ safety checker.
 
 from __future__ import annotations
 
+from heapq import heappush
 from typing import TYPE_CHECKING
 
-from router.forward import MAX_HOPS, RETRYABLE, attempt_order
-from router.replica import rendezvous
+from router.forward import MAX_HOPS, RETRYABLE
 from router.rules import Decision, RequestContext, evaluate
 from sim.core import derive_rng
 from sim.executor import Executor
-from sim.request import OK, Request
-from sim.routing import candidates, choose
+from sim.metrics import FLUSH_VALUES
+from sim.request import OK, STATUS_CODE, Request, make_request
+from sim.routing import candidates, choose, serving_for
 
 if TYPE_CHECKING:
     from sim.node import SimNode
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 DEADLINE = "DEADLINE_EXCEEDED"
 UNAVAILABLE = "UNAVAILABLE"
+OK_CODE = STATUS_CODE[OK]
 
 
 class RequestEngine:
@@ -56,10 +58,14 @@ class RequestEngine:
         self._contexts: dict[int, RequestContext] = {}
         self._rng = derive_rng(world.seed, "client")
         self.nodes = world.nodes
-        self._down = world.down_since  # non-empty: check where requests are sent
+        self._down = world.down_since  # where sent to one of these: check (Safety.routed)
         self._next_rid = 0
         self.shadows_sent = 0
         self.routes = 0
+        self._at_owner_fn = self._at_owner  # bound once (the hot event)
+        net = self.net  # its constants, for the hot paths
+        self._base_s, self._jitter_s, self._client_s = net.base_s, net.jitter_s, net.client_s
+        self._random = net.random
 
     # ------------------------------------------------------------------ users
 
@@ -74,22 +80,72 @@ class RequestEngine:
     # ------------------------------------------------------------------ client
 
     def new_request(self, obj: int, user: int, pick: float) -> None:
-        """A request reaches the ingress the client picked (now)."""
-        now = self.loop.now
+        """A request reaches the ingress the client picked (now).
+
+        The simulator's hottest path: when the ingress takes the request and everything
+        ``route`` needs is memoized (the objective's decision for this user, the candidates
+        for its model key), ``route`` and the first ``_attempt`` (a forward to a live owner
+        over a clean network) run inline here, in the same order; anything else goes
+        through those methods themselves."""
+        loop = self.loop
+        now = loop.now
+        t0 = now - (self._client_s + self._jitter_s * self._random())
+        rid = self._next_rid = self._next_rid + 1
         nodes = self.world.client_nodes
-        net = self.net
-        t0 = now - (net.client_s + net.jitter_s * net.random())
-        self._next_rid += 1
         if not nodes:
-            self.metrics.record_unrouted(self._next_rid, obj, t0, now)
+            self.metrics.record_unrouted(rid, obj, t0, now)
             return
         node = nodes[int(pick * len(nodes))]
-        req = Request(self._next_rid, t0, obj, user, t0 + self.deadline_s[obj], node)
-        self.open[req.rid] = req
-        if node.accepting and not node.frozen:
-            self.route(req)
-        else:
+        deadline = t0 + self.deadline_s[obj]
+        req = Request()  # make_request(rid, t0, obj, user, deadline, node), inline
+        req.rid = rid
+        req.t0 = t0
+        req.obj = obj
+        req.user = user
+        req.deadline = deadline
+        req.ingress = node
+        req.tries = 1
+        req.done = False
+        req.shadow = False
+        req.idx = 0
+        req.attempts = ()
+        self.open[rid] = req
+        if not node.accepting or node.frozen:
             self.arrive(req)
+            return
+        # route(req), inline:
+        objective_at = node.objective_at
+        entry = objective_at[obj] if objective_at else None
+        if entry is None or now >= deadline:
+            self.route(req)
+            return
+        decision = entry.decisions.get(user)
+        if decision is None or decision.shadows:
+            self.route(req)
+            return
+        key = decision.model_key
+        serving = node.cand.get(key)
+        if serving is None:
+            self.route(req)
+            return
+        req.key = key
+        req.cell = decision.cell
+        req.rev = entry.revision
+        req.t_route = now
+        chosen = choose(node, serving, self.user_ids[user])
+        attempts = serving.orders.get(chosen)
+        req.attempts = serving.attempts(chosen) if attempts is None else attempts
+        # self._attempt(req), inline:
+        if chosen == node.node_id or chosen not in node.view.members or not self.net.clean:
+            self._attempt(req)
+            return
+        req.mid = None
+        self.routes += 1
+        if chosen in self._down or chosen in node.view.dead:  # (else routed finds nothing)
+            self.safety.routed(req, node, chosen)
+        loop.seq += 1  # loop.at(now + delay, self._at_owner, req), inline (delays are >= 0)
+        when = now + (self._base_s + self._jitter_s * self._random())
+        heappush(loop.heap, (when, loop.seq, self._at_owner_fn, req))
 
     def arrive(self, req: Request) -> None:
         node = req.ingress
@@ -111,7 +167,6 @@ class RequestEngine:
         if status == UNAVAILABLE and req.tries < 2 and len(nodes) > 1:
             others = [n for n in nodes if n is not req.ingress]
             nxt = req.retry(others[int(self._rng.random() * len(others))])
-            req.ingress.ingress_open.pop(req.rid, None)
             self.open[req.rid] = nxt
             self.loop.at(at + self.net.client(), self.arrive, nxt)
             return
@@ -131,7 +186,7 @@ class RequestEngine:
         if now >= req.deadline:
             self.finish(req, DEADLINE, req.deadline)
             return
-        entry = node.objectives.get(self.names[req.obj])
+        entry = node.objective_at[req.obj] if node.objective_at else None
         if entry is None:
             self._reply(req, "NOT_FOUND")
             return
@@ -140,17 +195,18 @@ class RequestEngine:
         if decision is None:  # evaluate is pure: memoized per (objective revision, user)
             decision = entry.decisions[user] = evaluate(entry.config, self.context(user))
         key = decision.model_key
-        req.key, req.cell, req.rev, req.t_route = key, decision.cell, entry.revision, now
-        owners = node.ring.owners(key, node.replicas.get(key, 2))
-        if not owners:
+        req.key = key
+        req.cell = decision.cell
+        req.rev = entry.revision
+        req.t_route = now
+        serving = serving_for(node, key)
+        if serving is None:  # no owner on its ring
             self._reply(req, UNAVAILABLE)
             return
-        serving = candidates(node, key, owners)
         chosen = choose(node, serving, self.user_ids[user])
         if decision.shadows:
             self._shadows(node, req, decision)
-        req.attempts = attempt_order(chosen, serving)
-        node.ingress_open[req.rid] = req
+        req.attempts = serving.attempts(chosen)
         self._attempt(req)
 
     def _attempt(self, req: Request) -> None:
@@ -168,7 +224,7 @@ class RequestEngine:
             self._failed(req, UNAVAILABLE)
             return
         self.routes += 1
-        if self._down or node.view.dead:
+        if target in self._down or target in node.view.dead:  # (else routed finds nothing)
             self.safety.routed(req, node, target)
         net = self.net
         delay = (
@@ -177,7 +233,7 @@ class RequestEngine:
         if delay is None:
             self._hang(req)
         else:
-            self.loop.at(self.loop.now + delay, self._at_owner, req)
+            self.loop.at(self.loop.now + delay, self._at_owner_fn, req)
 
     def _failed(self, req: Request, status: str) -> None:
         """``call_with_failover``: the next owner on a retryable failure, while time is left."""
@@ -198,7 +254,6 @@ class RequestEngine:
         self._failed(req, status)
 
     def _reply(self, req: Request, status: str) -> None:
-        req.ingress.ingress_open.pop(req.rid, None)
         self._client_error(req, status, self.loop.now + self.net.client())
 
     def _hang(self, req: Request) -> None:
@@ -244,7 +299,7 @@ class RequestEngine:
             return
         owners = node.ring.owners(key, node.replicas.get(key, 2))
         skip = (node.node_id, req.ingress.node_id)
-        others = [o for o in candidates(node, key, owners) if o not in skip]
+        others = [o for o in candidates(node, key, owners).ids if o not in skip]
         if not others:
             self._error_back(req, node, UNAVAILABLE, hops)
             return
@@ -253,7 +308,7 @@ class RequestEngine:
             self._error_back(req, node, UNAVAILABLE, hops)
             return
         self.routes += 1
-        if self._down or node.view.dead:
+        if target in self._down or target in node.view.dead:  # (else routed finds nothing)
             self.safety.routed(req, node, target)
         delay = self.net.rpc(node.node_id, target)
         if delay is None:
@@ -281,16 +336,19 @@ class RequestEngine:
     # ------------------------------------------------------------------ answers
 
     def executed(self, batch: list[Request], executor: Executor) -> None:
-        """A batch finished on ``executor``: each answer travels back to its client."""
+        """A batch finished on ``executor``: each answer travels back to its client.
+
+        The answers are recorded in order; the safety checker sees them as one batch."""
         now = self.loop.now
         server = executor.node
-        model_key = executor.key
         net = self.net
         clean = net.clean
         base, jitter, client_s, rnd = net.base_s, net.jitter_s, net.client_s, net.random
-        answered = self.safety.answered
-        record = self.metrics.record
+        metrics = self.metrics
+        row = metrics.rows.extend
+        server_index = server.index
         opened = self.open
+        answered: list[Request] = []
         for req in batch:
             if req.done or req.shadow:
                 continue
@@ -325,14 +383,15 @@ class RequestEngine:
             if t >= deadline:
                 self.finish(req, DEADLINE, deadline)
                 continue
-            answered(req, model_key, server)
-            server.served += 1
+            answered.append(req)
             req.done = True
-            rid = req.rid
-            if opened.get(rid) is req:
-                del opened[rid]
-            ingress.ingress_open.pop(rid, None)
-            record(req, OK, t, server)
+            del opened[req.rid]  # (a request not done is the open attempt of its rid)
+            row((t, req.t0, OK_CODE, req.obj, server_index))  # metrics.record(req, OK, ...)
+        if answered:
+            server.served += len(answered)
+            self.safety.answered(answered, executor.key, server)
+            if len(metrics.rows) >= FLUSH_VALUES:
+                metrics.flush_rows()
 
     def expired_in_queue(self, req: Request) -> None:
         """Dropped at batch closing: its asker gave up at the deadline."""
@@ -345,7 +404,6 @@ class RequestEngine:
         req.done = True
         if self.open.get(req.rid) is req:
             del self.open[req.rid]
-        req.ingress.ingress_open.pop(req.rid, None)
         self.metrics.record(req, status, at, server)
 
     # ------------------------------------------------------------------ crashes, shadows
@@ -358,19 +416,22 @@ class RequestEngine:
                 if req.done or req.shadow or req.ingress is node:
                     continue
                 self._error_back(req, node, "CONNECTION", 2 if req.mid is not None else 1)
-        for req in sorted(node.ingress_open.values(), key=lambda r: r.rid):
+        for req in sorted(self.ingress_requests(node), key=lambda r: r.rid):
             self._client_error(req, UNAVAILABLE, now + self.net.client())
-        node.ingress_open.clear()
+
+    def ingress_requests(self, node: SimNode) -> list[Request]:
+        """The requests ``node`` routed as ingress and has not answered its client yet
+        (the open ones it routed: every request not done is the open one of its id)."""
+        return [r for r in self.open.values() if r.ingress is node and r.attempts and not r.done]
 
     def _shadows(self, node: SimNode, req: Request, decision: Decision) -> None:
         """Fire-and-forget copies to each shadow model's sticky warm owner."""
         for key in decision.shadows:
-            owners = node.ring.owners(key, node.replicas.get(key, 2))
-            serving = candidates(node, key, owners) if owners else ()
-            if not serving:
+            serving = serving_for(node, key)
+            if serving is None or not serving.ids:
                 continue
-            target = self.world.nodes[rendezvous(f"u{req.user}", serving)]
-            copy = Request(-req.rid, req.t0, req.obj, req.user, req.deadline, node)
+            target = self.world.nodes[serving.rendezvous(self.user_ids[req.user])]
+            copy = make_request(-req.rid, req.t0, req.obj, req.user, req.deadline, node)
             copy.shadow, copy.key = True, key
             self.shadows_sent += 1
             delay = 0.0 if target is node else self.net.rpc(node.node_id, target.node_id)

@@ -9,6 +9,7 @@ run's seed (vectorized: this is the hot input of the simulator) and handed out o
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -70,11 +71,22 @@ class Workload:
         """The arrival at ``next_t``: (objective index, user, ingress pick in [0, 1))."""
         i = self._i
         out = (self._objs[i], self._users[i], self._picks[i])
-        i += 1
+        self.skip(i + 1)
+        return out
+
+    def take(self) -> tuple[list[float], list[int], list[int], list[float], int, int]:
+        """The current chunk (times, objectives, users, picks), the index of ``next_t`` in
+        it and the index of its first arrival at or after ``end_s`` (or its length), for a
+        caller that walks it in place (then ``skip``s what it used)."""
+        times = self._times
+        stop = bisect.bisect_left(times, self.end_s, self._i)
+        return times, self._objs, self._users, self._picks, self._i, stop
+
+    def skip(self, i: int) -> None:
+        """The arrivals of the current chunk before index ``i`` were used."""
         if i >= CHUNK:
             self._refill()
         else:
             self._i = i
             t = self._times[i]
             self.next_t = t if t < self.end_s else math.inf
-        return out

@@ -30,6 +30,7 @@ from sim.metrics import Metrics
 from sim.network import Network
 from sim.node import SimNode
 from sim.request import ObjectiveEntry
+from sim.routing import Serving
 from sim.scenario import Scenario
 from sim.serving import RequestEngine
 from sim.workload import Workload
@@ -63,7 +64,7 @@ class World:
         self._watch_rng = derive_rng(self.seed, "watch")
         self._configs: dict[tuple[str, int], ObjectiveEntry] = {}
         self.gossip_sent = 0
-        self.sticky: dict[tuple[tuple[str, ...], str], str] = {}  # (candidates, user) -> sticky
+        self.serving: dict[tuple[str, ...], Serving] = {}  # interned candidate tuples
         self._record_states: dict[bytes, NodeState] = {}
 
     # ------------------------------------------------------------------ set-up
@@ -120,29 +121,44 @@ class World:
 
     def _run(self) -> None:
         self.setup()
+        self._drive()
+        self.loop.now = self.end_s
+        self.safety.lost(self.engine.open)
+
+    def _drive(self) -> None:
+        """The main loop: the next arrival (``Workload``'s current chunk, read in place)
+        runs before any event at the same time; stop at the first thing after ``end_s``."""
         loop = self.loop
         heap = loop.heap
         pop = heapq.heappop
-        workload = self.workload
         new_request = self.engine.new_request
         end = self.end_s
+        times, objs, users, picks, i, stop = self.workload.take()
+        arrival = times[i] if i < stop else math.inf
+        # (``while True``: CPython 3.11 specializes a function's bytecode only after a few
+        # calls or unconditional backward jumps, and this function is called once.)
         while True:
-            arrival = workload.next_t
-            top = heap[0][0] if heap else math.inf
-            if arrival <= top:
-                if arrival > end:
-                    break
-                loop.now = arrival
-                obj, user, pick = workload.pop()
-                new_request(obj, user, pick)
-            else:
-                if top > end:
-                    break
+            if arrival > end:
+                break
+            while heap and heap[0][0] < arrival:  # (all before end, as the arrival is)
                 when, _, fn, arg = pop(heap)
                 loop.now = when
                 fn(arg)
-        loop.now = end
-        self.safety.lost(self.engine.open)
+            loop.now = arrival
+            new_request(objs[i], users[i], picks[i])
+            i += 1
+            if i < stop:
+                arrival = times[i]
+            else:
+                self.workload.skip(i)
+                times, objs, users, picks, i, stop = self.workload.take()
+                arrival = times[i] if i < stop else math.inf
+        while True:
+            if not heap or heap[0][0] > end:
+                break
+            when, _, fn, arg = pop(heap)
+            loop.now = when
+            fn(arg)
 
     def _refresh_clients(self, _: None) -> None:
         """Clients re-fetch the node list now and then, like ``SmartClient.refresh``: from
