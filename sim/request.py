@@ -96,8 +96,7 @@ def make_request(
     rid: int, t0: float, obj: int, user: int, deadline: float, ingress: SimNode
 ) -> Request:
     """A fresh client attempt (a function rather than ``Request.__init__``: the
-    interpreter calls a plain function inline, an ``__init__`` through the type; the
-    engine's ``new_request`` does the same inline)."""
+    interpreter calls a plain function inline, an ``__init__`` through the type)."""
     req = Request()
     req.rid = rid
     req.t0 = t0

@@ -97,18 +97,7 @@ class RequestEngine:
             return
         node = nodes[int(pick * len(nodes))]
         deadline = t0 + self.deadline_s[obj]
-        req = Request()  # make_request(rid, t0, obj, user, deadline, node), inline
-        req.rid = rid
-        req.t0 = t0
-        req.obj = obj
-        req.user = user
-        req.deadline = deadline
-        req.ingress = node
-        req.tries = 1
-        req.done = False
-        req.shadow = False
-        req.idx = 0
-        req.attempts = ()
+        req = make_request(rid, t0, obj, user, deadline, node)
         self.open[rid] = req
         if not node.accepting or node.frozen:
             self.arrive(req)
