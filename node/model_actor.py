@@ -96,12 +96,16 @@ class ModelActor(Actor[Job]):
         executors: DeviceExecutors,
         policy: BatchPolicy | None = None,
         observer: BatchObserver | None = None,
+        cost: BatchCostModel | None = None,
     ) -> None:
         self.loaded = loaded
         self.executors = executors
         batching = loaded.manifest.batching
         self.policy = policy or BatchPolicy(batching.max_batch_size, batching.max_delay_ms)
         self.observer = observer
+        # Device time per batch, fitted as batches finish; shared with whoever passes it
+        # in (the node sheds by it), and kept across restarts of the actor.
+        self.cost = cost if cost is not None else BatchCostModel()
 
     async def next_batch(self, mailbox: Mailbox[Job]) -> list[Envelope[Job]]:
         """Block for a first request, take whatever is already queued (up to the max size),
@@ -129,13 +133,12 @@ class ModelActor(Actor[Job]):
         completes. A failing batch fails its own requests only."""
         loop = asyncio.get_running_loop()
         running: collections.deque[asyncio.Future[float]] = collections.deque()
-        cost = BatchCostModel()  # device time per batch, fitted as batches finish
         try:
             while True:
                 # Pipelining pays when a batch is as quick as a trip through the loop; for
                 # a slow model a batch closed early only holds its requests back a whole
                 # batch and takes none that arrive meanwhile, so it waits for the device.
-                depth = PIPELINE_DEPTH if self._quick(cost) else 1
+                depth = PIPELINE_DEPTH if self._quick() else 1
                 while len(running) >= depth:
                     await asyncio.wait({running[0]})
                     running.popleft()
@@ -163,16 +166,16 @@ class ModelActor(Actor[Job]):
                     self.executors.run(self.loaded.device, functools.partial(self._process, slots))
                 )
                 done.add_done_callback(functools.partial(self._deliver, live, slots))
-                done.add_done_callback(functools.partial(_observe, cost, len(slots)))
+                done.add_done_callback(functools.partial(_observe, self.cost, len(slots)))
                 running.append(done)
         finally:
             if running:  # stopping: let what the device already has finish and answer
                 await asyncio.wait(set(running))
 
-    def _quick(self, cost: BatchCostModel) -> bool:
+    def _quick(self) -> bool:
         """Whether a full batch is expected to take under ``PIPELINE_MAX_BATCH_S`` (or
         nothing is known yet)."""
-        return cost.batch_seconds(self.policy.max_batch_size) < PIPELINE_MAX_BATCH_S
+        return self.cost.batch_seconds(self.policy.max_batch_size) < PIPELINE_MAX_BATCH_S
 
     def _deliver(
         self, live: list[Envelope[Job]], slots: list[_Slot], done: asyncio.Future[float]

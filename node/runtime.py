@@ -105,6 +105,7 @@ class LoadedModel:
     loaded: LoadedWorkflow
     ref: ActorRef[Job]
     inputs: InputDecoder
+    cost: BatchCostModel  # batch time on the device, fitted by the actor; shedding reads it
 
     @property
     def manifest(self) -> WorkflowManifest:
@@ -164,7 +165,6 @@ class NodeRuntime:
         """Cluster mode: every model key's manifest from the catalog (loaded here or not)."""
         self.admission = AdmissionController({}, 0.0)
         self.active_nodes = 1
-        self.batch_costs: dict[str, BatchCostModel] = {}
         """Per model: batch time on the device as base + per-item cost (for shedding)."""
         self.predlog: PredictionLog | None = None
         self.metrics.watch_queues(
@@ -193,14 +193,15 @@ class NodeRuntime:
             raise ValueError(
                 f"{key} is already loaded (from {self.models[key].loaded.package_dir})"
             )
+        cost = BatchCostModel()
         ref: ActorRef[Job] = await self.system.spawn(
             f"model:{key}",
-            lambda: ModelActor(loaded, self.executors, observer=self._observe_batch),
+            lambda: ModelActor(loaded, self.executors, observer=self._observe_batch, cost=cost),
             mailbox_size=loaded.manifest.batching.queue_capacity,
             restart=RestartPolicy(),
             fair_by=job_flow,
         )
-        model = LoadedModel(loaded, ref, InputDecoder(loaded.manifest))
+        model = LoadedModel(loaded, ref, InputDecoder(loaded.manifest), cost)
         if warm:
             try:
                 fields, inputs = loaded.workflow.example_request()
@@ -222,7 +223,6 @@ class NodeRuntime:
             return
         await self.system.stop(model.ref, drain=True, timeout_s=timeout_s)
         self.metrics.unloads.labels(key).inc()
-        self.batch_costs.pop(key, None)
         log.info("unloaded %s", key)
 
     def manifest_of(self, model_key: str) -> WorkflowManifest | None:
@@ -421,8 +421,8 @@ class NodeRuntime:
         deadline. The queue is fair across flows, so another objective's backlog counts
         only as far as it would be served before this request."""
         key = model.manifest.model_key
-        cost = self.batch_costs.get(key)
-        if cost is None:
+        cost = model.cost
+        if not cost.samples:
             return
         if model.ref.mailbox_depth == 0 and timeout_s > 1.0:
             return  # nothing queued ahead and time to spare: the common, unloaded case
@@ -445,7 +445,6 @@ class NodeRuntime:
 
     def _observe_batch(self, key: str, size: int, queue_s: float, compute_s: float) -> None:
         self.metrics.observe_batch(key, size, queue_s, compute_s)
-        self.batch_costs.setdefault(key, BatchCostModel()).observe(size, compute_s)
 
     def _log_prediction(
         self, request: Any, job: Job, key: str, cell: str, result: JobResult, started: float
