@@ -16,6 +16,7 @@ anonymous request lands in the same bucket, hence the same cell.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -244,7 +245,12 @@ class ContextRule(_Plain):
         object.__setattr__(self, "match", match)
 
     def matches(self, ctx: RequestContext) -> bool:
-        return all(ctx.get(key) in values for key, values in self.match)
+        for key, values in self.match:  # (a loop: cheaper than all() over a generator)
+            if ctx.get(key) not in values:
+                break
+        else:
+            return True
+        return False
 
     def to_dict(self) -> dict[str, Any]:
         match = {k: vs[0] if len(vs) == 1 else list(vs) for k, vs in self.match}
@@ -271,6 +277,7 @@ class Experiment(_Plain):
     cells: tuple[ExperimentCell, ...]
     percent: float = 100.0
     _bounds: tuple[int, ...] = field(init=False, repr=False, compare=False, hash=False)
+    _enrolled: int = field(init=False, repr=False, compare=False, hash=False)  # buckets
 
     def __post_init__(self) -> None:
         _label(self.id, "id", "experiment id")
@@ -286,6 +293,7 @@ class Experiment(_Plain):
         bounds[-1] = BUCKETS  # float sums may fall a hair short of 100
         object.__setattr__(self, "cells", cells)
         object.__setattr__(self, "_bounds", tuple(bounds))
+        object.__setattr__(self, "_enrolled", _threshold(self.percent))
 
     def cell_for(self, bucket: int) -> ExperimentCell:
         """The cell owning ``bucket`` (0..9999) over the cumulative cell percents."""
@@ -299,10 +307,12 @@ class Experiment(_Plain):
 class _Split(_Plain):
     model: str
     percent: float
+    _buckets: int = field(init=False, repr=False, compare=False, hash=False)  # it covers
 
     def __post_init__(self) -> None:
         _model(self.model)
         object.__setattr__(self, "percent", _percent(self.percent))
+        object.__setattr__(self, "_buckets", _threshold(self.percent))
 
 
 @dataclass(frozen=True)
@@ -492,8 +502,12 @@ _from_bytes = int.from_bytes
 _BLAKE2B_8 = hashlib.blake2b(digest_size=8)  # copied per hash: cheaper than a constructor
 
 
+@functools.lru_cache(maxsize=1 << 12)
 def stable_bucket(*parts: str, buckets: int = BUCKETS) -> int:
-    """A bucket in ``[0, buckets)`` from blake2b of ``parts`` joined with ``"\\x1f"``."""
+    """A bucket in ``[0, buckets)`` from blake2b of ``parts`` joined with ``"\\x1f"``.
+
+    Pure, so recent ones are cached (the same user's next request, or a second evaluation
+    of the same config, finds its buckets without hashing again)."""
     if buckets < 1:
         raise ValueError("buckets must be at least 1")
     h = _BLAKE2B_8.copy()
@@ -506,8 +520,7 @@ def _decide(config: ObjectiveConfig, user: str, model: str, cell: str, reason: s
         tuple(
             s.model
             for s in config.shadows
-            if s.model != model
-            and stable_bucket("shadow", config.name, s.model, user) < _threshold(s.percent)
+            if s.model != model and stable_bucket("shadow", config.name, s.model, user) < s._buckets
         )
         if config.shadows
         else ()
@@ -536,14 +549,14 @@ def evaluate(config: ObjectiveConfig, ctx: RequestContext, override: str | None 
             return _decide(config, user, rule.model, f"rule:{rule.name}", reason)
     for exp in config.experiments:
         enrol = stable_bucket("enrol", exp.id, user)
-        if enrol < _threshold(exp.percent):
+        if enrol < exp._enrolled:
             bucket = stable_bucket("cell", exp.id, user)
             cell = exp.cell_for(bucket)
             reason = f"experiment {exp.id!r} (enrol bucket {enrol}, cell bucket {bucket})"
             return _decide(config, user, cell.model, f"{exp.id}:{cell.name}", reason)
     if config.canary is not None:
         bucket = stable_bucket("canary", config.name, user)
-        limit = _threshold(config.canary.percent)
+        limit = config.canary._buckets
         if bucket < limit:
             reason = f"canary (bucket {bucket} < {limit})"
             return _decide(config, user, config.canary.model, "canary", reason)

@@ -122,8 +122,11 @@ class Safety:
                 obj, rev = req.obj, req.rev
                 history = self._histories[obj]
                 version = history[rev - 1] if 0 < rev <= len(history) else None
-                if version is not None:
-                    committed_at, superseded_at = version.committed_at, version.superseded_at
+                committed_at, superseded_at = (
+                    (math.inf, math.inf)
+                    if version is None
+                    else (version.committed_at, version.superseded_at)
+                )
                 by_user = self._expected[obj].setdefault(rev, {})
             t_route = req.t_route
             if version is None or committed_at > t_route:

@@ -72,7 +72,7 @@ class Executor:
         self._loop = loop
         self._engine = engine
         self._rng = rng
-        self.queue: deque[tuple[Request, float]] = deque()
+        self.queue: deque[Request] = deque()  # (each with its ``t_queued``)
         self._busy = False
         self._running: list[Request] = []
         self._close_token = 0
@@ -90,7 +90,8 @@ class Executor:
         if len(queue) >= self.capacity:
             return "RESOURCE_EXHAUSTED"
         now = self._loop.now
-        queue.append((req, now))
+        req.t_queued = now
+        queue.append(req)
         self.node.in_flight += 1
         if not self._busy and (len(queue) == 1 or len(queue) >= self._max_batch):
             self._schedule_close(now)
@@ -98,7 +99,7 @@ class Executor:
 
     def _schedule_close(self, now: float) -> None:
         self._close_token += 1
-        first = self.queue[0][1]
+        first = self.queue[0].t_queued
         wait = self.policy.wait_s(len(self.queue), first, now)
         loop = self._loop  # loop.at(now + wait, self._close, token), inline (wait >= 0)
         loop.seq += 1
@@ -119,13 +120,13 @@ class Executor:
             queue.clear()
         else:
             taken = [queue.popleft() for _ in range(limit)]
-        batch = [req for req, _ in taken if req.deadline > now]
+        batch = [req for req in taken if req.deadline > now]
         if len(batch) < len(taken):  # some expired: one by one, topping up from the queue
             queue.extendleft(reversed(taken))
             batch = []
             engine = self._engine
             while queue and len(batch) < limit:
-                req, _ = queue.popleft()
+                req = queue.popleft()
                 if req.deadline <= now:
                     node.in_flight -= 1
                     engine.expired_in_queue(req)
@@ -166,7 +167,7 @@ class Executor:
     def kill(self) -> list[Request]:
         """A crash: everything queued or running is dropped (and returned)."""
         self.alive = False
-        dropped = [*self._running, *(req for req, _ in self.queue)]
+        dropped = [*self._running, *self.queue]
         self.queue.clear()
         self._running = []
         return dropped

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 #: numpy types of the outcome columns (end time, start time, status, objective, server).
 COLUMN_TYPES = (np.float64, np.float64, np.int8, np.int8, np.int16)
-FLUSH_VALUES = len(COLUMN_TYPES) << 16  # (rows of five values)
+FLUSH_VALUES = len(COLUMN_TYPES) << 12  # (rows of five values; few enough to stay in cache)
 
 
 @dataclass

@@ -58,6 +58,7 @@ class Request:
         "second",
         "shadow",
         "t0",
+        "t_queued",
         "t_route",
         "tries",
         "user",
@@ -83,6 +84,7 @@ class Request:
     t_route: float
     mid: SimNode | None  # the owner that passed it on (second hop)
     second: str  # where that owner passed it
+    t_queued: float  # when an executor queued it (it is in one queue at a time)
 
     def retry(self, ingress: SimNode) -> Request:
         """The client's next attempt (on another ingress); this one is abandoned."""

@@ -29,22 +29,23 @@ MAX_INTERNED = 4096  # distinct candidate tuples remembered per world (then star
 
 class Serving:
     """One candidate tuple (``ids``, best first) with its pure results memoized:
-    ``sticky`` (user id -> ``rendezvous(user_id, ids)``) and ``orders`` (chosen ->
+    ``sticky`` (user index -> ``rendezvous(user_id, ids)``) and ``orders`` (chosen ->
     ``attempt_order(chosen, ids)``)."""
 
     __slots__ = ("ids", "orders", "sticky")
 
     def __init__(self, ids: tuple[str, ...]) -> None:
         self.ids = ids
-        self.sticky: dict[str, str] = {}
+        self.sticky: dict[int, str] = {}
         self.orders: dict[str, tuple[str, ...]] = {}
 
-    def rendezvous(self, user_id: str) -> str:
-        sticky = self.sticky.get(user_id)
+    def rendezvous(self, user: int, user_id: str) -> str:
+        """``rendezvous(user_id, ids)`` for the user of that index (memoized)."""
+        sticky = self.sticky.get(user)
         if sticky is None:
             ids = self.ids
             sticky = ids[0] if len(ids) == 1 else rendezvous(user_id, ids)
-            self.sticky[user_id] = sticky
+            self.sticky[user] = sticky
         return sticky
 
     def attempts(self, chosen: str) -> tuple[str, ...]:
@@ -103,7 +104,7 @@ def serving_for(node: SimNode, key: str) -> Serving | None:
     return candidates(node, key, owners) if owners else None
 
 
-def choose(node: SimNode, serving: Serving, user_id: str) -> str:
+def choose(node: SimNode, serving: Serving, user: int) -> str:
     """``ClusterRouter.choose``: here when a warm owner under the limit, else the policy.
 
     ``choose_replica`` returns the user's sticky candidate (``rendezvous``) exactly when
@@ -112,7 +113,8 @@ def choose(node: SimNode, serving: Serving, user_id: str) -> str:
     own sticky one and always within). So that case is answered from the memoized
     ``rendezvous``; any other case calls the real function. When this node is not a
     candidate, the counts are all gossiped ones, so the limit is remembered per candidate
-    tuple until gossip brings new counts (``node.limits`` is emptied then)."""
+    tuple until gossip brings new counts (``node.limits`` is emptied then). ``user`` is
+    the user's index (its id is ``user_ids[user]`` of the engine)."""
     ids = serving.ids
     me = node.node_id
     in_flight = node.in_flight_of
@@ -124,9 +126,9 @@ def choose(node: SimNode, serving: Serving, user_id: str) -> str:
         limit = _limit(total / len(ids))
         if local <= limit:
             return me
-        sticky = serving.sticky.get(user_id)
+        sticky = serving.sticky.get(user)
         if sticky is None:
-            sticky = serving.rendezvous(user_id)
+            sticky = serving.rendezvous(user, node.world.engine.user_ids[user])
         if (local if sticky == me else in_flight.get(sticky, 0)) <= limit:
             return sticky
         counts = {c: local if c == me else in_flight.get(c, 0) for c in ids}
@@ -138,12 +140,13 @@ def choose(node: SimNode, serving: Serving, user_id: str) -> str:
                 total += in_flight.get(c, 0)
             known = node.limits[serving] = _limit(total / len(ids))
         limit = known
-        sticky = serving.sticky.get(user_id)
+        sticky = serving.sticky.get(user)
         if sticky is None:
-            sticky = serving.rendezvous(user_id)
+            sticky = serving.rendezvous(user, node.world.engine.user_ids[user])
         if in_flight.get(sticky, 0) <= limit:
             return sticky
         counts = in_flight  # (all gossiped: the same counts)
+    user_id = node.world.engine.user_ids[user]
     chosen = choose_replica(ids, user_id, counts, node.replica_rng, POLICY)
     assert chosen is not None
     return chosen

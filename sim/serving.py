@@ -19,6 +19,7 @@ safety checker.
 from __future__ import annotations
 
 from heapq import heappush
+from math import floor as _floor
 from typing import TYPE_CHECKING
 
 from router.forward import MAX_HOPS, RETRYABLE
@@ -82,11 +83,10 @@ class RequestEngine:
     def new_request(self, obj: int, user: int, pick: float) -> None:
         """A request reaches the ingress the client picked (now).
 
-        The simulator's hottest path: when the ingress takes the request and everything
-        ``route`` needs is memoized (the objective's decision for this user, the candidates
-        for its model key), ``route`` and the first ``_attempt`` (a forward to a live owner
-        over a clean network) run inline here, in the same order; anything else goes
-        through those methods themselves."""
+        The simulator's hottest path: when the ingress takes the request, ``route`` (but
+        for shadow copies and a ring without owners) and the first ``_attempt`` (a forward
+        to a live owner over a clean network) run inline here, in the same order; anything
+        else goes through those methods themselves."""
         loop = self.loop
         now = loop.now
         t0 = now - (self._client_s + self._jitter_s * self._random())
@@ -95,7 +95,7 @@ class RequestEngine:
         if not nodes:
             self.metrics.record_unrouted(rid, obj, t0, now)
             return
-        node = nodes[int(pick * len(nodes))]
+        node = nodes[_floor(pick * len(nodes))]  # (floor: int() of a float, but cheaper)
         deadline = t0 + self.deadline_s[obj]
         req = make_request(rid, t0, obj, user, deadline, node)
         self.open[rid] = req
@@ -109,19 +109,23 @@ class RequestEngine:
             self.route(req)
             return
         decision = entry.decisions.get(user)
-        if decision is None or decision.shadows:
+        if decision is None:  # evaluate is pure: memoized per (objective revision, user)
+            decision = entry.decisions[user] = evaluate(entry.config, self.context(user))
+        if decision.shadows:
             self.route(req)
             return
         key = decision.model_key
         serving = node.cand.get(key)
         if serving is None:
-            self.route(req)
-            return
+            serving = serving_for(node, key)
+            if serving is None:  # no owner on its ring: route answers
+                self.route(req)
+                return
         req.key = key
         req.cell = decision.cell
         req.rev = entry.revision
         req.t_route = now
-        chosen = choose(node, serving, self.user_ids[user])
+        chosen = choose(node, serving, user)
         attempts = serving.orders.get(chosen)
         req.attempts = serving.attempts(chosen) if attempts is None else attempts
         # self._attempt(req), inline:
@@ -192,7 +196,7 @@ class RequestEngine:
         if serving is None:  # no owner on its ring
             self._reply(req, UNAVAILABLE)
             return
-        chosen = choose(node, serving, self.user_ids[user])
+        chosen = choose(node, serving, user)
         if decision.shadows:
             self._shadows(node, req, decision)
         req.attempts = serving.attempts(chosen)
@@ -419,7 +423,7 @@ class RequestEngine:
             serving = serving_for(node, key)
             if serving is None or not serving.ids:
                 continue
-            target = self.world.nodes[serving.rendezvous(self.user_ids[req.user])]
+            target = self.world.nodes[serving.rendezvous(req.user, self.user_ids[req.user])]
             copy = make_request(-req.rid, req.t0, req.obj, req.user, req.deadline, node)
             copy.shadow, copy.key = True, key
             self.shadows_sent += 1

@@ -31,6 +31,7 @@ class Workload:
         spec = scenario.workload
         weights = 1.0 / np.arange(1, spec.users + 1, dtype=float) ** spec.zipf_s
         self._user_cdf = np.cumsum(weights) / weights.sum()
+        self._user_ids = list(range(spec.users))
         attrs = derive_np(seed, "users")
         self._country = attrs.integers(0, len(spec.countries), spec.users).tolist()
         self._device = attrs.integers(0, len(spec.devices), spec.users).tolist()
@@ -61,7 +62,9 @@ class Workload:
         )
         self._times = times.tolist()
         self._objs = objs.tolist()
-        self._users = users.tolist()
+        # The same int object for the same user, run-long: the engine's and checker's
+        # per-user tables then find their keys by identity.
+        self._users = list(map(self._user_ids.__getitem__, users.tolist()))
         self._picks = gen.random(CHUNK).tolist()
         self._i = 0
         first = self._times[0]
