@@ -10,15 +10,22 @@
    full 10 virtual minutes: 100 nodes running the real SWIM core, a crash about every
    15 s, joins, drains). Target: <= 60 s.
 
-Both print the checks' outcome too (a fast but wrong run is not a result).
+Both print the checks' outcome too (a fast but wrong run is not a result), and which
+code ran: the compiled cores (``python -m sim.native build``; ``scripts/setup.sh`` builds
+them when a C compiler is present) or plain Python. With the compiled build, (1) also runs
+in a second process on plain Python, side by side, and prints the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import time
 from dataclasses import replace
 
+import membership.native as native
 from sim.result import RunResult, run_scenario
 from sim.scenario import DEFAULT_WORKFLOWS, Scenario, load_scenario, parse_scenario
 
@@ -52,20 +59,45 @@ def checks(result: RunResult) -> str:
     return ", ".join(f"{c.name} {'ok' if c.ok else 'FAILED'}" for c in result.checks)
 
 
+def plain_throughput(duration_s: float) -> float:
+    """(1) in another process forced to plain Python: its requests per wall second."""
+    code = (
+        "from bench.sim_speed import throughput_scenario, timed;"
+        f"r, wall, _ = timed(throughput_scenario({duration_s!r}));"
+        "print(r.summary['requests'] / wall)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, native.ENV: "0"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rate = float(out.split()[-1])
+    print(f"throughput on plain Python: {rate:,.0f} requests/s wall")
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--throughput-s", type=float, default=40.0)
     parser.add_argument("--churn-s", type=float, default=None, help="default: the full run")
     parser.add_argument("--skip-churn", action="store_true")
     args = parser.parse_args()
+    mode = "compiled cores" if native.enabled() else f"plain Python (compiled: {native.state()})"
+    print(f"code: {mode}", flush=True)
 
     result, wall, cpu = timed(throughput_scenario(args.throughput_s))
     requests = result.summary["requests"]
     print(
         f"throughput: {requests:,} simulated requests in {wall:.1f} s wall ({cpu:.1f} s CPU): "
         f"{requests / wall:,.0f} requests/s wall, {requests / cpu:,.0f} per CPU second "
-        f"(target >= {THROUGHPUT_TARGET:,}); {checks(result)}"
+        f"(target >= {THROUGHPUT_TARGET:,}); {checks(result)}",
+        flush=True,
     )
+    if native.enabled():
+        plain_rate = plain_throughput(args.throughput_s)
+        print(f"compiled / plain Python, same scenario: {requests / wall / plain_rate:.2f}x")
     if args.skip_churn:
         return
     churn = load_scenario("churn_100_nodes")

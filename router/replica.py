@@ -85,12 +85,7 @@ class ReplicaPolicy:
     def __post_init__(self) -> None:
         for name in ("epsilon", "slack_requests"):
             value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value < 0
-            ):
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
     def limit(self, mean_in_flight: float) -> float:

@@ -58,12 +58,10 @@ class RingMember:
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, str) or not self.node_id:
             raise ValueError(f"node_id must be a non-empty string, got {self.node_id!r}")
-        if (
-            isinstance(self.capacity, bool)
-            or not isinstance(self.capacity, int | float)
-            or not math.isfinite(self.capacity)
-            or self.capacity <= 0
-        ):
+        # (A bool counts as a number here, as it does compiled: records from etcd reject
+        # one in ``NodeRecord``.)
+        cap = self.capacity
+        if not isinstance(cap, int | float) or not math.isfinite(cap) or cap <= 0:
             raise ValueError(
                 f"capacity of {self.node_id!r} must be a finite number > 0, got {self.capacity!r}"
             )

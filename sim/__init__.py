@@ -16,3 +16,7 @@ Layout: ``core`` (clock, heap, seeded generators), ``scenario``/``faults``/``def
 (random schedules), ``cli``. Never imports ``node``; only tests, the CLI and
 ``bench/sim_speed.py`` import it.
 """
+
+from membership.native import extend as _extend
+
+_extend(__name__, __path__)  # the compiled cores, when built and fresh (membership/native.py)

@@ -80,7 +80,7 @@ def test_rendezvous_spreads_users_evenly() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"epsilon": -0.1}, {"epsilon": float("nan")}, {"slack_requests": -1.0}, {"epsilon": True}],
+    [{"epsilon": -0.1}, {"epsilon": float("nan")}, {"slack_requests": -1.0}],
 )
 def test_policy_validation(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):

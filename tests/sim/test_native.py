@@ -1,0 +1,92 @@
+"""The compiled cores (mypyc, ``membership.native``) give the same runs as plain Python.
+
+Every shipped scenario (its first 40 virtual seconds) and the swarm-style determinism
+scenario run in two processes, one forced to plain Python (``SHARDLINE_NATIVE=0``), one on
+the compiled build; their trace hashes, summaries and checks must be identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import membership.native as native
+
+ROOT = Path(__file__).resolve().parents[2]
+
+RUN = """
+import json, sys
+import membership.native, sim.serving
+from sim.result import run_scenario
+from sim.scenario import load_scenario, scenario_names
+assert membership.native.enabled() == (sys.argv[1] == "1"), membership.native.state()
+assert sim.serving.__file__.endswith(".py") != (sys.argv[1] == "1"), sim.serving.__file__
+out = {}
+for name in scenario_names():
+    s = load_scenario(name)
+    s = s.with_overrides(duration_s=min(s.duration_s, 40.0))
+    r = run_scenario(s, seed=11)
+    out[name] = [r.trace_hash, r.summary["requests"], [(c.name, c.ok) for c in r.checks]]
+print(json.dumps(out))
+"""
+
+
+def run_all(compiled: bool) -> dict[str, object]:
+    env = {**os.environ, native.ENV: "1" if compiled else "0"}
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN, "1" if compiled else "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result: dict[str, object] = json.loads(proc.stdout)
+    return result
+
+
+@pytest.mark.skipif(
+    native.state() != "fresh",
+    reason=f"compiled cores not built ({native.state()}): python -m sim.native build",
+)
+def test_compiled_cores_replay_every_scenario_identically() -> None:
+    compiled = run_all(True)
+    plain = run_all(False)
+    assert set(compiled) == set(plain) and len(plain) >= 8
+    for name in plain:
+        assert compiled[name] == plain[name], name
+
+
+def test_build_is_used_only_while_fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = tmp_path / "manifest.json"
+    monkeypatch.setattr(native, "MANIFEST", manifest)
+    assert native.state() == "absent"
+    sources = {m: native.digest(native.source_path(m)) for m in native.MODULES}
+    manifest.write_text(json.dumps({"abi": native.abi(), "sources": sources}))
+    assert native.state() == "fresh"
+    edited = dict(sources, **{"membership.swim": "0" * 64})
+    manifest.write_text(json.dumps({"abi": native.abi(), "sources": edited}))
+    assert native.state() == "stale: membership.swim changed since the build"
+    manifest.write_text(json.dumps({"abi": ".cpython-39-x.so", "sources": sources}))
+    assert native.state().startswith("stale: built for .cpython-39-x.so")
+    manifest.write_text(json.dumps({"abi": native.abi(), "sources": {"sim.core": "x"}}))
+    assert native.state() == "stale: built from another module list"
+    monkeypatch.setenv(native.ENV, "0")
+    assert native.state() == "disabled"
+
+
+def test_extend_puts_the_build_first_only_when_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = ["src"]
+    monkeypatch.setattr(native, "_enabled", False)
+    native.extend("sim", path)
+    assert path == ["src"]
+    monkeypatch.setattr(native, "_enabled", True)
+    native.extend("node", path)  # not a compiled package
+    assert path == ["src"]
+    native.extend("sim", path)
+    assert path == [str(native.NATIVE / "sim"), "src"]
