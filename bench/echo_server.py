@@ -1,9 +1,11 @@
 """A bare grpclib server answering one unary method with fixed bytes: the transport floor.
 
-    python -m bench.echo_server PORT REPLY_BYTES
+    python -m bench.echo_server PORT REPLY_BYTES [--grpcio]
 
 It speaks the same codec as a node (``WireCodec`` with raw bytes, no message decoding),
-so the difference to ``Predict`` is everything shardline does per request.
+so the difference to ``Predict`` is everything shardline does per request. ``--grpcio``
+serves the same method from grpcio's asyncio server (C-core HTTP/2) instead: the floor a
+node would stand on had it changed transport (grpcio is installed anyway, for aetcd).
 """
 
 from __future__ import annotations
@@ -40,5 +42,27 @@ async def main(port: int, reply_bytes: int) -> None:
     await server.wait_closed()
 
 
+async def main_grpcio(port: int, reply_bytes: int) -> None:
+    import grpc  # (untyped)
+    from grpc import aio
+
+    reply = b"x" * reply_bytes
+
+    async def call(request: bytes, context: Any) -> bytes:
+        return reply
+
+    service, method = ECHO_PATH.strip("/").split("/")
+    handler = grpc.method_handlers_generic_handler(
+        service, {method: grpc.unary_unary_rpc_method_handler(call)}
+    )
+    server = aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print(f"echo serving on 127.0.0.1:{bound}", flush=True)
+    await server.wait_for_termination()
+
+
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+    serve = main_grpcio if "--grpcio" in sys.argv[3:] else main
+    asyncio.run(serve(int(sys.argv[1]), int(sys.argv[2])))

@@ -8,8 +8,10 @@ Side by side, in one run on this machine, server and client in separate processe
   (b) ``Predict`` on the shipped ``payment_fraud`` objective of a standalone node: one
       prediction per request, plus a shadow copy for 25 % of users (1.25 per request);
   (c) the same objective with its shadows off (exactly one prediction per request);
-and the ratios (b)/(a) and (c)/(a) of their throughput (target >= 0.8). Then, in this
-process, the
+and the ratios (b)/(a) and (c)/(a) of their throughput (target >= 0.8); and
+  (d) the same bare server on grpcio's asyncio server (C-core HTTP/2) instead of grpclib,
+      same client: what a change of the node's transport could buy at most.
+Then, in this process, the
 ``payment_fraud@1`` model actor with dynamic batching vs ``max_batch_size=1`` at the same
 concurrency (target >= 3x).
 """
@@ -53,9 +55,9 @@ FRAUD = {
 }
 
 
-def start_echo(reply_bytes: int) -> tuple[subprocess.Popen[str], int]:
+def start_echo(reply_bytes: int, *extra: str) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.echo_server", "0", str(reply_bytes)],
+        [sys.executable, "-m", "bench.echo_server", "0", str(reply_bytes), *extra],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
@@ -99,6 +101,7 @@ async def transport_vs_predict(
         workflows=EXAMPLES, objectives=without_shadows(Path(tmp.name)), metrics=False, args=args
     )
     echo: subprocess.Popen[str] | None = None
+    echo_grpcio: subprocess.Popen[str] | None = None
     try:
         requests = [
             build_request("payment_fraud", FRAUD, user_id=f"user-{i}", country="US")
@@ -109,6 +112,11 @@ async def transport_vs_predict(
             echo, port = start_echo(len(reply))
             channel = Channel("127.0.0.1", port, codec=WireCodec())
             method = UnaryUnaryMethod[Any, Any](channel, ECHO_PATH, RawBytes, RawBytes)
+            echo_grpcio, port_grpcio = start_echo(len(reply), "--grpcio")
+            channel_grpcio = Channel("127.0.0.1", port_grpcio, codec=WireCodec())
+            method_grpcio = UnaryUnaryMethod[Any, Any](
+                channel_grpcio, ECHO_PATH, RawBytes, RawBytes
+            )
             payload = b"y" * len(requests[0])
             counter = iter(range(10**12))
 
@@ -121,7 +129,10 @@ async def transport_vs_predict(
             async def echo_call() -> object:
                 return await method(payload, timeout=10)
 
-            setups = {"a": echo_call, "b": predict, "c": predict_plain}
+            async def echo_grpcio_call() -> object:
+                return await method_grpcio(payload, timeout=10)
+
+            setups = {"a": echo_call, "b": predict, "c": predict_plain, "d": echo_grpcio_call}
             rounds_of: dict[str, list[LoadResult]] = {k: [] for k in setups}
             per_round = duration_s / rounds
             for _ in range(rounds):
@@ -132,17 +143,20 @@ async def transport_vs_predict(
                         )
                     )
             channel.close()
+            channel_grpcio.close()
     finally:
         node.stop()
         plain.stop()
         tmp.cleanup()
-        if echo is not None:
-            echo.terminate()
-            echo.wait()
+        for proc in (echo, echo_grpcio):
+            if proc is not None:
+                proc.terminate()
+                proc.wait()
     return [
         merge(f"(a) bare grpclib, {len(payload)} B in / {len(reply)} B out", rounds_of["a"]),
         merge("(b) Predict payment_fraud (shipped objective)", rounds_of["b"]),
         merge("(c) Predict payment_fraud, shadows off", rounds_of["c"]),
+        merge("(d) bare grpcio (grpc.aio server), same bytes", rounds_of["d"]),
     ]
 
 
@@ -211,12 +225,16 @@ def main() -> None:
     for r in (*transport, *batching):
         table.add_row(r.name, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.errors))
     console.print(table)
-    echo, predict, plain = transport
+    echo, predict, plain, grpcio_echo = transport
     on, off = batching
     console.print(
         f"Predict / bare transport throughput: {predict.rps / echo.rps:.2f} with the shipped "
         f"objective (1.25 predictions per request), {plain.rps / echo.rps:.2f} with its "
         "shadows off (target >= 0.8)"
+    )
+    console.print(
+        f"bare grpcio / bare grpclib throughput: {grpcio_echo.rps / echo.rps:.2f} (what the "
+        "node's transport alone could gain from a change to grpcio)"
     )
     console.print(f"batching on / off throughput: {on.rps / off.rps:.2f}x (target >= 3x)")
 
