@@ -12,8 +12,9 @@ same results: a test runs every shipped scenario both ways and compares the trac
 ``scripts/setup.sh`` builds it when a C compiler is present; without one everything runs
 as plain Python. The build lands in ``.native/<package>/`` beside the packages, never over
 the sources, and is used only while it is *fresh*: ``.native/manifest.json`` records the
-sha256 of every compiled source, and a package whose sources changed since falls back,
-with the others, to plain Python (so an edit takes effect at once, and the next
+sha256 of every source in the compiled packages (and ``workflows``, which they import),
+and a build whose sources changed since is not used: every compiled module falls back
+to plain Python (so an edit takes effect at once, and the next
 ``scripts/setup.sh`` rebuilds). The choice is made once per process, for all the compiled
 modules together (compiled modules call each other directly, so they cannot be mixed with
 interpreted copies of one another). ``SHARDLINE_NATIVE=0`` forces plain Python.
@@ -53,6 +54,9 @@ MODULES = (
     "sim.world",
 )
 PACKAGES = ("membership", "router", "sim")
+#: The packages whose sources the build depends on: the compiled modules and everything they
+#: import from the project (compiled code bakes in the types it reads from other modules).
+SOURCES = ("membership", "router", "sim", "workflows")
 GROUP = "membership.cores"  # the shared library: .native/membership/cores__mypyc.*.so
 ENV = "SHARDLINE_NATIVE"
 
@@ -71,6 +75,15 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def source_digests() -> dict[str, str]:
+    """sha256 of every Python source in ``SOURCES``, by path relative to the root."""
+    return {
+        str(path.relative_to(ROOT)): digest(path)
+        for package in SOURCES
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+
+
 def abi() -> str:
     return str(sysconfig.get_config_var("EXT_SUFFIX"))
 
@@ -85,15 +98,14 @@ def state() -> str:
         return "absent"
     if manifest.get("abi") != abi():
         return f"stale: built for {manifest.get('abi')}, this interpreter loads {abi()}"
-    sources = manifest.get("sources", {})
-    if sorted(sources) != sorted(MODULES):
+    if manifest.get("modules") != list(MODULES):
         return "stale: built from another module list"
-    for module in MODULES:
-        try:
-            if digest(source_path(module)) != sources[module]:
-                return f"stale: {module} changed since the build"
-        except OSError:
-            return f"stale: {module} is missing"
+    built: dict[str, str] = manifest.get("sources", {})
+    now = source_digests()
+    for path in sorted(built.keys() | now.keys()):
+        if built.get(path) != now.get(path):
+            what = "added" if path not in built else "removed" if path not in now else "changed"
+            return f"stale: {path} {what} since the build"
     return "fresh"
 
 

@@ -29,7 +29,7 @@ from membership.native import (
     PACKAGES,
     ROOT,
     abi,
-    digest,
+    source_digests,
     source_path,
     state,
 )
@@ -42,7 +42,7 @@ def build(*, verbose: bool = False) -> float:
 
     setuptools: Any = importlib.import_module("setuptools")  # (no type stubs)
     started = time.monotonic()
-    sources = {m: digest(source_path(m)) for m in MODULES}
+    sources = source_digests()
     with tempfile.TemporaryDirectory(prefix="shardline-native-") as tmp:
         work = Path(tmp)
         cwd = Path.cwd()
@@ -68,7 +68,8 @@ def build(*, verbose: bool = False) -> float:
             (NATIVE / package).mkdir(parents=True)
             for lib in (work / "lib" / package).glob("*" + abi()):
                 shutil.copy2(lib, NATIVE / package / lib.name)
-    MANIFEST.write_text(json.dumps({"abi": abi(), "sources": sources}, indent=1) + "\n")
+    manifest = {"abi": abi(), "modules": list(MODULES), "sources": sources}
+    MANIFEST.write_text(json.dumps(manifest, indent=1) + "\n")
     return time.monotonic() - started
 
 

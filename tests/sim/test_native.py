@@ -66,15 +66,24 @@ def test_build_is_used_only_while_fresh(tmp_path: Path, monkeypatch: pytest.Monk
     manifest = tmp_path / "manifest.json"
     monkeypatch.setattr(native, "MANIFEST", manifest)
     assert native.state() == "absent"
-    sources = {m: native.digest(native.source_path(m)) for m in native.MODULES}
-    manifest.write_text(json.dumps({"abi": native.abi(), "sources": sources}))
+    sources = native.source_digests()
+    assert "membership/swim.py" in sources and "sim/report.py" in sources  # (not compiled)
+    modules = list(native.MODULES)
+
+    def write(**fields: object) -> None:
+        manifest.write_text(json.dumps({"abi": native.abi(), "modules": modules} | fields))
+
+    write(sources=sources)
     assert native.state() == "fresh"
-    edited = dict(sources, **{"membership.swim": "0" * 64})
-    manifest.write_text(json.dumps({"abi": native.abi(), "sources": edited}))
-    assert native.state() == "stale: membership.swim changed since the build"
-    manifest.write_text(json.dumps({"abi": ".cpython-39-x.so", "sources": sources}))
+    write(sources=sources | {"membership/swim.py": "0" * 64})
+    assert native.state() == "stale: membership/swim.py changed since the build"
+    write(sources={k: v for k, v in sources.items() if k != "sim/report.py"})
+    assert native.state() == "stale: sim/report.py added since the build"
+    write(sources=sources | {"sim/gone.py": "0" * 64})
+    assert native.state() == "stale: sim/gone.py removed since the build"
+    write(sources=sources, abi=".cpython-39-x.so")
     assert native.state().startswith("stale: built for .cpython-39-x.so")
-    manifest.write_text(json.dumps({"abi": native.abi(), "sources": {"sim.core": "x"}}))
+    write(sources=sources, modules=["sim.core"])
     assert native.state() == "stale: built from another module list"
     monkeypatch.setenv(native.ENV, "0")
     assert native.state() == "disabled"
