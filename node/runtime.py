@@ -165,7 +165,6 @@ class NodeRuntime:
         """Cluster mode: every model key's manifest from the catalog (loaded here or not)."""
         self.admission = AdmissionController({}, 0.0)
         self.active_nodes = 1
-        """Per model: batch time on the device as base + per-item cost (for shedding)."""
         self.predlog: PredictionLog | None = None
         self.metrics.watch_queues(
             lambda: [(k, m.ref.mailbox_depth) for k, m in list(self.models.items())]

@@ -17,7 +17,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +34,11 @@ from membership.native import (
 )
 
 
-def build(*, verbose: bool = False) -> float:
-    """Compile ``MODULES`` into ``.native/`` (replacing an earlier build); the seconds it
-    took."""
+def build(*, verbose: bool = False) -> None:
+    """Compile ``MODULES`` into ``.native/`` (replacing an earlier build)."""
     from mypyc.build import mypycify
 
     setuptools: Any = importlib.import_module("setuptools")  # (no type stubs)
-    started = time.monotonic()
     sources = source_digests()
     with tempfile.TemporaryDirectory(prefix="shardline-native-") as tmp:
         work = Path(tmp)
@@ -70,7 +67,6 @@ def build(*, verbose: bool = False) -> float:
                 shutil.copy2(lib, NATIVE / package / lib.name)
     manifest = {"abi": abi(), "modules": list(MODULES), "sources": sources}
     MANIFEST.write_text(json.dumps(manifest, indent=1) + "\n")
-    return time.monotonic() - started
 
 
 def clean() -> None:
@@ -94,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"compiling the simulator's cores with mypyc ({current}); about a minute", flush=True)
     try:
-        seconds = build(verbose=args.verbose)
+        build(verbose=args.verbose)
     except (Exception, SystemExit) as exc:  # (setuptools reports compiler failures as exits)
         clean()
         print(f"compiled cores not built, plain Python it is: {exc!r}", file=sys.stderr)
         return 1
-    print(f"compiled {len(MODULES)} modules in {seconds:.0f} s into {NATIVE}")
+    print(f"compiled {len(MODULES)} modules into {NATIVE}")
     return 0
 
 
