@@ -219,8 +219,9 @@ def should_shed(
 class BatchCostModel:
     """A model's batch time as ``base + per_item * n``, fitted online with exponential
     forgetting from the times batches took on the device worker (not from the loop, whose
-    delays under load would inflate it). It predicts how long the queue ahead of a new
-    request takes: ``ceil(depth / max_batch)`` full batches."""
+    delays under load would inflate it). It predicts how long a new request behind ``depth``
+    queued ones takes: the full batches ahead of it, then its own batch with the leftover
+    requests and itself — never a full batch it will not be in."""
 
     def __init__(self, alpha: float = 0.1) -> None:
         if not 0.0 < alpha <= 1.0:
@@ -257,7 +258,16 @@ class BatchCostModel:
         return base + per_item * size
 
     def wait_seconds(self, depth: int, max_batch: int) -> float:
-        """Time until a request behind ``depth`` queued ones reaches the device."""
+        """Time until the batch of a request behind ``depth`` queued ones reaches the device:
+        the full batches ahead of it (``depth // max_batch``). The ``depth % max_batch``
+        requests left over share the request's own batch (see :meth:`own_batch_seconds`)."""
         if depth <= 0:
             return 0.0
-        return math.ceil(depth / max_batch) * self.batch_seconds(max_batch)
+        return (depth // max_batch) * self.batch_seconds(max_batch)
+
+    def own_batch_seconds(self, depth: int, max_batch: int) -> float:
+        """Compute time of the batch the request itself rides in, as it will really close:
+        the ``depth % max_batch`` requests ahead of it that do not fill a batch, plus itself
+        (at least; later arrivals may join it, so this never overstates the request's own
+        service time)."""
+        return self.batch_seconds(max(depth, 0) % max_batch + 1)

@@ -415,10 +415,12 @@ class NodeRuntime:
         self, model: LoadedModel, objective: str, flow: str, timeout_s: float
     ) -> None:
         """Refuse before queueing when the queue ahead cannot be served in time: the
-        expected wait (requests queued ahead of this flow's next one x per-request service
-        time) is over the queue budget, or wait plus service would overrun the request's
-        deadline. The queue is fair across flows, so another objective's backlog counts
-        only as far as it would be served before this request."""
+        expected wait (the full batches queued ahead of this flow's next request) is over the
+        queue budget, or that wait plus the request's own batch (the leftover requests ahead
+        and itself, as the batch will really close) would overrun the request's deadline.
+        The estimate never counts work the request will not wait for, so a request that can
+        meet its deadline is not shed. The queue is fair across flows, so another
+        objective's backlog counts only as far as it would be served before this request."""
         key = model.manifest.model_key
         cost = model.cost
         if not cost.samples:
@@ -428,8 +430,8 @@ class NodeRuntime:
         depth = model.ref.depth_ahead(flow)
         max_batch = model.manifest.batching.max_batch_size
         wait = cost.wait_seconds(depth, max_batch)
-        batch = cost.batch_seconds(max_batch)
-        if should_shed(timeout_s, wait, batch):
+        own = cost.own_batch_seconds(depth, max_batch)
+        if should_shed(timeout_s, wait, own):
             self.metrics.shed.labels(objective, "deadline").inc()
             raise DeadlineExceeded(
                 f"{key}: {depth} requests queued (~{wait * 1000:.0f} ms) cannot be served "

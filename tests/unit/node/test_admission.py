@@ -279,7 +279,21 @@ def test_batch_cost_model_recovers_base_and_per_item(
     for n in (1, 8, 64):
         assert model.batch_seconds(n) == pytest.approx(base + per_item * n, abs=1e-6)
     assert model.wait_seconds(0, 8) == 0.0
-    assert model.wait_seconds(17, 8) == pytest.approx(3 * (base + per_item * 8), abs=1e-6)
+    # 17 queued ahead, batches of 8: two full batches, then its own with the 1 left over.
+    assert model.wait_seconds(17, 8) == pytest.approx(2 * (base + per_item * 8), abs=1e-6)
+    assert model.own_batch_seconds(17, 8) == pytest.approx(base + per_item * 2, abs=1e-6)
+    assert model.own_batch_seconds(0, 8) == pytest.approx(base + per_item, abs=1e-6)
+
+
+def test_nothing_queued_never_sheds_a_request_its_own_batch_fits() -> None:
+    """Batches of 1 seen so far (1.5 ms each), nothing queued: a 20 ms deadline is met by the
+    request's own batch of one; extrapolating to a full batch of 64 (96 ms) shed it."""
+    model = BatchCostModel()
+    for _ in range(20):
+        model.observe(1, 0.0015)
+    wait, own = model.wait_seconds(0, 64), model.own_batch_seconds(0, 64)
+    assert not should_shed(0.020, wait, own)
+    assert should_shed(0.001, wait, own)  # a deadline shorter than one item still sheds
 
 
 def test_batch_cost_model_ignores_bad_samples() -> None:
