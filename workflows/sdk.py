@@ -347,9 +347,14 @@ def load_module(
     module: M, weights: Mapping[str, torch.Tensor], prefix: str, device: torch.device
 ) -> M:
     """Load the `prefix`-ed entries of `weights` into `module` (strictly), move it to
-    `device` and put it in eval mode."""
+    `device` and put it in eval mode.
+
+    The loaded tensors become the module's parameters (``assign=True``): nothing is copied,
+    so a loaded model holds its weights once (the module's initial parameters are freed),
+    not twice. Build `module` under ``torch.device("meta")`` to skip even the transient
+    allocation of its initial parameters."""
     state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=True)
     module.to(device)
     module.eval()
     return module
