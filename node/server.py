@@ -166,7 +166,9 @@ class GracefulServer(Server):
             acked = asyncio.Event()
             original = connection.ping_ack_process
 
-            def on_ack(original: Callable[[], None] = original, acked: asyncio.Event = acked):
+            def on_ack(
+                original: Callable[[], None] = original, acked: asyncio.Event = acked
+            ) -> None:
                 original()
                 acked.set()
 
