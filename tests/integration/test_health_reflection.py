@@ -134,9 +134,7 @@ def test_reflection_lists_and_describes_the_services(standalone: NodeProcess) ->
         FileDescriptorProto.FromString(raw)
         for raw in described.file_descriptor_response.file_descriptor_proto
     ]
-    methods = {
-        f"{s.name}/{m.name}" for f in files for s in f.service for m in s.method
-    }
+    methods = {f"{s.name}/{m.name}" for f in files for s in f.service for m in s.method}
     assert "Inference/Predict" in methods, methods
 
 
