@@ -75,7 +75,7 @@ class Watcher:
         return self.statuses.get(timeout=timeout_s)
 
     def until(self, status: int, timeout_s: float = 60.0) -> list[int | str]:
-        seen = []
+        seen: list[int | str] = []
         while not seen or seen[-1] != status:
             seen.append(self.next(timeout_s))
         return seen
