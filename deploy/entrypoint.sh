@@ -24,6 +24,12 @@
 #   SHARDLINE_TLS_CA          --tls-ca          TLS: the cluster CA           [no TLS]
 #   SHARDLINE_TLS_CERT        --tls-cert        TLS: this node's certificate
 #   SHARDLINE_TLS_KEY         --tls-key         TLS: this node's private key
+#   SHARDLINE_ADMIN_TOKEN_FILE --admin-token-file cluster mode without SHARDLINE_ADMIN_TOKEN:
+#                                               a token generated here for this container
+#                                               only (the preStop drain reads it)
+#                                               [/tmp/shardline/admin-token]
+#   SHARDLINE_DRAIN_GRACE_S   (read by the node) seconds a leaving node keeps answering
+#                                               while NOT_SERVING, before GOAWAY [2]
 # (the shardline CLI in the container reads the same three: admin calls use mutual TLS)
 set -eu
 
@@ -56,6 +62,18 @@ set -- \
   --metrics-port "${SHARDLINE_METRICS_PORT:-9400}" \
   "$@"
 if [ -n "${SHARDLINE_ETCD:-}" ]; then
+  if [ -z "${SHARDLINE_ADMIN_TOKEN:-}" ]; then
+    # No admin Secret: a random token known only inside this container, so that the
+    # preStop hook (deploy/prestop.py) can drain the node; admin calls from elsewhere
+    # need the cluster's Secret (SHARDLINE_ADMIN_TOKEN).
+    SHARDLINE_ADMIN_TOKEN_FILE="${SHARDLINE_ADMIN_TOKEN_FILE:-/tmp/shardline/admin-token}"
+    (
+      umask 077
+      mkdir -p "$(dirname "$SHARDLINE_ADMIN_TOKEN_FILE")"
+      python -c 'import secrets; print(secrets.token_hex(32))' >"$SHARDLINE_ADMIN_TOKEN_FILE"
+    )
+    set -- --admin-token-file "$SHARDLINE_ADMIN_TOKEN_FILE" "$@"
+  fi
   advertise="${SHARDLINE_ADVERTISE_HOST:-}"
   if [ -z "$advertise" ]; then
     advertise="$(own_address)"  # fails the start (set -e) when it cannot be found

@@ -4,6 +4,13 @@ Start-up is make-before-break: the node binds its port, registers ``joining``, l
 warms the workflows it will own on the ring that includes it, then turns ``active``.
 Objective configs come from the etcd catalog and are swapped in on every change. Its
 load (requests in flight, warm model keys) rides on its gossip.
+
+Leaving is make-before-break too, for the ring and for clients: a drain turns the node
+NOT_SERVING (gRPC health, ``/readyz``) at once and marks it ``draining``; its successors
+load and warm what it held while it keeps answering (forwarding to the owners); once they
+are warm *and* ``drain_grace_s`` has passed since NOT_SERVING, it sends HTTP/2 GOAWAY to
+its clients, finishes the requests in flight, deregisters and exits. SIGTERM without a
+drain leaves the same way for clients (NOT_SERVING, grace, GOAWAY) without the handoff.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from node.peers import PeerPool
 from node.placement import Placement
 from node.routing import ClusterRouter
 from node.runtime import NodeConfig, NodeRuntime
-from node.server import NodeServer
+from node.server import NodeServer, drain_grace_from_env
 from node.service import ClusterService, PeerService
 from router.handoff import Phase
 from router.rules import ObjectiveConfig
@@ -68,8 +75,10 @@ class ClusterNode:
         *,
         admin_token: str | None = None,
         artifact_store: Path | None = None,
+        drain_grace_s: float | None = None,
     ) -> None:
         self.config = config
+        self.drain_grace_s = drain_grace_from_env() if drain_grace_s is None else drain_grace_s
         self.cluster = cluster
         self.runtime = NodeRuntime(config)
         self.runtime.starting = True
@@ -184,9 +193,11 @@ class ClusterNode:
         if self.draining.is_set():
             return
         self.draining.set()
+        self.server.begin_leaving()  # NOT_SERVING now: clients move away while we answer
         log.info("%s: draining", self.config.node_id)
         await self.membership.set_state(NodeState.DRAINING)
         await self.placement.wait_phase(Phase.DRAINED)
+        await self.server.wait_grace(self.drain_grace_s)
         log.info("%s: drained; leaving the cluster", self.config.node_id)
         self.drained.set()
 
@@ -204,6 +215,9 @@ class ClusterNode:
             await asyncio.sleep(LOAD_REPORT_INTERVAL_S)
 
     async def stop(self, grace_s: float = 10.0) -> None:
+        """GOAWAY and the requests in flight first (they may still need the cluster to
+        be forwarded), then leave the cluster, then close."""
+        await self.server.quiesce(grace_s)
         if self._reporter is not None:
             self._reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -211,7 +225,7 @@ class ClusterNode:
         await self.placement.stop()
         if self.membership is not None:
             await self.membership.stop(graceful=True)
-        await self.server.stop(grace_s)
+        await self.server.close()
         self.peers.close()
 
 
@@ -222,9 +236,19 @@ async def serve_cluster(
     *,
     admin_token: str | None = None,
     artifact_store: Path | None = None,
+    drain_grace_s: float | None = None,
 ) -> None:
-    """Run a cluster node until SIGINT/SIGTERM or a finished drain, then leave and exit."""
-    node = ClusterNode(config, cluster, admin_token=admin_token, artifact_store=artifact_store)
+    """Run a cluster node until SIGINT/SIGTERM or a finished drain, then leave and exit.
+
+    ``drain_grace_s`` (default ``$SHARDLINE_DRAIN_GRACE_S``, else 2 s): how long the node
+    keeps answering once NOT_SERVING, before GOAWAY (see the module docstring)."""
+    node = ClusterNode(
+        config,
+        cluster,
+        admin_token=admin_token,
+        artifact_store=artifact_store,
+        drain_grace_s=drain_grace_s,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -246,5 +270,6 @@ async def serve_cluster(
     drained.cancel()
     stopped.cancel()
     announce(f"shardline node {config.node_id} leaving the cluster")
+    await node.server.wait_grace(node.drain_grace_s)  # at once after a drain: already waited
     await node.stop()
     announce(f"shardline node {config.node_id} stopped")

@@ -1,41 +1,86 @@
-"""Start and stop one node: gRPC server, runtime, signals, graceful drain.
+"""Start and stop one node: gRPC server, runtime, health, signals, graceful leaving.
 
 ``NodeServer.start`` binds the gRPC port (``port=0`` picks a free one; ``bound_port``
-tells which) after everything it serves is loaded, so a node that answers health
-checks is ready. ``stop`` refuses new requests with UNAVAILABLE, waits for the ones in
-flight (up to a grace period), then closes the server and drains the actors.
+tells which) after everything it serves is loaded. It serves, besides the shardline
+services, grpclib's standard health service (``grpc.health.v1.Health``: the overall
+status ``""`` and one per service, ``shardline.v1.Inference`` …) and server reflection
+(``grpc.reflection.v1`` and ``v1alpha``, so ``grpcurl``-style tools list the services).
+
+Health tells the truth: the overall status and ``shardline.v1.Inference`` follow the same
+readiness as ``/readyz`` (NOT_SERVING until the node is ready, and from the moment it
+starts leaving); ``Watch`` pushes every change, which is what gRPC clients' client-side
+health checking listens to. ``shardline.v1.Cluster``, ``Peer`` and ``Admin`` stay SERVING
+until the node stops answering (peers keep forwarding to a draining node while its
+successors warm up).
+
+Leaving is make-before-break (``leave``): NOT_SERVING first, then the node keeps
+answering for ``drain_grace_s`` (clients that watch health, and load balancers that
+probe ``/readyz``, move away meanwhile); then ``stop`` sends HTTP/2 GOAWAY on every
+connection (twice, the standard graceful way: first "no new streams", then, after a
+PING round trip, the last stream it will process), waits for the requests in flight (up
+to a grace period), closes the server and drains the actors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from grpclib.health.service import Health
+from grpclib.health.check import ServiceStatus
+from grpclib.health.service import OVERALL, Health
+from grpclib.protocol import H2Protocol
+from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server, Stream
+from hyperframe.frame import GoAwayFrame
 from prometheus_client import Gauge
 
+# The descriptors of the shardline services, for server reflection (the protobuf default
+# pool knows a file once its _pb2 module is imported).
+from node._proto.shardline.v1 import admin_pb2, cluster_pb2, inference_pb2, peer_pb2
 from node.describe import describe
 from node.metrics import Readiness
 from node.runtime import NodeConfig, NodeRuntime
 from node.service import ClusterService, InferenceService, WireCodec
 from node.tls import peer_verified, server_context
-from router.rules import load_objective_file, load_objectives_dir
+from router.rules import ObjectiveConfig, load_objective_file, load_objectives_dir
 from workflows.loader import discover_packages
 
 log = logging.getLogger("shardline.server")
 
 MAX_CONTROL_BYTES = 300 * 1024 * 1024  # a deployed package travels in one Admin message
+DRAIN_GRACE_ENV = "SHARDLINE_DRAIN_GRACE_S"
+DEFAULT_DRAIN_GRACE_S = 2.0
+HEALTH_POLL_S = 0.1  # how often the health statuses are re-read from the readiness callback
+PING_ACK_TIMEOUT_S = 1.0  # longest wait for a client's PING ack between the two GOAWAYs
+INFERENCE_SERVICE = "shardline.v1.Inference"
+_PROTO_FILES = (admin_pb2, cluster_pb2, inference_pb2, peer_pb2)
+
+
+def drain_grace_from_env(default: float = DEFAULT_DRAIN_GRACE_S) -> float:
+    """``$SHARDLINE_DRAIN_GRACE_S`` (seconds a leaving node keeps answering while
+    NOT_SERVING), else ``default``; a bad value is refused with a clear error."""
+    raw = os.environ.get(DRAIN_GRACE_ENV, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{DRAIN_GRACE_ENV}={raw!r}: not a number of seconds") from None
+    if not 0.0 <= value <= 3600.0:
+        raise ValueError(f"{DRAIN_GRACE_ENV}={raw!r}: give 0 to 3600 seconds")
+    return value
 
 
 class InFlight:
-    """Counts requests in flight; refuses new ones once draining."""
+    """Counts requests in flight; refuses new ones once the node has closed its doors."""
 
     def __init__(self, gauge: Gauge) -> None:
         self.gauge = gauge
@@ -75,6 +120,84 @@ class _Wrapped:
         return self._mapping
 
 
+class GracefulServer(Server):
+    """grpclib's server, plus what grpclib lacks for leaving gracefully: it keeps its
+    connections so that ``goaway`` can tell every client to open new streams elsewhere
+    while the streams it already sent are answered here."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+
+    def _protocol_factory(self) -> H2Protocol:
+        protocol = super()._protocol_factory()
+        self._protocols.add(protocol)
+        return protocol
+
+    def _open(self) -> list[Any]:
+        """The grpclib connections still open."""
+        out = []
+        for protocol in list(self._protocols):
+            connection = getattr(protocol, "connection", None)
+            if connection is not None and not connection.is_closing():
+                out.append(connection)
+        return out
+
+    @staticmethod
+    def _send_goaway(connection: Any, last_stream_id: int) -> None:
+        # Written beside h2's state machine, not through close_connection(): h2 refuses to
+        # send anything after its own GOAWAY, and the streams in flight still need their
+        # answers (RFC 9113 6.8: a GOAWAY only stops *new* streams).
+        h2 = connection._connection
+        frame = GoAwayFrame(stream_id=0, last_stream_id=last_stream_id, error_code=0)
+        h2._data_to_send += frame.serialize()
+        connection.flush()
+
+    async def goaway(self) -> int:
+        """Graceful GOAWAY on every open connection; returns how many got one.
+
+        First GOAWAY with the largest stream id plus a PING; when the PING comes back (or
+        after ``PING_ACK_TIMEOUT_S``) the client has seen the GOAWAY and opens no more
+        streams here, and a second GOAWAY names the last stream this server will answer.
+        """
+        connections = self._open()
+        acks: list[asyncio.Event] = []
+        for connection in connections:
+            acked = asyncio.Event()
+            original = connection.ping_ack_process
+
+            def on_ack(
+                original: Callable[[], None] = original, acked: asyncio.Event = acked
+            ) -> None:
+                original()
+                acked.set()
+
+            connection.ping_ack_process = on_ack
+            try:
+                self._send_goaway(connection, 2**31 - 1)
+                connection._connection.ping(b"shutdown")
+                connection.flush()
+            except Exception as exc:  # a connection that broke meanwhile needs no GOAWAY
+                log.debug("GOAWAY not sent: %s", exc)
+                acked.set()
+            acks.append(acked)
+        if acks:
+            waits = [asyncio.ensure_future(a.wait()) for a in acks]
+            _, pending = await asyncio.wait(waits, timeout=PING_ACK_TIMEOUT_S)
+            for task in pending:
+                task.cancel()
+        for connection in self._open():
+            try:
+                self._send_goaway(connection, connection._connection.highest_inbound_stream_id)
+            except Exception as exc:
+                log.debug("final GOAWAY not sent: %s", exc)
+        return len(connections)
+
+    def close_connections(self) -> None:
+        for connection in self._open():
+            connection.close()
+
+
 PEER_ONLY = ("/shardline.v1.Peer/", "/shardline.v1.Admin/")
 
 
@@ -96,12 +219,28 @@ class NodeServer:
                 for path, handler in service.__mapping__().items()
             }
             wrapped.append(_Wrapped(mapping))
-        self.server = Server(
-            [*wrapped, Health()],
+        # Health: "" and Inference follow readiness; the other services are up until the
+        # server stops answering.
+        self.ready_status = ServiceStatus()
+        self.ready_status.set(False)
+        self.alive_status = ServiceStatus()
+        self.alive_status.set(True)
+        checks: dict[Any, list[Any]] = {OVERALL: [self.ready_status]}
+        for service in wrapped:
+            name = next(iter(service.__mapping__())).split("/")[1]
+            checks[service] = [
+                self.ready_status if name == INFERENCE_SERVICE else self.alive_status
+            ]
+        self.health = Health(checks)
+        self.server = GracefulServer(
+            ServerReflection.extend([*wrapped, self.health]),
             codec=WireCodec(self.config.max_message_bytes, MAX_CONTROL_BYTES),
         )
         self.bound_port = 0
         self.metrics_port: int | None = None
+        self.leaving = False
+        self._left_at: float | None = None
+        self._health_task: asyncio.Task[None] | None = None
 
     def _mtls(self, path: str, func: Any) -> Any:
         """With TLS on, peer and admin calls need a certificate signed by the cluster CA."""
@@ -118,6 +257,31 @@ class NodeServer:
 
         return verified
 
+    def readiness(self) -> tuple[bool, str]:
+        """What /readyz and the health service say: the node's readiness, and never
+        ready once it is leaving."""
+        if self.leaving:
+            return False, "leaving: answering what comes, but send new requests elsewhere"
+        if self.ready is None:
+            return True, "ready"
+        try:
+            return self.ready()
+        except Exception as exc:  # a readiness bug must not break the probes
+            log.exception("readiness check failed")
+            return False, f"readiness check failed: {type(exc).__name__}"
+
+    def refresh_health(self) -> None:
+        """Re-read readiness into the health statuses (Watch streams see the change)."""
+        ok, _ = self.readiness()
+        self.ready_status.set(ok)
+
+    async def _health_loop(self) -> None:
+        # Readiness is a condition over membership, placement and drain state that
+        # changes in many places; re-reading it often is simpler and as prompt.
+        while True:
+            self.refresh_health()
+            await asyncio.sleep(HEALTH_POLL_S)
+
     async def start(self) -> None:
         tls = self.config.tls
         await self.server.start(
@@ -128,10 +292,35 @@ class NodeServer:
         self.bound_port = sockets[0].getsockname()[1] if sockets else self.config.port
         if self.config.metrics_port is not None:
             self.metrics_port = self.runtime.metrics.serve_http(
-                self.config.host, self.config.metrics_port, self.ready
+                self.config.host, self.config.metrics_port, self.readiness
             )
+        self.refresh_health()
+        self._health_task = asyncio.create_task(self._health_loop(), name="health")
 
-    async def stop(self, grace_s: float = 10.0) -> None:
+    def begin_leaving(self) -> None:
+        """NOT_SERVING on health and /readyz from now on; the node keeps answering."""
+        if not self.leaving:
+            self.leaving = True
+            self._left_at = asyncio.get_running_loop().time()
+            self.refresh_health()
+            log.info("%s: not serving (leaving); still answering", self.config.node_id)
+
+    async def wait_grace(self, grace_s: float) -> None:
+        """Until ``grace_s`` have passed since ``begin_leaving``: the time clients and load
+        balancers get to see NOT_SERVING and move away (a timed wait by design)."""
+        self.begin_leaving()
+        assert self._left_at is not None
+        remaining = self._left_at + grace_s - asyncio.get_running_loop().time()
+        if remaining > 0:
+            log.info("%s: drain grace, %.1fs more", self.config.node_id, remaining)
+            await asyncio.sleep(remaining)
+
+    async def quiesce(self, grace_s: float = 10.0) -> None:
+        """GOAWAY to every connection, then wait (up to ``grace_s``) for the requests in
+        flight; after it, new streams are refused with UNAVAILABLE."""
+        self.begin_leaving()
+        sent = await self.server.goaway()
+        log.info("%s: GOAWAY sent on %d connections", self.config.node_id, sent)
         self.in_flight.draining = True
         try:
             await asyncio.wait_for(self.in_flight.wait_idle(), grace_s)
@@ -139,9 +328,21 @@ class NodeServer:
             log.warning(
                 "%d requests still in flight after %.1fs; cancelling", self.in_flight.count, grace_s
             )
-        self.server.close()
+
+    async def close(self) -> None:
+        """Stop answering: close the server and its connections, stop the runtime."""
+        self.alive_status.set(False)
+        if self._health_task is not None:
+            self._health_task.cancel()
+        self.server.close()  # cancels what is left (health Watch streams among them)
         await self.server.wait_closed()
+        self.server.close_connections()
         await self.runtime.stop()
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """``quiesce`` then ``close`` (no drain grace: call ``wait_grace`` first for it)."""
+        await self.quiesce(grace_s)
+        await self.close()
 
 
 def load_objectives(path: Path) -> dict[str, Any]:
@@ -157,10 +358,33 @@ def default_objectives_path(workflows_dir: Path) -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
+def _version_order(version: str) -> tuple[int, int | str]:
+    return (0, int(version)) if version.isdigit() else (1, version)
+
+
+def objective_per_workflow(model_keys: Sequence[str]) -> dict[str, ObjectiveConfig]:
+    """One objective per workflow, named after it, routing to its highest version."""
+    versions: dict[str, list[str]] = {}
+    for key in model_keys:
+        name, _, version = key.rpartition("@")
+        versions.setdefault(name, []).append(version)
+    return {
+        name: ObjectiveConfig.from_dict(
+            {"name": name, "default": f"{name}@{max(vs, key=_version_order)}"}
+        )
+        for name, vs in versions.items()
+    }
+
+
 async def build_standalone(
     config: NodeConfig, workflows_dir: Path, objectives_path: Path | None
 ) -> NodeRuntime:
-    """A runtime serving every workflow package under ``workflows_dir`` (no etcd)."""
+    """A runtime serving every workflow package under ``workflows_dir`` (no etcd).
+
+    Objectives come from ``objectives_path``, else ``WORKFLOWS/objectives``; with neither,
+    each workflow is served under an objective of its own name (its highest version), so
+    a smoke test needs no objective file.
+    """
     runtime = NodeRuntime(config)
     packages = discover_packages(workflows_dir)
     if not packages:
@@ -170,6 +394,13 @@ async def build_standalone(
     path = objectives_path or default_objectives_path(workflows_dir)
     if path is not None:
         runtime.set_objectives(load_objectives(path))
+    else:
+        objectives = objective_per_workflow(sorted(runtime.models))
+        runtime.set_objectives(objectives)
+        log.info(
+            "no objectives given: serving each workflow under its own name (%s)",
+            ", ".join(f"{n} -> {c.default}" for n, c in sorted(objectives.items())),
+        )
     for objective, keys in runtime.missing_models().items():
         log.warning("objective %s routes to models not loaded here: %s", objective, ", ".join(keys))
     runtime.tune_process()
@@ -181,8 +412,13 @@ async def serve_standalone(
     workflows_dir: Path,
     objectives_path: Path | None,
     announce: Callable[[str], None] = print,
+    *,
+    drain_grace_s: float | None = None,
 ) -> None:
-    """Run a standalone node until SIGINT/SIGTERM, then drain and exit."""
+    """Run a standalone node until SIGINT/SIGTERM, then leave gracefully and exit:
+    NOT_SERVING for ``drain_grace_s`` (default ``$SHARDLINE_DRAIN_GRACE_S``, else
+    ``DEFAULT_DRAIN_GRACE_S``) while still answering, GOAWAY, in-flight requests, exit."""
+    grace = drain_grace_from_env() if drain_grace_s is None else drain_grace_s
     runtime = await build_standalone(config, workflows_dir, objectives_path)
     await runtime.start_prediction_log()
     node = NodeServer(
@@ -202,6 +438,10 @@ async def serve_standalone(
         + (f" metrics on :{node.metrics_port}" if node.metrics_port is not None else "")
     )
     await stop.wait()
-    announce(f"shardline node {config.node_id} stopping: draining in-flight requests")
+    announce(
+        f"shardline node {config.node_id} stopping: not serving, answering for {grace:g}s, "
+        "then GOAWAY and draining in-flight requests"
+    )
+    await node.wait_grace(grace)
     await node.stop()
     announce(f"shardline node {config.node_id} stopped")

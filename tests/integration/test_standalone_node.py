@@ -236,3 +236,22 @@ async def test_sigterm_finishes_in_flight_requests(test_tree: Any) -> None:
         assert [float(a.outputs["y"]) for a in answers] == [6.0, 6.0]
         assert await stopped == 0
     assert any("stopped" in line for line in proc.lines)
+
+
+async def test_standalone_without_objectives_serves_each_workflow_by_name(tmp_path: Any) -> None:
+    """No objective file and no objectives/ folder: every workflow is an objective of its
+    own name, routed to its highest version (a smoke test needs no objective file)."""
+    import shutil
+
+    workflows = tmp_path / "workflows"
+    shutil.copytree(EXAMPLES / "payment_fraud", workflows / "payment_fraud")
+    node = NodeProcess.start(workflows=workflows, metrics=False)
+    try:
+        assert "objectives: payment_fraud" in node.lines[-1], node.lines[-1]
+        async with Client(node.target) as client:
+            names = {o.name for o in await client.list_objectives()}
+            answer = await client.predict("payment_fraud", FRAUD, user_id="smoke")
+        assert names == {"payment_fraud"}
+        assert answer.model_key == "payment_fraud@2"
+    finally:
+        assert node.stop() == 0

