@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from node.errors import InvalidArgument
+from node.errors import InvalidArgument, clip
 
 #: Wire dtype -> little-endian numpy dtype ("string" is handled apart).
 WIRE_DTYPES: Mapping[str, np.dtype[Any]] = {
@@ -51,7 +51,7 @@ def decode(field: str, dtype: str, shape: Iterable[int], data: bytes, strings: A
     np_dtype = WIRE_DTYPES.get(dtype)
     if np_dtype is None:
         known = ", ".join([*WIRE_DTYPES, STRING])
-        raise InvalidArgument(field, f"unknown dtype {dtype!r}; expected one of {known}")
+        raise InvalidArgument(field, f"unknown dtype {clip(dtype)}; expected one of {known}")
     if strings:
         raise InvalidArgument(field, f"a {dtype} tensor carries its values in `data`")
     expected = count * np_dtype.itemsize
