@@ -87,9 +87,7 @@ async def test_huge_names_get_a_short_error_and_leave_every_node_serving(
                 else:
                     answered.append(time.perf_counter() - started)
 
-    workers = [
-        asyncio.create_task(valid_stream(n, w)) for w in range(2) for n in cluster.values()
-    ]
+    workers = [asyncio.create_task(valid_stream(n, w)) for w in range(2) for n in cluster.values()]
     outcomes: dict[str, tuple[grpc.StatusCode, str, float]] = {}
     try:
         async with grpc.aio.insecure_channel(ingress.target) as channel:
