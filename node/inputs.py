@@ -130,28 +130,22 @@ class InputDecoder:
                     f"got {got} of shape {_fmt(shape[:16])}{'…' if len(shape) > 16 else ''}",
                 )
             np_dtype = spec.np_dtype
-            if spec.exact and np_dtype is not None:  # the common case: fixed shape, numeric
-                data = t.data
-                if len(data) != spec.nbytes:
-                    raise InvalidArgument(
-                        spec.field,
-                        f"shape {list(shape)} of {spec.dtype} needs {spec.nbytes} bytes, "
-                        f"got {len(data)}",
-                    )
+            data = t.data
+            if (
+                spec.exact  # the common case: fixed shape, numeric, packed bytes
+                and np_dtype is not None
+                and len(data) == spec.nbytes
+                and not t.HasField("contents")
+            ):
                 out[name] = np.frombuffer(data, dtype=np_dtype).reshape(shape)
                 continue
-            if np_dtype is None or any(d < 0 for d in shape):
-                out[name] = tensors.decode(spec.field, t.dtype, shape, t.data, t.strings)
-                continue
-            count = math.prod(shape)
-            data = t.data
-            if count > MAX_ELEMENTS or len(data) != count * np_dtype.itemsize:
+            if math.prod(shape) > MAX_ELEMENTS:
                 raise InvalidArgument(
-                    spec.field,
-                    f"shape {list(shape)} of {spec.dtype} needs {count * np_dtype.itemsize} "
-                    f"bytes, got {len(data)}",
+                    spec.field, f"shape {_fmt(shape)} has more than {MAX_ELEMENTS} elements"
                 )
-            out[name] = np.frombuffer(data, dtype=np_dtype).reshape(shape)
+            # Typed contents, strings, wildcard shapes, and every malformed tensor.
+            contents = t.contents if t.HasField("contents") else None
+            out[name] = tensors.decode(spec.field, t.dtype, shape, data, t.strings, contents)
         if len(out) < len(self._required):
             for name in self._required:
                 if name not in out:
