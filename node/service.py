@@ -9,8 +9,8 @@ traceback.
 
 Requests compressed with ``grpc-encoding: gzip`` (or ``deflate``) are accepted: grpclib
 refuses any compressed message, so the handlers here receive theirs with ``recv_request``,
-which decompresses it within the same size limit. Answers go back uncompressed, which the
-gRPC protocol allows whatever the client asked for.
+which decompresses it within the same size limit (another encoding: UNIMPLEMENTED).
+Answers go back uncompressed, which the gRPC protocol allows whatever the client asked for.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from grpclib.server import Stream
 
 from node._proto.shardline import v1
 from node._proto.shardline.v1 import peer_pb2
-from node.errors import RequestError, bounded, clip
+from node.errors import RequestError, bounded
 from node.runtime import NodeRuntime
 
 log = logging.getLogger("shardline.service")
@@ -79,8 +79,7 @@ class WireCodec(CodecBase):
             ) from None
 
 
-#: grpc-encoding -> zlib ``wbits`` (gzip framing, or zlib's for "deflate" as gRPC means it).
-ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_ZLIB_AUTO = 32 + zlib.MAX_WBITS  # zlib detects the gzip or the zlib ("deflate") header
 _UNLIMITED_BYTES = 1 << 30  # decompression bound when the codec sets no limit
 
 
@@ -88,9 +87,12 @@ async def recv_request(stream: Stream[Any, Any]) -> Any:
     """The one request message of a unary call, decompressed when the client compressed it.
 
     What ``Stream.recv_message`` does (gRPC length-prefixed framing, then the codec), plus
-    ``grpc-encoding`` gzip and deflate, which grpclib 0.4 refuses with an exception (the
-    client saw ``UNKNOWN``, the log a traceback). Reads grpclib's stream internals: pinned
-    grpclib, and covered by a test with a grpcio client that compresses.
+    compressed messages, which grpclib 0.4 refuses with an exception (the client saw
+    ``UNKNOWN``, the log a traceback). grpclib does not hand a handler the
+    ``grpc-encoding`` header, but the two encodings gRPC clients offer are self-describing:
+    gzip and deflate (zlib's format) each begin with their own header, which zlib
+    recognises. Reads grpclib's stream internals: pinned grpclib, and covered by a test
+    with a grpcio client that compresses.
     """
     h2 = stream._stream
     codec: Any = stream._codec
@@ -111,26 +113,25 @@ async def recv_request(stream: Stream[Any, Any]) -> Any:
     if len(data) != size:
         raise GRPCError(Status.INVALID_ARGUMENT, "request: the message is cut short")
     if prefix[0]:
-        headers = dict(h2.headers or ())
-        data = _decompress(data, headers.get("grpc-encoding", "identity"), limit)
+        data = _decompress(data, limit)
     return codec.decode(data, recv_type)
 
 
-def _decompress(data: bytes, encoding: str, limit: int | None) -> bytes:
-    wbits = ENCODINGS.get(encoding)
-    if wbits is None:
-        if encoding == "identity":
-            raise GRPCError(
-                Status.INTERNAL, "request: compressed message without a grpc-encoding header"
-            )
+def _decompress(data: bytes, limit: int | None) -> bytes:
+    """A gzip or deflate message inflated, never past ``limit`` bytes (a bomb stops there)."""
+    gzip = data[:2] == b"\x1f\x8b"
+    deflate = len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+    if not (gzip or deflate):
         raise GRPCError(
             Status.UNIMPLEMENTED,
-            f"grpc-encoding {clip(encoding, 32)} is not supported; send gzip, deflate or identity",
+            "request: compressed with an encoding this node does not accept; "
+            "send gzip, deflate or identity",
         )
+    encoding = "gzip" if gzip else "deflate"
     bound = _UNLIMITED_BYTES if limit is None else limit
-    inflater = zlib.decompressobj(wbits)
+    inflater = zlib.decompressobj(_ZLIB_AUTO)
     try:
-        data = inflater.decompress(data, bound + 1)  # a small bomb stops here
+        data = inflater.decompress(data, bound + 1)
     except zlib.error:
         raise GRPCError(
             Status.INVALID_ARGUMENT, f"request: not a valid {encoding}-compressed message"
