@@ -24,14 +24,18 @@ MAX_MESSAGE_CHARS = 1024
 """Longest error message a node sends (to a client or a peer) or relays."""
 
 
-def clip(value: object, limit: int = ECHO_CHARS) -> str:
+def clip(value: object, limit: int = ECHO_CHARS, *, quote: bool = True) -> str:
     """A client-supplied value quoted for a message or log line: ``repr`` of at most ``limit``
     characters of it (control characters, quotes and backslashes escaped, so it can neither
-    end the line nor fake another field), with the full length named when it was cut."""
+    end the line nor fake another field), with the full length named when it was cut.
+    ``quote=False`` leaves out the quotes (for a name inside a field path)."""
     text = value if isinstance(value, str) else str(value)
+    shown = repr(text[:limit])
+    if not quote:
+        shown = shown[1:-1]
     if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}… ({len(text)} characters)"
+        return shown
+    return f"{shown}… ({len(text)} characters)"
 
 
 def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:

@@ -115,7 +115,7 @@ class InputDecoder:
                 check_tensor_ids(t)
                 expected = ", ".join(specs) or "none"
                 raise InvalidArgument(
-                    f"inputs.{clip(name)}",
+                    f"inputs.{clip(name, quote=False)}",
                     f"unknown input for {self.model_key}; expected {expected}",
                 )
             if name in out:

@@ -1,7 +1,11 @@
 """Prometheus metrics of one node, and its HTTP endpoint: /metrics, /healthz, /readyz.
 
 Each node has its own registry (several nodes fit in one process for tests). Names
-follow Prometheus conventions (``shardline_…_total``, ``…_seconds``). ``/healthz`` answers
+follow Prometheus conventions (``shardline_…_total``, ``…_seconds``); the standard
+``process_*`` (CPU, RSS, open fds), ``python_info`` and ``python_gc_*`` series are there
+too. Label values come only from the catalog (objective names, model keys) and from
+fixed sets (codes, reasons): a request for an unknown objective is counted under
+``objective="_unknown"``, so no client can create a series. ``/healthz`` answers
 200 while the process serves; ``/readyz`` answers 200 only when the node's readiness
 check passes (cluster: registered, active and its owned workflows warm; standalone:
 models loaded), else 503 with the reason — what a load balancer or Kubernetes probes.

@@ -5,7 +5,8 @@ objective configs and the metrics. ``predict`` takes the *raw* request bytes (th
 transport does no decoding), resolves the objective with ``router.rules``, validates the
 inputs against the chosen model's manifest, asks the model actor within the remaining
 deadline and encodes the answer with its provenance. Shadow copies run in the
-background, bounded, and never touch the answer.
+background, bounded, and never touch the answer. The request's identifiers are bounded
+before any work (``node.inputs.check_head``), and a request without an id gets one.
 """
 
 from __future__ import annotations

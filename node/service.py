@@ -149,10 +149,12 @@ def _decompress(data: bytes, limit: int | None) -> bytes:
 
 
 def client_of(stream: Stream[Any, Any]) -> str:
-    """The caller, for log lines: its address and user agent."""
+    """The caller, for log lines: its address and user agent (the agent cut to 128
+    characters: a client chooses it)."""
     addr = stream.peer.addr() if stream.peer is not None else None
     host = str(addr[0]) if addr else "?"
-    return f"{host} ({stream.user_agent})" if stream.user_agent else host
+    agent = stream.user_agent
+    return f"{host} ({agent[:128]})" if agent else host
 
 
 async def guarded(call: Callable[[], Awaitable[Any]], what: str) -> Any:
