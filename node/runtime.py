@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import itertools
 import logging
 import sys
 import time
@@ -70,12 +71,18 @@ UNKNOWN_OBJECTIVE = "_unknown"
 _REQUEST_ID_TAG = bytes([(5 << 3) | 2])  # PredictRequest.request_id: field 5, length-delimited
 
 
+_ID_PREFIX = uuid.uuid4().hex[:16]  # this process's, random: ids are unique across nodes
+_ID_COUNTER = itertools.count(1)
+
+
 def with_request_id(raw: bytes) -> tuple[str, bytes]:
-    """A fresh request id, and ``raw`` (an encoded ``PredictRequest`` without one) with it
-    set: a field appended to a protobuf message's bytes sets it, so the rest of the request
-    travels untouched."""
-    request_id = uuid.uuid4().hex
-    return request_id, raw + _REQUEST_ID_TAG + bytes([len(request_id)]) + request_id.encode()
+    """A fresh request id (32 hex digits: a random per-process prefix and a counter), and
+    ``raw`` (an encoded ``PredictRequest`` without one) with it set: a field appended to a
+    protobuf message's bytes sets it, so the rest of the request travels untouched."""
+    request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+    return request_id, b"".join(
+        (raw, _REQUEST_ID_TAG, bytes((len(request_id),)), request_id.encode())
+    )
 
 
 class BoundedSet:
