@@ -18,7 +18,7 @@ def head(**fields: object) -> pb.PredictRequestHead:
         if name in ("user_id", "country", "device", "surface"):
             setattr(h.context, name, value)
         elif name == "attributes":
-            h.context.attributes.update(value)  # type: ignore[arg-type]
+            h.context.attributes.update(value)
         else:
             setattr(h, name, value)
     return h
