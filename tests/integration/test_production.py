@@ -237,8 +237,12 @@ async def test_shadows_logged_as_shadows_with_the_request_id_given_here(
     assert not any(r.shadow or r.synthetic for r in answered)
 
 
-def test_process_prediction_log_and_load_metrics_are_exported(node: NodeProcess) -> None:
+async def test_process_prediction_log_and_load_metrics_are_exported(node: NodeProcess) -> None:
+    async with Client(node.target) as client:
+        for _ in range(2):  # no user id, to an objective that buckets no user: not counted
+            await client.predict("open", FRAUD)
     text = node.metrics_text()
+    assert metric(text, "shardline_requests_without_user_id_total", objective="open") == 0
     for name in ("process_resident_memory_bytes", "process_open_fds", "process_cpu_seconds_total"):
         assert metric(text, name) > 0, name
     assert metric(text, "shardline_model_load_seconds_count", model_key="payment_fraud@1") == 1
