@@ -1,7 +1,11 @@
 """Prometheus metrics of one node, and its HTTP endpoint: /metrics, /healthz, /readyz.
 
 Each node has its own registry (several nodes fit in one process for tests). Names
-follow Prometheus conventions (``shardline_…_total``, ``…_seconds``). ``/healthz`` answers
+follow Prometheus conventions (``shardline_…_total``, ``…_seconds``); the standard
+``process_*`` (CPU, RSS, open fds), ``python_info`` and ``python_gc_*`` series are there
+too. Label values come only from the catalog (objective names, model keys) and from
+fixed sets (codes, reasons): a request for an unknown objective is counted under
+``objective="_unknown"``, so no client can create a series. ``/healthz`` answers
 200 while the process serves; ``/readyz`` answers 200 only when the node's readiness
 check passes (cluster: registered, active and its owned workflows warm; standalone:
 models loaded), else 503 with the reason — what a load balancer or Kubernetes probes.
@@ -12,11 +16,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    make_wsgi_app,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -43,9 +56,58 @@ class _QueueDepths(Collector):
         yield family
 
 
+class PredlogCounts(Protocol):
+    """What the prediction log counts (``node.predlog.PredictionLog``)."""
+
+    @property
+    def written_total(self) -> int: ...
+    @property
+    def dropped_total(self) -> int: ...
+    @property
+    def sink_errors_total(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+
+
+class _PredictionLog(Collector):
+    """The prediction log's counters, read at scrape time (absent while the log is off)."""
+
+    def __init__(self, log: Callable[[], PredlogCounts | None]) -> None:
+        self.log = log
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        log = self.log()
+        if log is None:
+            return
+        records = CounterMetricFamily(
+            "shardline_prediction_log_records",
+            "Sampled predictions by outcome: written to the sink, or dropped (buffer full, "
+            "sink failed or too slow at shutdown).",
+            labels=["outcome"],
+        )
+        records.add_metric(["written"], log.written_total)
+        records.add_metric(["dropped"], log.dropped_total)
+        yield records
+        yield CounterMetricFamily(
+            "shardline_prediction_log_sink_errors",
+            "Sink writes that failed (each drops its whole batch).",
+            value=log.sink_errors_total,
+        )
+        yield GaugeMetricFamily(
+            "shardline_prediction_log_pending",
+            "Sampled predictions buffered or being written.",
+            value=log.pending,
+        )
+
+
 class NodeMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        # The standard process_* (CPU, RSS, open fds, start time), python_info and python_gc_*
+        # series. The collectors read the process's state at scrape time, so the default
+        # instances serve every node's registry (several nodes share a process in tests).
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
         self._request_children: dict[tuple[str, ...], tuple[Any, Any]] = {}
 
         def counter(name: str, doc: str, labels: list[str]) -> Counter:
@@ -86,6 +148,12 @@ class NodeMetrics:
             "shardline_forwards_total", "Requests forwarded to a peer, by peer and outcome.",
             ["peer", "outcome"],
         )  # fmt: skip
+        self.missing_user_id = counter(
+            "shardline_requests_without_user_id_total",
+            "Requests without context.user_id to an objective whose experiments, canary or "
+            "shadows bucket users by it (all of them fall in one bucket), by objective.",
+            ["objective"],
+        )
         self.failovers = counter(
             "shardline_failovers_total",
             "Requests retried on the next owner after a retryable failure, by model key.",
@@ -173,6 +241,9 @@ class NodeMetrics:
 
     def watch_queues(self, depths: Callable[[], Iterable[tuple[str, int]]]) -> None:
         self.registry.register(_QueueDepths(depths))
+
+    def watch_prediction_log(self, log: Callable[[], PredlogCounts | None]) -> None:
+        self.registry.register(_PredictionLog(log))
 
     def serve_http(self, host: str, port: int, ready: Readiness | None = None) -> int:
         """Serve /metrics, /healthz and /readyz on a background thread; returns the port."""

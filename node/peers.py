@@ -4,7 +4,8 @@
 plus the routing decision and hop count) to an owner and returns the owner's
 ``PredictResponse`` bytes untouched. Every failure becomes ``AttemptFailed`` with a gRPC
 status name, or ``CONNECTION`` when no answer came, so ``router.forward`` can decide
-whether to try the next owner.
+whether to try the next owner. A peer's error message is bounded before it goes on
+(``errors.bounded``), whatever the peer sent.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from grpclib.client import Channel, UnaryUnaryMethod
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from node._proto.shardline.v1 import peer_pb2
+from node.errors import bounded
 from node.service import RawBytes, WireCodec
 from node.tls import TlsFiles, client_context
 from router.forward import AttemptFailed
@@ -71,7 +73,7 @@ class PeerPool:
         try:
             reply = await self._method(address)(message.SerializeToString(), timeout=timeout_s)
         except GRPCError as exc:
-            raise AttemptFailed(node_id, exc.status.name, exc.message or "") from None
+            raise AttemptFailed(node_id, exc.status.name, bounded(exc.message or "")) from None
         except TimeoutError:
             raise AttemptFailed(
                 node_id, "DEADLINE_EXCEEDED", f"no answer within {timeout_s:.3f}s"
@@ -82,7 +84,9 @@ class PeerPool:
             StreamTerminatedError,
             asyncio.IncompleteReadError,
         ) as exc:
-            raise AttemptFailed(node_id, "CONNECTION", f"{type(exc).__name__}: {exc}") from None
+            raise AttemptFailed(
+                node_id, "CONNECTION", bounded(f"{type(exc).__name__}: {exc}")
+            ) from None
         assert isinstance(reply, bytes)
         return reply
 

@@ -47,7 +47,7 @@ __all__ = [
 
 logger = logging.getLogger("shardline.predlog")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: ``shadow`` (version 1 records read as shadow=False)
 _ERROR_LOG_INTERVAL_S = 60.0
 
 
@@ -84,6 +84,7 @@ class PredictionRecord:
     outputs: Mapping[str, Any] = field(default_factory=dict)
     timings_ms: Mapping[str, float] = field(default_factory=dict)  # queue, batch, compute, total
     synthetic: bool = False  # True for synthetic traffic (load tests, probes), False for real
+    shadow: bool = False  # True for a shadow copy's prediction (computed, never answered)
 
     def __post_init__(self) -> None:
         if not self.objective:

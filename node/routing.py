@@ -21,7 +21,14 @@ from typing import Any
 
 from membership.snapshot import ClusterSnapshot
 from membership.view import MembershipView
-from node.errors import Overloaded, Unavailable, error_for_status
+from node.errors import (
+    InvalidArgument,
+    Overloaded,
+    Unavailable,
+    clip,
+    error_for_status,
+)
+from node.inputs import MAX_MODEL_KEY_CHARS
 from node.peers import PeerPool
 from node.placement import replicas_of
 from node.runtime import NodeRuntime
@@ -221,6 +228,12 @@ class ClusterRouter:
     async def serve_forward(self, message: Any, timeout_s: float, started: float) -> bytes:
         """Answer a ``Peer.Forward``: run it here, or pass it on once more (hop limit 2)."""
         key, hops = message.model_key, message.hops
+        if len(key) > MAX_MODEL_KEY_CHARS or len(message.cell) > MAX_MODEL_KEY_CHARS:
+            raise InvalidArgument("model_key", f"longer than {MAX_MODEL_KEY_CHARS} characters")
+        if key not in self.runtime.catalog_manifests and key not in self.runtime.models:
+            # Unavailable, not NOT_FOUND: during a deploy this node may apply the catalog
+            # after the ingress did, and the ingress then tries another owner.
+            raise Unavailable(f"model {clip(key)} is not in the catalog of {self.node_id}")
         if hops > MAX_HOPS:
             raise Unavailable(f"{key}: hop limit of {MAX_HOPS} exceeded")
         if key in self.runtime.models:

@@ -5,7 +5,8 @@ objective configs and the metrics. ``predict`` takes the *raw* request bytes (th
 transport does no decoding), resolves the objective with ``router.rules``, validates the
 inputs against the chosen model's manifest, asks the model actor within the remaining
 deadline and encodes the answer with its provenance. Shadow copies run in the
-background, bounded, and never touch the answer.
+background, bounded, and never touch the answer. The request's identifiers are bounded
+before any work (``node.inputs.check_head``), and a request without an id gets one.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import itertools
 import logging
 import sys
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,8 +51,9 @@ from node.errors import (
     Overloaded,
     RequestError,
     Unavailable,
+    clip,
 )
-from node.inputs import InputDecoder
+from node.inputs import InputDecoder, check_head
 from node.metrics import NodeMetrics
 from node.model_actor import Job, JobResult, ModelActor, job_flow
 from node.predlog import JsonlFileSink, PredictionLog, PredictionLogConfig, PredictionRecord
@@ -60,6 +65,46 @@ from workflows.manifest import WorkflowManifest
 from workflows.sdk import StaticContext
 
 log = logging.getLogger("shardline.node")
+
+UNKNOWN_OBJECTIVE = "_unknown"
+"""The one label value requests for objectives outside the catalog are counted under."""
+_REQUEST_ID_TAG = bytes([(5 << 3) | 2])  # PredictRequest.request_id: field 5, length-delimited
+
+
+_ID_PREFIX = uuid.uuid4().hex[:16]  # this process's, random: ids are unique across nodes
+_ID_COUNTER = itertools.count(1)
+
+
+def with_request_id(raw: bytes) -> tuple[str, bytes]:
+    """A fresh request id (32 hex digits: a random per-process prefix and a counter), and
+    ``raw`` (an encoded ``PredictRequest`` without one) with it set: a field appended to a
+    protobuf message's bytes sets it, so the rest of the request travels untouched."""
+    request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+    return request_id, b"".join(
+        (raw, _REQUEST_ID_TAG, bytes((len(request_id),)), request_id.encode())
+    )
+
+
+class BoundedSet:
+    """Remembers at most ``capacity`` recent items (the oldest forgotten first)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, item: str) -> bool:
+        """Remember ``item``; True when it was not remembered already."""
+        items = self._items
+        if item in items:
+            items.move_to_end(item)
+            return False
+        items[item] = None
+        if len(items) > self.capacity:
+            items.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass(frozen=True)
@@ -166,9 +211,12 @@ class NodeRuntime:
         self.admission = AdmissionController({}, 0.0)
         self.active_nodes = 1
         self.predlog: PredictionLog | None = None
+        self._missing_user_clients = BoundedSet(1024)
+        """Clients already warned about requests without a user id (bounded)."""
         self.metrics.watch_queues(
             lambda: [(k, m.ref.mailbox_depth) for k, m in list(self.models.items())]
         )
+        self.metrics.watch_prediction_log(lambda: self.predlog)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -178,8 +226,10 @@ class NodeRuntime:
         """Load one workflow package and start its model actor (replaces nothing).
 
         With ``warm``, one real batch (the workflow's example request) runs through the
-        actor before the model is offered to requests.
+        actor before the model is offered to requests. The time it took (load and warm-up)
+        is observed in ``shardline_model_load_seconds``.
         """
+        began = time.perf_counter()
         try:
             loaded = await asyncio.to_thread(load_package, package_dir)
         except Exception:
@@ -212,6 +262,7 @@ class NodeRuntime:
                 raise
         self.models[key] = model
         self.metrics.loads.labels(key, "ok").inc()
+        self.metrics.load_seconds.labels(key).observe(time.perf_counter() - began)
         log.info("loaded %s on %s from %s", key, loaded.device, package_dir)
         return model
 
@@ -264,29 +315,43 @@ class NodeRuntime:
 
     # -- request path ----------------------------------------------------------------------
 
-    async def predict(self, raw: bytes, timeout_s: float | None) -> bytes:
+    async def predict(self, raw: bytes, timeout_s: float | None, client: str = "") -> bytes:
         """Serve one encoded ``PredictRequest``; returns the encoded ``PredictResponse``.
 
-        Only the routing fields are decoded here (``PredictRequestHead``); the router
-        then runs the request locally or forwards the original bytes to an owner.
+        Only the routing fields are decoded here (``PredictRequestHead``) and their
+        identifiers bounded before anything else; the router then runs the request
+        locally or forwards the original bytes to an owner. A request without a
+        ``request_id`` gets one here, appended to those bytes, so the owner, the answer's
+        provenance and the prediction log all carry the same id. ``client`` (the peer's
+        address) names the caller in log lines.
         """
         started = time.perf_counter()
         head = pb.PredictRequestHead()
-        try:
-            head.ParseFromString(raw)
-        except DecodeError:
-            raise InvalidArgument("request", "not a valid shardline.v1.PredictRequest") from None
-        objective = head.objective
-        labels = [objective or "-", "-", "-", "OK", "-"]
+        labels = [UNKNOWN_OBJECTIVE, "-", "-", "OK", "-"]
         admitted = False
+        objective = ""
         try:
+            try:
+                head.ParseFromString(raw)
+            except DecodeError:
+                raise InvalidArgument(
+                    "request", "not a valid shardline.v1.PredictRequest"
+                ) from None
+            check_head(head)
+            objective = head.objective
+            if objective in self.objectives:  # label values come only from the catalog
+                labels[0] = objective
             rejection = self.admission.admit(objective, time.monotonic())
             if rejection is not None:  # first thing: before rules, before any input decoding
-                self.metrics.shed.labels(objective, rejection.reason).inc()
+                self.metrics.shed.labels(labels[0], rejection.reason).inc()
                 labels[3] = "RESOURCE_EXHAUSTED"
                 raise Overloaded(self._shed_message(objective, rejection.reason))
             admitted = True
+            if not head.request_id:
+                head.request_id, raw = with_request_id(raw)
             context, decision = self.resolve(head)
+            if not context.user_id and self._splits_by_user(objective):
+                self._note_missing_user_id(objective, client)
             labels[1], labels[2] = decision.model_key, decision.cell
             timeout = self.config.default_deadline_s if timeout_s is None else timeout_s
             response, labels[4] = await self.router.route(raw, context, decision, timeout, started)
@@ -299,6 +364,29 @@ class NodeRuntime:
             elapsed = time.perf_counter() - started if admitted else None
             self.metrics.request_done(tuple(labels), elapsed)
         return response
+
+    def objective_label(self, name: str) -> str:
+        """``name`` when the catalog has it, else ``UNKNOWN_OBJECTIVE``: what metrics and
+        queue flows are keyed by, so no client can create a series or a flow."""
+        return name if name in self.objectives else UNKNOWN_OBJECTIVE
+
+    def _splits_by_user(self, objective: str) -> bool:
+        """Whether the objective's answer depends on the user id (experiments, a canary or
+        shadows bucket users by it: without one every request falls in the same bucket)."""
+        c = self.objectives[objective]
+        return bool(c.experiments or c.canary is not None or c.shadows)
+
+    def _note_missing_user_id(self, objective: str, client: str) -> None:
+        self.metrics.missing_user_id.labels(objective).inc()
+        if self._missing_user_clients.add(client):
+            log.warning(
+                "client %s sent requests to objective %s without context.user_id: its "
+                "experiments, canary and shadows bucket users by that id, so all of them "
+                "fall in one bucket (counted in shardline_requests_without_user_id_total; "
+                "logged once per client)",
+                clip(client or "?", 128),
+                objective,
+            )
 
     @functools.cache  # noqa: B019 - a handful of (objective, reason) pairs per runtime
     def _shed_message(self, objective: str, reason: str) -> str:
@@ -355,13 +443,13 @@ class NodeRuntime:
         if config is None and self.starting:
             raise Unavailable("node is starting (no catalog yet); retry on another node")
         if config is None:
-            known = ", ".join(sorted(self.objectives)) or "none"
-            raise NotFound(f"unknown objective {head.objective!r}; this node serves: {known}")
+            known = ", ".join(sorted(self.objectives)[:32]) or "none"
+            raise NotFound(f"unknown objective {clip(head.objective)}; this node serves: {known}")
         context = context_of(head)
         try:
             decision = evaluate(config, context, head.model_override or None)
         except OverrideNotAllowed as exc:
-            raise InvalidArgument("model_override", str(exc)) from None
+            raise InvalidArgument("model_override", str(exc)) from None  # bounded by check_head
         return context, decision
 
     async def execute(
@@ -397,9 +485,11 @@ class NodeRuntime:
             request.ParseFromString(raw)
         except DecodeError:
             raise InvalidArgument("request", "not a valid shardline.v1.PredictRequest") from None
+        check_head(request)  # a forwarded request too: Peer.Forward takes any bytes
         shadow = cell == "shadow"
-        flow = SHADOW_FLOW if shadow else request.objective
-        self._shed_if_late(model, request.objective, flow, timeout_s)
+        objective = self.objective_label(request.objective)
+        flow = SHADOW_FLOW if shadow else objective
+        self._shed_if_late(model, objective, flow, timeout_s)
         inputs = model.inputs.decode(request.inputs)
         job = Job(context or context_of(request), inputs, request.synthetic or shadow, flow)
         self.in_flight += 1
@@ -471,7 +561,8 @@ class NodeRuntime:
                     "postprocess": t.postprocess_ms, "batch_size": float(t.batch_size),
                     "total": (time.perf_counter() - started) * 1000.0,
                 },
-                synthetic=job.synthetic,
+                synthetic=request.synthetic,
+                shadow=cell == "shadow",
             )  # fmt: skip
         except (TypeError, ValueError) as exc:
             log.debug("prediction not logged: %s", exc)

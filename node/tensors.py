@@ -1,8 +1,10 @@
 """Tensors on the wire: ``{name, dtype, shape, little-endian bytes}`` <-> numpy.
 
-Decoding is zero-copy: the array is a read-only view over the message's bytes.
-String tensors carry their elements in ``strings`` and decode to ``numpy.str_``
-arrays. Every malformed tensor is an ``InvalidArgument`` naming the field.
+Decoding ``data`` is zero-copy: the array is a read-only view over the message's bytes.
+A client that does not pack bytes sends typed values in ``contents`` instead (one
+repeated field per dtype, as in the Open Inference Protocol V2); those are copied into a
+read-only array. String tensors carry their elements in ``strings`` and decode to
+``numpy.str_`` arrays. Every malformed tensor is an ``InvalidArgument`` naming the field.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from node.errors import InvalidArgument
+from node.errors import InvalidArgument, clip
 
 #: Wire dtype -> little-endian numpy dtype ("string" is handled apart).
 WIRE_DTYPES: Mapping[str, np.dtype[Any]] = {
@@ -25,6 +27,14 @@ WIRE_DTYPES: Mapping[str, np.dtype[Any]] = {
 }
 STRING = "string"
 MAX_DIMS = 8
+#: Wire dtype -> the ``TensorContents`` field that carries its elements as typed values.
+CONTENTS_FIELDS: Mapping[str, str] = {
+    "float32": "fp32_contents",
+    "float64": "fp64_contents",
+    "int32": "int_contents",
+    "int64": "int64_contents",
+    "bool": "bool_contents",
+}
 
 
 def _shape(field: str, shape: Iterable[int]) -> tuple[int, ...]:
@@ -36,12 +46,23 @@ def _shape(field: str, shape: Iterable[int]) -> tuple[int, ...]:
     return dims
 
 
-def decode(field: str, dtype: str, shape: Iterable[int], data: bytes, strings: Any) -> np.ndarray:
-    """One wire tensor -> numpy array (``field`` names it in errors, e.g. ``inputs.amount``)."""
+def decode(
+    field: str,
+    dtype: str,
+    shape: Iterable[int],
+    data: bytes,
+    strings: Any,
+    contents: Any = None,
+) -> np.ndarray:
+    """One wire tensor -> numpy array (``field`` names it in errors, e.g. ``inputs.amount``).
+
+    ``contents`` is the tensor's ``TensorContents`` message (typed values), if any.
+    """
     dims = _shape(field, shape)
     count = math.prod(dims)
+    typed = contents.ListFields() if contents is not None else ()
     if dtype == STRING:
-        if data:
+        if data or typed:
             raise InvalidArgument(field, "a string tensor carries its values in `strings`")
         if len(strings) != count:
             raise InvalidArgument(
@@ -51,9 +72,11 @@ def decode(field: str, dtype: str, shape: Iterable[int], data: bytes, strings: A
     np_dtype = WIRE_DTYPES.get(dtype)
     if np_dtype is None:
         known = ", ".join([*WIRE_DTYPES, STRING])
-        raise InvalidArgument(field, f"unknown dtype {dtype!r}; expected one of {known}")
+        raise InvalidArgument(field, f"unknown dtype {clip(dtype)}; expected one of {known}")
     if strings:
         raise InvalidArgument(field, f"a {dtype} tensor carries its values in `data`")
+    if typed:
+        return _from_contents(field, dtype, dims, count, data, typed)
     expected = count * np_dtype.itemsize
     if len(data) != expected:
         raise InvalidArgument(
@@ -61,6 +84,29 @@ def decode(field: str, dtype: str, shape: Iterable[int], data: bytes, strings: A
             f"shape {list(dims)} of {dtype} needs {expected} bytes, got {len(data)}",
         )
     return np.frombuffer(data, dtype=np_dtype).reshape(dims)
+
+
+def _from_contents(
+    field: str, dtype: str, dims: tuple[int, ...], count: int, data: bytes, typed: Any
+) -> np.ndarray:
+    want = CONTENTS_FIELDS[dtype]
+    if data:
+        raise InvalidArgument(field, "set either `data` (bytes) or `contents` (typed values)")
+    given = [descriptor.name for descriptor, _ in typed]
+    if given != [want]:
+        raise InvalidArgument(
+            field,
+            f"a {dtype} tensor carries typed values in `contents.{want}`, "
+            f"got `contents.{'`, `contents.'.join(given)}`",
+        )
+    values = typed[0][1]
+    if len(values) != count:
+        raise InvalidArgument(
+            field, f"shape {list(dims)} needs {count} values in contents.{want}, got {len(values)}"
+        )
+    array = np.array(values, dtype=WIRE_DTYPES[dtype]).reshape(dims)
+    array.flags.writeable = False  # like the zero-copy views over `data`
+    return array
 
 
 def wire_dtype(array: np.ndarray) -> str:

@@ -41,6 +41,14 @@ OBJECTIVES = {
         name = "open"
         default = "payment_fraud@1"
     """,
+    "shadowed.toml": """
+        name = "shadowed"
+        default = "payment_fraud@1"
+        prediction_log_rate = 1.0
+        [[shadows]]
+        model = "payment_fraud@2"
+        percent = 100.0
+    """,
     "bulk.toml": """
         name = "bulk"
         default = "slow@1"
@@ -195,3 +203,51 @@ async def test_one_objectives_backlog_does_not_queue_ahead_of_another(node: Node
     # whatever finished while the backlog formed.
     assert ahead <= 16 - 10 + 3, finished
     assert len(finished) == 17
+
+
+async def test_shadows_logged_as_shadows_with_the_request_id_given_here(
+    node: NodeProcess, tree: tuple[Path, Path, Path]
+) -> None:
+    """Shadow predictions get their own tag (``synthetic`` means load tests); a request
+    sent without an id gets one, which its answer, its record and its shadow's carry."""
+    predlog = tree[2]
+    n = 12
+    ids = []
+    async with Client(node.target) as client:
+        for i in range(n):
+            answer = await client.predict("shadowed", FRAUD, user_id=f"sh{i}")
+            assert len(answer.request_id) == 32
+            ids.append(answer.request_id)
+
+    def records() -> list[PredictionRecord] | None:
+        found = [
+            PredictionRecord.from_json(line)
+            for path in sorted(predlog.glob("*.jsonl"))
+            for line in path.read_text().splitlines()
+        ]
+        mine = [r for r in found if r.objective == "shadowed"]
+        return mine if len(mine) >= 2 * n else None
+
+    logged = await eventually(records, timeout_s=30)
+    answered = [r for r in logged if r.model_key == "payment_fraud@1"]
+    shadows = [r for r in logged if r.model_key == "payment_fraud@2"]
+    assert sorted(r.request_id for r in answered) == sorted(ids)
+    assert sorted(r.request_id for r in shadows) == sorted(ids)
+    assert all(r.shadow and not r.synthetic and r.cell == "shadow" for r in shadows)
+    assert not any(r.shadow or r.synthetic for r in answered)
+
+
+async def test_process_prediction_log_and_load_metrics_are_exported(node: NodeProcess) -> None:
+    async with Client(node.target) as client:
+        for _ in range(2):  # no user id, to an objective that buckets no user: not counted
+            await client.predict("open", FRAUD)
+    text = node.metrics_text()
+    assert metric(text, "shardline_requests_without_user_id_total", objective="open") == 0
+    for name in ("process_resident_memory_bytes", "process_open_fds", "process_cpu_seconds_total"):
+        assert metric(text, name) > 0, name
+    assert metric(text, "shardline_model_load_seconds_count", model_key="payment_fraud@1") == 1
+    assert metric(text, "shardline_model_load_seconds_sum", model_key="slow@1") > 0
+    for outcome in ("written", "dropped"):
+        assert f'shardline_prediction_log_records_total{{outcome="{outcome}"}}' in text
+    assert "shardline_prediction_log_sink_errors_total 0.0" in text
+    assert "shardline_prediction_log_pending " in text

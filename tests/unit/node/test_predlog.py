@@ -106,10 +106,12 @@ def test_record_json_round_trip_and_numpy_outputs() -> None:
     )
     doc = json.loads(rec.to_json())
     assert doc["outputs"] == {"score": [0.75], "label": 1}
-    assert doc["synthetic"] is True and doc["schema"] == 1
+    assert doc["synthetic"] is True and doc["shadow"] is False and doc["schema"] == 2
     assert "\n" not in rec.to_json()
     assert PredictionRecord.from_json(rec.to_json()) == rec
     assert PredictionRecord.from_json(record(3).to_json()) == record(3)
+    old = {k: v for k, v in doc.items() if k != "shadow"} | {"schema": 1}  # a version 1 line
+    assert PredictionRecord.from_json(json.dumps(old)) == rec
 
 
 def test_record_validation() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -10,7 +12,10 @@ from hypothesis.extra import numpy as hnp
 
 from node import tensors
 from node._proto.shardline.v1 import inference_pb2 as pb
-from node.errors import InvalidArgument
+from node.errors import InvalidArgument, clip
+from node.inputs import InputDecoder
+from tests.procs import EXAMPLES
+from workflows.manifest import load_manifest
 
 numeric = st.sampled_from(["<f4", "<f8", "<i4", "<i8", "?"])
 
@@ -75,3 +80,112 @@ def test_as_array_picks_wire_friendly_dtypes() -> None:
     assert tensors.as_array(2.5).dtype == np.dtype("<f4")
     assert tensors.as_array([True]).dtype == np.dtype("?")
     assert tensors.wire_dtype(tensors.as_array("USD")) == "string"
+
+
+# -- typed contents (no byte packing) ------------------------------------------------------
+
+
+def typed_tensor(name: str, dtype: str, shape: list[int], **contents: list[object]) -> Any:
+    t = pb.Tensor(name=name, dtype=dtype, shape=shape)
+    for field, values in contents.items():
+        getattr(t.contents, field).extend(values)
+    return pb.Tensor.FromString(t.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    ("dtype", "field", "values"),
+    [
+        ("float32", "fp32_contents", [1.5, -2.25, 3e-3]),
+        ("float64", "fp64_contents", [1e300, -0.5, 2.0]),
+        ("int32", "int_contents", [1, -(2**31), 2**31 - 1]),
+        ("int64", "int64_contents", [1, -(2**63), 2**63 - 1]),
+        ("bool", "bool_contents", [True, False, True]),
+    ],
+)
+def test_typed_contents_decode_like_packed_bytes(
+    dtype: str, field: str, values: list[object]
+) -> None:
+    t = typed_tensor("x", dtype, [3], **{field: values})
+    out = tensors.decode("inputs.x", t.dtype, t.shape, t.data, t.strings, t.contents)
+    packed = np.array(values, dtype=tensors.WIRE_DTYPES[dtype])
+    assert out.dtype == packed.dtype and out.shape == (3,)
+    if dtype.startswith("float"):
+        np.testing.assert_allclose(out, packed, rtol=1e-6)
+    else:
+        np.testing.assert_array_equal(out, packed)
+    assert not out.flags.writeable
+
+
+def test_typed_scalar() -> None:
+    t = typed_tensor("x", "float32", [], fp32_contents=[912.5])
+    out = tensors.decode("inputs.x", t.dtype, t.shape, t.data, t.strings, t.contents)
+    assert out.shape == () and abs(float(out) - 912.5) < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape", "data", "contents", "needle"),
+    [
+        ("float32", [2], b"\0" * 8, {"fp32_contents": [1.0, 2.0]}, "either `data`"),
+        ("float32", [2], b"", {"fp64_contents": [1.0, 2.0]}, "in `contents.fp32_contents`"),
+        ("int64", [2], b"", {"int64_contents": [1, 2], "int_contents": [3]}, "contents.int_"),
+        ("int64", [3], b"", {"int64_contents": [1, 2]}, "needs 3 values"),
+        ("string", [1], b"", {"int64_contents": [1]}, "carries its values in `strings`"),
+    ],
+)
+def test_bad_typed_contents_name_the_field(
+    dtype: str, shape: list[int], data: bytes, contents: dict[str, list[object]], needle: str
+) -> None:
+    t = typed_tensor("amount", dtype, shape, **contents)
+    with pytest.raises(InvalidArgument) as err:
+        tensors.decode("inputs.amount", dtype, shape, data, ["a"] if dtype == "string" else [],
+                       t.contents)  # fmt: skip
+    assert str(err.value).startswith("inputs.amount: ")
+    assert needle in str(err.value)
+
+
+def test_input_decoder_takes_typed_contents_with_the_same_checks() -> None:
+    manifest = load_manifest(EXAMPLES / "payment_fraud" / "v1")
+    decoder = InputDecoder(manifest)
+    packed = pb.PredictRequest()
+    typed = pb.PredictRequest()
+    for spec in manifest.inputs:
+        value = tensors.as_array("USD" if spec.dtype == "string" else 1)
+        value = value.astype(tensors.WIRE_DTYPES[spec.dtype]) if spec.dtype != "string" else value
+        tensors.encode_into(packed.inputs.add(), spec.name, value)
+        t = typed.inputs.add(name=spec.name, dtype=spec.dtype)
+        if spec.dtype == "string":
+            t.strings.append("USD")
+        else:
+            getattr(t.contents, tensors.CONTENTS_FIELDS[spec.dtype]).append(value.item())
+    a, b = decoder.decode(packed.inputs), decoder.decode(typed.inputs)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape
+        assert a[name].tolist() == b[name].tolist()
+    bad = pb.PredictRequest()
+    bad.CopyFrom(typed)
+    numeric = next(t for t in bad.inputs if t.dtype != "string")
+    numeric.contents.fp64_contents.append(1.0)  # a second typed field
+    with pytest.raises(InvalidArgument, match=f"inputs.{numeric.name}: "):
+        decoder.decode(bad.inputs)
+
+
+def test_oversized_names_are_refused_briefly() -> None:
+    decoder = InputDecoder(load_manifest(EXAMPLES / "payment_fraud" / "v1"))
+    request = pb.PredictRequest()
+    request.inputs.add(name="n" * 100_000, dtype="float32")
+    with pytest.raises(InvalidArgument) as err:
+        decoder.decode(request.inputs)
+    assert len(str(err.value)) < 200
+    request = pb.PredictRequest()
+    request.inputs.add(name="amount", dtype="d" * 100_000)
+    with pytest.raises(InvalidArgument) as err:
+        decoder.decode(request.inputs)
+    assert len(str(err.value)) < 200
+
+
+def test_clip_bounds_and_escapes() -> None:
+    assert clip("abc") == "'abc'"
+    cut = clip("x" * 10_000 + "\n")
+    assert len(cut) < 100 and "10001 characters" in cut
+    assert "\n" not in clip("a\nb\x1b[31m") and "\\n" in clip("a\nb")

@@ -200,7 +200,15 @@ class RoutingTable(betterproto.Message):
 @dataclass(eq=False, repr=False)
 class Tensor(betterproto.Message):
     """
-    One named tensor. `data` holds the elements in C order, little-endian.
+    One named tensor. Its elements travel in exactly one of three ways:
+       - `data`: raw bytes, C order, LITTLE-ENDIAN (the byte order of x86 and ARM CPUs and
+         of numpy's "<f4"). Big-endian bytes are not detected: they decode to different,
+         valid-looking numbers. Java's ByteBuffer is big-endian by default: call
+         `.order(ByteOrder.LITTLE_ENDIAN)`; Node.js: `Buffer.writeFloatLE`, or a
+         `Float32Array`'s buffer.
+       - `contents`: typed repeated values (no byte order to get wrong), in C order, in the
+         field that matches `dtype`.
+       - `strings`: the elements of a dtype=string tensor, in C order.
     """
 
     name: str = betterproto.string_field(1)
@@ -211,8 +219,40 @@ class Tensor(betterproto.Message):
     """Empty for a scalar."""
 
     data: bytes = betterproto.bytes_field(4)
+    """
+    Elements in C order, little-endian. Leave empty when `contents` carries them.
+    """
+
     strings: List[str] = betterproto.string_field(5)
     """Elements of a dtype=string tensor, in C order."""
+
+    contents: "TensorContents" = betterproto.message_field(6)
+    """
+    Elements as typed values, instead of `data` (as in the Open Inference Protocol V2).
+    """
+
+
+@dataclass(eq=False, repr=False)
+class TensorContents(betterproto.Message):
+    """
+    Typed tensor elements, in C order. Set only the field of the tensor's dtype, with as
+     many values as its shape holds (1 for a scalar).
+    """
+
+    bool_contents: List[bool] = betterproto.bool_field(1)
+    """dtype bool"""
+
+    int_contents: List[int] = betterproto.int32_field(2)
+    """dtype int32"""
+
+    int64_contents: List[int] = betterproto.int64_field(3)
+    """dtype int64"""
+
+    fp32_contents: List[float] = betterproto.float_field(4)
+    """dtype float32"""
+
+    fp64_contents: List[float] = betterproto.double_field(5)
+    """dtype float64"""
 
 
 @dataclass(eq=False, repr=False)
