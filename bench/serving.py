@@ -37,8 +37,8 @@ from bench.echo_server import ECHO_PATH
 from bench.loadgen import LoadResult, run_closed_loop
 from node.actors import ActorSystem
 from node.client import Client, build_request
+from node.codec import RawBytes, WireCodec
 from node.model_actor import Job, ModelActor
-from node.service import RawBytes, WireCodec
 from tests.procs import EXAMPLES, REPO, NodeProcess
 from workflows.batching import BatchPolicy
 from workflows.devices import DeviceExecutors

@@ -33,7 +33,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from node._proto.shardline import v1
-from node.service import WireCodec
+from node.codec import WireCodec
 from node.tls import TlsFiles, client_context
 
 TOKEN_FILE_DEFAULT = "/tmp/shardline/admin-token"

@@ -27,7 +27,7 @@ from membership.etcd import ControlPlaneUnavailable, node_key
 from node._proto.shardline import v1
 from node.artifacts import ArtifactError, ArtifactStore, unpack
 from node.catalog_ops import catalog
-from node.service import WireCodec
+from node.codec import WireCodec
 from node.tls import client_context
 from router.rules import ConfigError, ObjectiveConfig, OverrideNotAllowed, RequestContext, evaluate
 

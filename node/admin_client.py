@@ -13,7 +13,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from node._proto.shardline import v1
 from node.client import parse_target
-from node.service import WireCodec
+from node.codec import WireCodec
 from node.tls import TlsFiles, client_context
 
 TOKEN_ENV = "SHARDLINE_ADMIN_TOKEN"

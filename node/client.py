@@ -51,7 +51,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from node import tensors
 from node._proto.shardline import v1
 from node._proto.shardline.v1 import inference_pb2 as pb
-from node.service import RawBytes, WireCodec
+from node.codec import RawBytes, WireCodec
 from node.tls import TlsFiles, client_context
 from router.replica import rendezvous
 from router.rules import ObjectiveConfig, OverrideNotAllowed, RequestContext, evaluate

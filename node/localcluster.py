@@ -27,8 +27,8 @@ from grpclib.client import Channel
 from membership.etcd import EtcdEndpoint, connect
 from node._proto.shardline import v1
 from node.catalog_ops import catalog, register_tree
+from node.codec import WireCodec
 from node.etcd_process import EtcdServer, find_etcd
-from node.service import WireCodec
 from node.tls import TlsFiles, client_context
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,8 +18,8 @@ from grpclib.client import Channel, UnaryUnaryMethod
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from node._proto.shardline.v1 import peer_pb2
+from node.codec import RawBytes, WireCodec
 from node.errors import bounded
-from node.service import RawBytes, WireCodec
 from node.tls import TlsFiles, client_context
 from router.forward import AttemptFailed
 

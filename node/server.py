@@ -45,10 +45,11 @@ from prometheus_client import Gauge
 # The descriptors of the shardline services, for server reflection (the protobuf default
 # pool knows a file once its _pb2 module is imported).
 from node._proto.shardline.v1 import admin_pb2, cluster_pb2, inference_pb2, peer_pb2
+from node.codec import WireCodec
 from node.describe import describe
 from node.metrics import Readiness
 from node.runtime import NodeConfig, NodeRuntime
-from node.service import ClusterService, InferenceService, WireCodec
+from node.service import ClusterService, InferenceService
 from node.tls import peer_verified, server_context
 from router.rules import ObjectiveConfig, load_objective_file, load_objectives_dir
 from workflows.loader import discover_packages

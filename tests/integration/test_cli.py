@@ -11,7 +11,7 @@ from grpclib.client import Channel
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-from node.service import WireCodec
+from node.codec import WireCodec
 from tests.procs import REPO, NodeProcess
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,8 @@ from node.admin_client import AdminClient, AdminError
 from node.catalog_ops import catalog, register_tree
 from node.certs import write_dev_pki
 from node.client import Client, PredictError, build_request
+from node.codec import RawBytes, WireCodec
 from node.localcluster import routing_table, wait_ready
-from node.service import RawBytes, WireCodec
 from node.tls import TlsFiles, client_context
 from tests.etcd_server import EtcdServer, find_etcd
 from tests.integration.test_cluster import FRAUD
