@@ -8,6 +8,7 @@ tests wait on snapshot events (``SnapshotWatcher.wait_for``) with bounded timeou
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,8 +19,20 @@ import aetcd
 import pytest
 
 from membership.catalog import OBJECTIVE, WORKFLOW, Catalog, CatalogConflict, CatalogError
-from membership.etcd import ControlPlaneUnavailable, EtcdEndpoint, cluster_prefix, connect
-from membership.registry import NodeRecord, NodeState, Registration
+from membership.etcd import (
+    ControlPlaneUnavailable,
+    EtcdEndpoint,
+    cluster_prefix,
+    connect,
+    node_key,
+)
+from membership.registry import (
+    EXPIRY_MARGIN_S,
+    NodeIdTaken,
+    NodeRecord,
+    NodeState,
+    Registration,
+)
 from membership.snapshot import ClusterSnapshot, SnapshotWatcher, WatcherConfig
 from tests.etcd_server import EtcdServer, TcpProxy, find_etcd
 
@@ -152,6 +165,59 @@ async def test_lease_revoked_behind_its_back_is_registered_again(
         assert back.nodes["n1"].state is NodeState.ACTIVE
         await asyncio.wait_for(reg.registered.wait(), 5)
         assert reg.regrants == 1 and reg.lease_id not in (None, old_lease)
+        await reg.deregister()
+
+
+async def test_a_second_registration_of_a_live_node_id_is_refused_naming_the_holder(
+    etcd: EtcdServer, client: aetcd.Client, cluster: str
+) -> None:
+    holder = dataclasses.replace(record("n1"), pid=4242, hostname="host-a", started_at="t0")
+    first = Registration(client, cluster, ttl_s=2)
+    await first.register(holder)
+    second = Registration(client, cluster, ttl_s=2)
+    started = time.monotonic()
+    with pytest.raises(NodeIdTaken) as refused:
+        await second.register(dataclasses.replace(record("n1"), grpc_address="127.0.0.1:9999"))
+    waited = time.monotonic() - started
+    message = str(refused.value)
+    assert "'n1' is already held" in message and "127.0.0.1:7000" in message, message
+    assert "pid 4242 on host-a" in message and f"{first.lease_id:x}" in message, message
+    # It waited for the holder's lease to run out (in case it was a crash), no longer.
+    assert 1.0 < waited < 2 + EXPIRY_MARGIN_S + 3.0, waited
+    got = await client.get(node_key(cluster, "n1"))
+    assert got is not None and got.lease == first.lease_id
+    assert NodeRecord.from_json(got.value) == holder, "the holder's record is untouched"
+    assert not second.registered.is_set() and second.lease_id is None
+    await first.deregister()
+
+
+async def test_a_crashed_holders_record_is_waited_out_then_claimed(
+    etcd: EtcdServer, client: aetcd.Client, cluster: str
+) -> None:
+    crashed = Registration(client, cluster, ttl_s=2)
+    await crashed.register(record("n1"))
+    await crashed.abandon()  # a kill -9: the lease runs out by itself
+    restarted = Registration(client, cluster, ttl_s=2)
+    await restarted.register(record("n1", NodeState.ACTIVE))
+    got = await client.get(node_key(cluster, "n1"))
+    assert got is not None and got.lease == restarted.lease_id != crashed.lease_id
+    await restarted.deregister()
+
+
+async def test_a_record_deleted_behind_its_back_is_put_back(
+    etcd: EtcdServer, client: aetcd.Client, cluster: str
+) -> None:
+    async with watching(etcd.endpoint, cluster) as watcher:
+        reg = Registration(client, cluster, ttl_s=10)
+        await reg.register(record("n1", NodeState.ACTIVE))
+        await watcher.wait_for(lambda s: "n1" in s.nodes)
+        gone = asyncio.ensure_future(watcher.wait_for(lambda s: "n1" not in s.nodes))
+        await client.delete(node_key(cluster, "n1"))  # `node remove --force`, or a stray etcdctl
+        await gone
+        back = await watcher.wait_for(lambda s: "n1" in s.nodes, timeout_s=5)
+        assert back.nodes["n1"].state is NodeState.ACTIVE
+        await asyncio.wait_for(reg.registered.wait(), 5)
+        assert reg.reclaims == 1 and reg.regrants == 0, "same lease, record put back"
         await reg.deregister()
 
 
