@@ -18,7 +18,14 @@ from typing import Any
 import aetcd
 import pytest
 
-from membership.catalog import OBJECTIVE, WORKFLOW, Catalog, CatalogConflict, CatalogError
+from membership.catalog import (
+    OBJECTIVE,
+    WORKFLOW,
+    Catalog,
+    CatalogConflict,
+    CatalogError,
+    NothingToRollBack,
+)
 from membership.etcd import (
     ControlPlaneUnavailable,
     EtcdEndpoint,
@@ -286,7 +293,7 @@ async def test_objective_history_and_rollback_are_append_only(
         await catalog.rollback_objective("obj", to_revision=0)
     with pytest.raises(CatalogConflict, match="revision 5, not 3"):
         await catalog.set_objective("obj", configs[2], expected_revision=3)
-    with pytest.raises(CatalogError, match="no previous revision"):
+    with pytest.raises(NothingToRollBack, match="no current revision"):
         await catalog.rollback_objective("fresh")
 
     # delete keeps the history: re-creating continues the numbering, a rollback restores
@@ -296,6 +303,39 @@ async def test_objective_history_and_rollback_are_append_only(
     assert (await catalog.get_objective("obj")) is not None
     assert await catalog.delete_objective("obj", purge_history=True)
     assert await catalog.objective_history("obj") == []
+
+
+async def test_rollback_without_a_target_walks_back_through_the_history(
+    etcd: EtcdServer, client: aetcd.Client, cluster: str
+) -> None:
+    catalog = Catalog(client, cluster, {OBJECTIVE: check_objective})
+    a, b, c = ({"default": f"m@{i}"} for i in (1, 2, 3))
+    for config in (a, b, c):
+        await catalog.set_objective("obj", config)
+
+    async def rollback() -> tuple[int, dict[str, Any], int]:
+        revision = await catalog.rollback_objective("obj")
+        current = await catalog.get_objective("obj")
+        assert current is not None and current.revision == revision
+        return revision, current.config, current.restores
+
+    assert await rollback() == (4, b, 2)
+    assert await rollback() == (5, a, 1), "a rollback of a rollback goes further back"
+    with pytest.raises(NothingToRollBack, match="revision 5 restores revision 1"):
+        await rollback()
+    # A new set after rollbacks: one step back is the rollback it replaced, then earlier.
+    assert await catalog.set_objective("obj", c) == 6
+    assert await rollback() == (7, a, 5)
+    assert await rollback() == (8, b, 4)
+    # The caller's own check refuses before anything is written.
+
+    def refuse(config: dict[str, Any]) -> None:
+        raise ValueError(f"{config['default']} is not deployed")
+
+    with pytest.raises(ValueError, match="m@3 is not deployed"):
+        await catalog.rollback_objective("obj", check=refuse)
+    assert (await catalog.get_objective("obj")) == (await catalog.objective_history("obj"))[-1]
+    assert [h.revision for h in await catalog.objective_history("obj")][-1] == 8
 
 
 async def test_concurrent_objective_writers_lose_no_update(
