@@ -33,10 +33,11 @@ from membership.catalog import (
 from membership.etcd import ControlPlaneUnavailable, node_key
 from node._proto.shardline import v1
 from node.artifacts import ArtifactError, ArtifactStore, unpack
-from node.catalog_ops import catalog
+from node.catalog_ops import catalog, unimplemented_methods
 from node.service import WireCodec
 from node.tls import client_context
 from router.rules import ConfigError, ObjectiveConfig, OverrideNotAllowed, RequestContext, evaluate
+from workflows.manifest import ManifestError, load_manifest
 
 if TYPE_CHECKING:
     from node.cluster_node import ClusterNode
@@ -176,11 +177,32 @@ class AdminService(v1.AdminBase):  # type: ignore[misc]
         store = self.store
         with tempfile.TemporaryDirectory(prefix="shardline-deploy-") as tmp:
             package = unpack(deploy_request.package_tar_gz, Path(tmp) / "pkg")
+            self._check_implemented(package)
             manifest, uri = await asyncio.to_thread(store.put, package)
         doc = {"artifact_uri": uri, "manifest": manifest.to_dict()}
         revision = await self._catalog().put_workflow(manifest.name, manifest.version, doc)
         log.info("deployed %s to %s (revision %d)", manifest.model_key, uri, revision)
         return v1.DeployResponse(model_key=manifest.model_key, artifact_uri=uri, revision=revision)
+
+    @staticmethod
+    def _check_implemented(package: Path) -> None:
+        """Refuse a package whose workflow class leaves Workflow methods abstract (a node
+        could never warm it up): before anything is stored."""
+        try:
+            manifest = load_manifest(package)
+        except ManifestError:
+            return  # the store's verification reports it
+        missing = unimplemented_methods(package, manifest)
+        if missing:
+            methods = ", ".join(f"{m}()" for m in missing)
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"{manifest.model_key}: {manifest.entrypoint_class} in "
+                f"{manifest.entrypoint_file} does not implement {methods} (abstract in "
+                "workflows.sdk.Workflow; a node warms every model up with one request from "
+                "example_request() before it serves it): add them and deploy again; "
+                "nothing was stored",
+            )
 
     async def undeploy(self, undeploy_request: v1.UndeployRequest) -> v1.UndeployResponse:
         key = undeploy_request.model_key
