@@ -162,7 +162,8 @@ class AdminService(v1.AdminBase):  # type: ignore[misc]
         if node_id in view.members and not remove_node_request.force:
             raise GRPCError(
                 Status.FAILED_PRECONDITION,
-                f"{node_id} is still alive in the view; drain it, or use --force",
+                f"{node_id} is still alive in the view; drain it, or use --force (a node "
+                "that is really alive puts its record back at once)",
             )
         membership = self.node.membership
         assert membership is not None and membership.client is not None

@@ -35,7 +35,10 @@ class DrainNodeResponse(betterproto.Message):
 class RemoveNodeRequest(betterproto.Message):
     node_id: str = betterproto.string_field(1)
     force: bool = betterproto.bool_field(2)
-    """Remove even when gossip still sees the node alive."""
+    """
+    Remove even when gossip still sees the node alive (a node that really is alive
+     notices its record gone and registers again).
+    """
 
 
 @dataclass(eq=False, repr=False)
