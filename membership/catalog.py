@@ -12,7 +12,10 @@ and nothing is written). An objective write is one etcd transaction that puts th
 document and its history entry together, guarded by the current key's ``mod_revision`` and
 by "this history entry does not exist yet": two concurrent writers can never both get
 revision n, and neither update is lost (each gets its own revision in the history). History
-is append-only: a rollback stores a NEW revision whose config equals the old one.
+is append-only: a rollback stores a NEW revision whose config equals the old one, and
+records which revision it restores (``"restores"``), so that a rollback with no target
+walks back through the history: from a revision that restores revision k it goes to k-1,
+not forth to the revision the first rollback undid.
 """
 
 from __future__ import annotations
@@ -52,23 +55,33 @@ class CatalogConflict(CatalogError):
     """Someone else changed the objective first (``expected_revision`` no longer current)."""
 
 
+class NothingToRollBack(CatalogError):
+    """A rollback with no target reached the start of the objective's history."""
+
+
 class ObjectiveRevision(NamedTuple):
     revision: int
     config: dict[str, Any]
     updated_at: str
     author: str
+    restores: int = 0
+    """A rollback: the revision whose config it made current again (0: a plain set)."""
+
+    @property
+    def position(self) -> int:
+        """Where this revision stands in the history: what it restores, or itself."""
+        return self.restores or self.revision
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "revision": self.revision,
-                "config": self.config,
-                "updated_at": self.updated_at,
-                "author": self.author,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        ).encode()
+        doc: dict[str, Any] = {
+            "revision": self.revision,
+            "config": self.config,
+            "updated_at": self.updated_at,
+            "author": self.author,
+        }
+        if self.restores:
+            doc["restores"] = self.restores
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes, where: str) -> ObjectiveRevision:
@@ -76,7 +89,16 @@ class ObjectiveRevision(NamedTuple):
             doc = json.loads(data)
             if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
                 raise ValueError("not an objective document")
-            return cls(int(doc["revision"]), doc["config"], str(doc["updated_at"]), doc["author"])
+            restores = doc.get("restores", 0)
+            if isinstance(restores, bool) or not isinstance(restores, int) or restores < 0:
+                raise ValueError(f"restores must be a revision number, not {restores!r}")
+            return cls(
+                int(doc["revision"]),
+                doc["config"],
+                str(doc["updated_at"]),
+                doc["author"],
+                restores,
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise CatalogError(f"corrupt objective document at {where}: {exc}") from exc
 
@@ -193,24 +215,40 @@ class Catalog:
             return await self._store(name, stored, author, expected_revision)
 
     async def rollback_objective(
-        self, name: str, to_revision: int | None = None, author: str = ""
+        self,
+        name: str,
+        to_revision: int | None = None,
+        author: str = "",
+        *,
+        check: Callable[[dict[str, Any]], None] | None = None,
     ) -> int:
         """Make an earlier revision's config current again, as a NEW revision; returns it.
 
-        ``to_revision`` None means the revision before the current one. The old config is
-        validated again (what it refers to may be gone). If the objective changed while the
-        rollback was being prepared, it fails with CatalogConflict instead of rolling back
-        something the caller did not see.
+        ``to_revision`` None walks back one step through the history: to the revision before
+        the one the current revision stands for (itself, or for a rollback the revision it
+        restored), so repeated rollbacks keep going back (NothingToRollBack at the start).
+        The old config is validated again (what it refers to may be gone), then passed to
+        ``check`` (the caller's own refusal, e.g. "its models are not deployed"), before
+        anything is written. If the objective changed while the rollback was being prepared,
+        it fails with CatalogConflict instead of rolling back something the caller did not see.
         """
         async with self._guard():
             current, _ = await self._current(name)
             current_revision = current.revision if current is not None else 0
             if to_revision is None:
-                if current_revision < 2:
-                    raise CatalogError(
-                        f"objective {name!r} has no previous revision to roll back to"
+                if current is None:
+                    raise NothingToRollBack(f"objective {name!r} has no current revision")
+                to_revision = current.position - 1
+                if to_revision < 1:
+                    where = (
+                        f"revision {current_revision} restores revision {current.restores}"
+                        if current.restores
+                        else f"revision {current_revision} is its first"
                     )
-                to_revision = current_revision - 1
+                    raise NothingToRollBack(
+                        f"objective {name!r} has nothing earlier to roll back to ({where}); "
+                        "set the config you want with `shardline objective set`"
+                    )
             if to_revision < 1 or (current is not None and to_revision >= current_revision):
                 raise CatalogError(
                     f"objective {name!r}: can only roll back to an earlier revision "
@@ -224,7 +262,9 @@ class Catalog:
             stored = self._validate(
                 OBJECTIVE, f"objective {name!r} revision {to_revision} (rollback)", old.config
             )
-            return await self._store(name, stored, author, current_revision)
+            if check is not None:
+                check(copy.deepcopy(stored))
+            return await self._store(name, stored, author, current_revision, restores=to_revision)
 
     async def delete_objective(self, name: str, *, purge_history: bool = False) -> bool:
         """Remove the objective's current config (history kept unless ``purge_history``, so a
@@ -267,7 +307,13 @@ class Catalog:
         return 0
 
     async def _store(
-        self, name: str, config: dict[str, Any], author: str, expected_revision: int | None
+        self,
+        name: str,
+        config: dict[str, Any],
+        author: str,
+        expected_revision: int | None,
+        *,
+        restores: int = 0,
     ) -> int:
         key = self._key(objective_key, name)
         tx = self._client.transactions
@@ -281,7 +327,9 @@ class Catalog:
                 )
             # After a delete the history remains, so numbering continues after its last entry.
             last = current_revision if current else await self._last_history_revision(name)
-            doc = ObjectiveRevision(last + 1, config, self._clock().isoformat(), str(author))
+            doc = ObjectiveRevision(
+                last + 1, config, self._clock().isoformat(), str(author), restores
+            )
             hist_key = self._key(objective_history_key, name, doc.revision)
             value = doc.to_json()
             ok, _ = await self._client.transaction(
@@ -302,6 +350,7 @@ __all__ = [
     "Catalog",
     "CatalogConflict",
     "CatalogError",
+    "NothingToRollBack",
     "ObjectiveRevision",
     "Validator",
 ]

@@ -26,12 +26,14 @@ from typing import Any
 import aetcd
 import grpc
 from aetcd import rpc
+from aetcd import transactions as aetcd_transactions
 from aetcd import watcher as aetcd_watcher
 from aetcd.utils import prefix_range_end
 
 __all__ = [
     "ControlPlaneUnavailable",
     "EtcdEndpoint",
+    "LeaseCompare",
     "RawEvent",
     "RevisionBatch",
     "WatchCompacted",
@@ -40,6 +42,7 @@ __all__ = [
     "connect",
     "describe",
     "endpoint_label",
+    "get_at_revision",
     "is_unavailable",
     "node_key",
     "objective_history_key",
@@ -284,6 +287,28 @@ def objective_history_key(cluster: str, name: str, revision: int) -> bytes:
     return objective_history_prefix(cluster, name) + f"{revision:0{HISTORY_DIGITS}d}".encode()
 
 
+# --------------------------------------------------------------------------- reads
+
+
+async def get_at_revision(client: aetcd.Client, key: bytes) -> tuple[Any | None, int]:
+    """(the key's ``KeyValue`` or None, the store revision of the read): aetcd's ``get``
+    drops the revision when the key is absent, and a watch must start right after it."""
+    await client.connect()
+    reply = await client.kvstub.Range(
+        rpc.RangeRequest(key=key), timeout=client._timeout, metadata=client.metadata
+    )
+    return (reply.kvs[0] if reply.kvs else None), int(reply.header.revision)
+
+
+class LeaseCompare(aetcd_transactions.BaseCompare):  # type: ignore[misc]
+    """``tx`` compare on the lease a key is attached to (aetcd has value, version, create
+    and mod only). A missing key compares as lease 0."""
+
+    def build_compare(self, compare: Any) -> None:
+        compare.target = rpc.Compare.LEASE
+        compare.lease = int(self.value)
+
+
 # --------------------------------------------------------------------------- watch
 
 
@@ -294,6 +319,8 @@ class RawEvent:
     key: bytes
     value: bytes | None
     revision: int
+    lease: int = 0
+    """The lease the key is attached to after a put (0: none, or a delete)."""
 
 
 @dataclass(frozen=True)
@@ -324,6 +351,7 @@ def _split_by_revision(events: Any) -> Iterator[RevisionBatch]:
             key=bytes(kv.key),
             value=None if ev.type == rpc.Event.DELETE else bytes(kv.value),
             revision=int(kv.mod_revision),
+            lease=int(kv.lease),
         )
         if current and current[-1].revision != raw.revision:
             yield RevisionBatch(current[-1].revision, tuple(current))
@@ -339,8 +367,11 @@ async def watch_revisions(
     start_revision: int,
     *,
     on_created: Callable[[], None] | None = None,
+    single_key: bool = False,
 ) -> AsyncGenerator[RevisionBatch, None]:
     """Watch ``prefix`` from ``start_revision``, yielding one batch per etcd revision.
+
+    With ``single_key``, ``prefix`` is one exact key (``nodes/n1`` without ``nodes/n10``).
 
     ``on_created()`` is called once the server has accepted the watch. Raises
     :class:`WatchCompacted` when ``start_revision`` was compacted, :class:`WatchReset` when the
@@ -352,7 +383,7 @@ async def watch_revisions(
     create = rpc.WatchRequest(
         create_request=rpc.WatchCreateRequest(
             key=prefix,
-            range_end=prefix_range_end(prefix),
+            range_end=b"" if single_key else prefix_range_end(prefix),
             start_revision=start_revision,
         )
     )

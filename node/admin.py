@@ -1,9 +1,11 @@
 """``shardline.v1.Admin`` on every cluster node: drain, remove, deploy, objectives.
 
-Every call needs the cluster's admin token (``authorization: Bearer <token>``, compared
-in constant time); a node without a configured token refuses all admin calls. Writes
-go to the etcd catalog (validated before they store) and reach every node through its
-watch; while etcd is unreachable they fail with UNAVAILABLE and a clear message.
+Every call but the read-only ``Explain`` needs the cluster's admin token (``authorization:
+Bearer <token>``, compared in constant time); a node without a configured token refuses
+them. Writes go to the etcd catalog (validated before they store) and reach every node
+through its watch; while etcd is unreachable they fail with UNAVAILABLE and a clear
+message. An objective config is stored (set, or restored by a rollback) only if every
+model it routes to is deployed, and warm on some node unless forced.
 """
 
 from __future__ import annotations
@@ -22,14 +24,20 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
-from membership.catalog import CatalogConflict, CatalogError, ObjectiveRevision
+from membership.catalog import (
+    CatalogConflict,
+    CatalogError,
+    NothingToRollBack,
+    ObjectiveRevision,
+)
 from membership.etcd import ControlPlaneUnavailable, node_key
 from node._proto.shardline import v1
 from node.artifacts import ArtifactError, ArtifactStore, unpack
-from node.catalog_ops import catalog
+from node.catalog_ops import catalog, unimplemented_methods
 from node.codec import WireCodec
 from node.tls import client_context
 from router.rules import ConfigError, ObjectiveConfig, OverrideNotAllowed, RequestContext, evaluate
+from workflows.manifest import ManifestError, load_manifest
 
 if TYPE_CHECKING:
     from node.cluster_node import ClusterNode
@@ -39,6 +47,17 @@ log = logging.getLogger("shardline.admin")
 
 def bearer(token: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")]
+
+
+PUBLIC_METHODS = frozenset({"/shardline.v1.Admin/Explain"})
+"""Read-only calls open without the token (Explain shows routing decisions, no secrets)."""
+
+TOKEN_HELP = (
+    "pass --token, set $SHARDLINE_ADMIN_TOKEN, or let the CLI read the token file that "
+    "`shardline up` writes for a local cluster (.state/<cluster>/admin-token); the node's own "
+    "token comes from its --admin-token-file or $SHARDLINE_ADMIN_TOKEN"
+)
+"""Where the admin token is looked up, for PERMISSION_DENIED messages."""
 
 
 def _info(name: str, rev: ObjectiveRevision) -> v1.ObjectiveRevisionInfo:
@@ -61,35 +80,46 @@ class AdminService(v1.AdminBase):  # type: ignore[misc]
 
     def __mapping__(self) -> dict[str, Any]:
         return {
-            path: handler._replace(func=self._authorized(handler.func))
+            path: handler._replace(
+                func=self._authorized(handler.func, public=path in PUBLIC_METHODS)
+            )
             for path, handler in super().__mapping__().items()
         }
 
     def _authorized(
-        self, func: Callable[[Stream[Any, Any]], Awaitable[None]]
+        self, func: Callable[[Stream[Any, Any]], Awaitable[None]], *, public: bool = False
     ) -> Callable[[Stream[Any, Any]], Awaitable[None]]:
         async def check(stream: Stream[Any, Any]) -> None:
-            if not self.token:
-                raise GRPCError(
-                    Status.PERMISSION_DENIED, "admin API disabled: no admin token on this node"
-                )
-            metadata: Any = stream.metadata or {}
-            given = metadata.get("authorization", "")
-            expected = f"Bearer {self.token}"
-            if not isinstance(given, str) or not hmac.compare_digest(
-                given.encode(), expected.encode()
-            ):
-                raise GRPCError(Status.PERMISSION_DENIED, "missing or wrong admin token")
+            if not public:
+                self._check_token(stream)
             try:
                 await func(stream)
             except ControlPlaneUnavailable as exc:
                 raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
             except CatalogConflict as exc:
                 raise GRPCError(Status.ABORTED, str(exc)) from None
+            except NothingToRollBack as exc:
+                raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
             except (CatalogError, ConfigError, ArtifactError) as exc:
                 raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
 
         return check
+
+    def _check_token(self, stream: Stream[Any, Any]) -> None:
+        if not self.token:
+            raise GRPCError(
+                Status.PERMISSION_DENIED, "admin API disabled: no admin token on this node"
+            )
+        metadata: Any = stream.metadata or {}
+        given = metadata.get("authorization", "")
+        expected = f"Bearer {self.token}"
+        if not isinstance(given, str) or not given:
+            raise GRPCError(Status.PERMISSION_DENIED, f"missing admin token: {TOKEN_HELP}")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise GRPCError(
+                Status.PERMISSION_DENIED,
+                f"wrong admin token (not this cluster's): {TOKEN_HELP}",
+            )
 
     def _catalog(self) -> Any:
         membership = self.node.membership
@@ -132,7 +162,8 @@ class AdminService(v1.AdminBase):  # type: ignore[misc]
         if node_id in view.members and not remove_node_request.force:
             raise GRPCError(
                 Status.FAILED_PRECONDITION,
-                f"{node_id} is still alive in the view; drain it, or use --force",
+                f"{node_id} is still alive in the view; drain it, or use --force (a node "
+                "that is really alive puts its record back at once)",
             )
         membership = self.node.membership
         assert membership is not None and membership.client is not None
@@ -147,11 +178,32 @@ class AdminService(v1.AdminBase):  # type: ignore[misc]
         store = self.store
         with tempfile.TemporaryDirectory(prefix="shardline-deploy-") as tmp:
             package = unpack(deploy_request.package_tar_gz, Path(tmp) / "pkg")
+            self._check_implemented(package)
             manifest, uri = await asyncio.to_thread(store.put, package)
         doc = {"artifact_uri": uri, "manifest": manifest.to_dict()}
         revision = await self._catalog().put_workflow(manifest.name, manifest.version, doc)
         log.info("deployed %s to %s (revision %d)", manifest.model_key, uri, revision)
         return v1.DeployResponse(model_key=manifest.model_key, artifact_uri=uri, revision=revision)
+
+    @staticmethod
+    def _check_implemented(package: Path) -> None:
+        """Refuse a package whose workflow class leaves Workflow methods abstract (a node
+        could never warm it up): before anything is stored."""
+        try:
+            manifest = load_manifest(package)
+        except ManifestError:
+            return  # the store's verification reports it
+        missing = unimplemented_methods(package, manifest)
+        if missing:
+            methods = ", ".join(f"{m}()" for m in missing)
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"{manifest.model_key}: {manifest.entrypoint_class} in "
+                f"{manifest.entrypoint_file} does not implement {methods} (abstract in "
+                "workflows.sdk.Workflow; a node warms every model up with one request from "
+                "example_request() before it serves it): add them and deploy again; "
+                "nothing was stored",
+            )
 
     async def undeploy(self, undeploy_request: v1.UndeployRequest) -> v1.UndeployResponse:
         key = undeploy_request.model_key
@@ -173,6 +225,35 @@ class AdminService(v1.AdminBase):  # type: ignore[misc]
 
     # -- objectives ------------------------------------------------------------------------
 
+    def _check_routable(self, config: ObjectiveConfig, force: bool, what: str) -> None:
+        """Refuse (FAILED_PRECONDITION) a config routing to models that are not deployed,
+        or, unless ``force``, not warm on any node; the current routing stays in place."""
+        snapshot = self.node.membership.snapshot if self.node.membership else None
+        known = set(snapshot.workflows) if snapshot else set()
+        missing = sorted(config.model_keys() - known)
+        if missing:
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                f"{what} refers to models that are not deployed: {', '.join(missing)}; "
+                "deploy them first (`shardline deploy`); the current routing stays in place",
+            )
+        if force:
+            return
+        cold = sorted(config.model_keys() - self._warm_models())
+        if cold:
+            failures = {k: f.message for k, f in self.node.placement.failures.items() if k in cold}
+            detail = "; ".join(f"{k}: {e}" for k, e in failures.items())
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                f"{what} would route to models not warm on any node: {', '.join(cold)}"
+                + (f" (load failed: {detail})" if detail else "")
+                + "; the current routing stays in place (--force to override)",
+            )
+
+    def _warm_models(self) -> set[str]:
+        view = self.node.router.state.view
+        return {k for m in view.members.values() for k in m.models} | set(self.node.runtime.models)
+
     async def set_objective(
         self, set_objective_request: v1.SetObjectiveRequest
     ) -> v1.ObjectiveRevisionInfo:
@@ -181,33 +262,7 @@ class AdminService(v1.AdminBase):  # type: ignore[misc]
         except json.JSONDecodeError as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, f"config_json: not JSON: {exc}") from None
         config = ObjectiveConfig.from_dict(raw)
-        snapshot = self.node.membership.snapshot if self.node.membership else None
-        known = set(snapshot.workflows) if snapshot else set()
-        missing = sorted(config.model_keys() - known)
-        if missing:
-            raise GRPCError(
-                Status.FAILED_PRECONDITION,
-                f"objective {config.name} refers to models that are not deployed: "
-                + ", ".join(missing),
-            )
-        if not set_objective_request.force:
-            view = self.node.router.state.view
-            warm = {k for m in view.members.values() for k in m.models} | set(
-                self.node.runtime.models
-            )
-            cold = sorted(config.model_keys() - warm)
-            if cold:
-                failures = {
-                    k: f.message for k, f in self.node.placement.failures.items() if k in cold
-                }
-                detail = "; ".join(f"{k}: {e}" for k, e in failures.items())
-                raise GRPCError(
-                    Status.FAILED_PRECONDITION,
-                    f"objective {config.name} would route to models not warm on any node: "
-                    f"{', '.join(cold)}"
-                    + (f" (load failed: {detail})" if detail else "")
-                    + "; the current routing stays in place (--force to override)",
-                )
+        self._check_routable(config, set_objective_request.force, f"objective {config.name}")
         cat = self._catalog()
         revision = await cat.set_objective(
             config.name, config.to_dict(), author=set_objective_request.author
@@ -239,8 +294,13 @@ class AdminService(v1.AdminBase):  # type: ignore[misc]
     ) -> v1.ObjectiveRevisionInfo:
         req = rollback_objective_request
         cat = self._catalog()
+
+        def check(restored: dict[str, Any]) -> None:
+            config = ObjectiveConfig.from_dict(restored)
+            self._check_routable(config, req.force, f"rolling back objective {req.name}")
+
         revision = await cat.rollback_objective(
-            req.name, req.to_revision or None, author="rollback"
+            req.name, req.to_revision or None, author="rollback", check=check
         )
         current = await cat.get_objective(req.name)
         assert current is not None and current.revision == revision
@@ -260,7 +320,16 @@ class AdminService(v1.AdminBase):  # type: ignore[misc]
         except OverrideNotAllowed as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, f"model_override: {exc}") from None
         state = self.node.router.state
+        snapshot = self.node.membership.snapshot if self.node.membership else None
+        deployed = snapshot is not None and d.model_key in snapshot.workflows
+        if not deployed:
+            model_state, owners = "not deployed", []
+            reason = f"{d.reason}; {d.model_key} is not deployed: requests routed to it fail"
+        else:
+            owners = list(state.owners(d.model_key))
+            warm = d.model_key in self._warm_models()
+            model_state, reason = ("warm" if warm else "not warm"), d.reason
         return v1.ExplainResponse(
-            model_key=d.model_key, cell=d.cell, shadows=list(d.shadows), reason=d.reason,
-            revision=state.view.revision, owners=list(state.owners(d.model_key)),
+            model_key=d.model_key, cell=d.cell, shadows=list(d.shadows), reason=reason,
+            revision=state.view.revision, owners=owners, model_state=model_state,
         )  # fmt: skip

@@ -8,6 +8,7 @@ invalid manifest or objective config never reaches etcd.
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,53 @@ def validate_workflow_doc(doc: Mapping[str, Any]) -> None:
     if not isinstance(manifest, Mapping):
         raise ValueError("manifest: required (a table)")
     WorkflowManifest.from_dict(manifest, source=uri)
+
+
+WORKFLOW_METHODS = ("preprocess", "forward", "postprocess", "example_request")
+"""Abstract in ``workflows.sdk.Workflow``: a cluster node warms a model up with one
+``example_request()`` through the other three before it serves it."""
+
+
+def unimplemented_methods(package_dir: Path, manifest: WorkflowManifest) -> list[str]:
+    """The abstract Workflow methods the entrypoint class leaves out, read from its source
+    without running it. [] when that cannot be told statically (a base class from another
+    module, code that does not parse: loading reports those)."""
+    try:
+        source = (package_dir / manifest.entrypoint_file).read_text(encoding="utf-8")
+        tree = ast.parse(source)
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        return []
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    defined: set[str] = set()
+    for node in tree.body:  # `Cls.method = ...` after the class counts too
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        defined.update(t.attr for t in targets if isinstance(t, ast.Attribute))
+    pending, seen = [manifest.entrypoint_class], set()
+    while pending:
+        name = pending.pop()
+        cls = classes.get(name)
+        if cls is None:
+            return []
+        if name in seen:
+            continue
+        seen.add(name)
+        for item in cls.body:
+            if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+                defined.add(item.name)
+            elif isinstance(item, ast.Assign):
+                defined.update(t.id for t in item.targets if isinstance(t, ast.Name))
+        for base in cls.bases:
+            base_name = (
+                base.id
+                if isinstance(base, ast.Name)
+                else (base.attr if isinstance(base, ast.Attribute) else None)
+            )
+            if base_name == "Workflow":
+                continue
+            if base_name is None or base_name not in classes:
+                return []  # inherits from code we do not see
+            pending.append(base_name)
+    return [m for m in WORKFLOW_METHODS if m not in defined]
 
 
 def validate_objective_doc(config: Mapping[str, Any]) -> None:

@@ -10,10 +10,14 @@ in flight, loaded model keys) goes out with its gossip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import random
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import aetcd
 
@@ -94,6 +98,7 @@ class ClusterMembership:
         self._subscribers: list[ViewSubscriber] = []
         self._changed = asyncio.Event()
         self._seeded_revision = -1
+        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
 
     async def _client_factory(self) -> aetcd.Client:
         return await connect(self.endpoint)
@@ -106,17 +111,34 @@ class ClusterMembership:
         self._subscribers.append(callback)
 
     async def start(self, state: NodeState = NodeState.JOINING) -> None:
-        """Connect, watch, start gossip and register (raises ControlPlaneUnavailable)."""
+        """Connect, watch, start gossip and register (raises ControlPlaneUnavailable, and
+        NodeIdTaken when a live node holds this node id: then nothing is left running).
+
+        Once registered, the record is watched: if it disappears while the node runs, the
+        registration logs it and puts it back (``Registration``), with no call from here.
+        """
         self.client = await connect(self.endpoint)
-        await self.gossip.start()
-        self.watcher.subscribe(lambda _snapshot: self._refresh())
-        self.gossip.subscribe(lambda _change: self._refresh())
-        self.gossip.subscribe_load(lambda _change: self._refresh())
-        await self.watcher.start()
-        self.registration = Registration(
-            self.client, self.config.cluster, ttl_s=self.config.lease_ttl_s
-        )
-        await self.registration.register(self.record(state))
+        try:
+            await self.gossip.start()
+            self.watcher.subscribe(lambda _snapshot: self._refresh())
+            self.gossip.subscribe(lambda _change: self._refresh())
+            self.gossip.subscribe_load(lambda _change: self._refresh())
+            await self.watcher.start()
+            registration = Registration(
+                self.client, self.config.cluster, ttl_s=self.config.lease_ttl_s
+            )
+            await registration.register(self.record(state))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.gossip.stop(graceful=False)
+            with contextlib.suppress(Exception):
+                await self.watcher.stop()
+            with contextlib.suppress(Exception):
+                await self.client.close()
+            self.client = None
+            raise
+        self.registration = registration
+        self._refresh()  # seed gossip now that the id is ours
         await self.wait_for(lambda v: self.node_id in v.members, timeout_s=10)
 
     def record(self, state: NodeState) -> NodeRecord:
@@ -129,6 +151,9 @@ class ClusterMembership:
             devices=self.devices,
             version=self.version,
             state=state,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self.started_at,
         )
 
     async def set_state(self, state: NodeState) -> None:
@@ -144,7 +169,10 @@ class ClusterMembership:
 
     def _refresh(self) -> None:
         snapshot = self.watcher.current
-        if snapshot.revision != self._seeded_revision:  # the roster can only change with it
+        # No gossip before this node holds its id: a duplicate refused at registration must
+        # not have spoken to the cluster under the live holder's name.
+        registered = self.registration is not None
+        if registered and snapshot.revision != self._seeded_revision:  # roster changes with it
             self._seeded_revision = snapshot.revision
             self.gossip.set_seeds(
                 {

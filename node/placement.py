@@ -4,20 +4,26 @@ On every view or catalog change (one pass at a time) the node asks ``handoff.ste
 to do and does it: load and warm the workflows it owns (while ``joining``: its share of
 the ring it will be part of), unload those it lost once their other owners have them
 warm, and report its phase — ``ready`` (a joiner may turn active) or ``drained`` (a
-draining node may leave). A load that fails is recorded (``shardline status`` shows it)
-and retried with exponential backoff; it does not hold up a join.
+draining node may leave). A load that fails is recorded with its reason and what to do
+(``shardline status`` and ``deploy`` show it), logged, and retried with exponential backoff
+at most ``max_attempts`` times; then the node gives up on it until its catalog entry
+changes (a redeploy) or the node restarts. A failed load does not hold up a join.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import traceback
 from dataclasses import dataclass, field
+from typing import Any
 
 from membership.snapshot import ClusterSnapshot
 from membership.view import MembershipView
 from node.artifacts import artifact_path
+from node.catalog_ops import WORKFLOW_METHODS
 from node.runtime import NodeRuntime
 from router import handoff
 from router.handoff import Phase
@@ -42,11 +48,65 @@ def desired_models(node_id: str, view: MembershipView, snapshot: ClusterSnapshot
     return handoff.desired(node_id, view, replicas_of(snapshot))
 
 
+def describe_load_error(exc: BaseException) -> str:
+    """The reason a load failed, never empty: an abstract method the workflow leaves out is
+    named, and an exception without a message is described by its type and origin."""
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    origin = frames[-1] if frames else None
+    if (
+        isinstance(exc, NotImplementedError)
+        and origin is not None
+        and origin.name in WORKFLOW_METHODS
+    ):
+        why = (
+            "a node warms every model up with one request from example_request() "
+            "before it serves it"
+            if origin.name == "example_request"
+            else "every request runs through it"
+        )
+        return (
+            f"the workflow does not implement {origin.name}() (abstract in "
+            f"workflows.sdk.Workflow; {why}): add it to the package's workflow class"
+        )
+    text = str(exc).strip()
+    if text:  # builtin exceptions say little without their type ("'x'" for a KeyError)
+        return f"{type(exc).__name__}: {text}" if type(exc).__module__ == "builtins" else text
+    where = f" in {origin.name}() at {origin.filename}:{origin.lineno}" if origin else ""
+    return f"{type(exc).__name__} with no message, raised{where}"
+
+
 @dataclass
 class LoadFailure:
-    message: str
-    attempts: int = 1
-    retry_at: float = 0.0
+    """A model key this node failed to load or warm: why, how often, and what is next."""
+
+    key: str
+    reason: str
+    attempts: int
+    max_attempts: int
+    retry_at: float | None
+    """Loop time of the next attempt; None once the node gave up."""
+    retry_in_s: float = 0.0
+    doc: str = ""
+    """The catalog entry that failed (a changed entry, a redeploy, is tried afresh)."""
+
+    @property
+    def message(self) -> str:
+        """The reason, the retry state, and what to do (``shardline status``, ``deploy``)."""
+        if self.retry_at is None:
+            state = f"gave up after {self.attempts} attempts"
+        else:
+            state = (
+                f"attempt {self.attempts} of {self.max_attempts}, "
+                f"retrying in {self.retry_in_s:.0f} s"
+            )
+        return (
+            f"{self.reason} ({state}); fix the package and deploy it as a new version, "
+            f"or remove it: shardline undeploy {self.key}"
+        )
+
+
+def _doc_id(doc: Any) -> str:
+    return json.dumps(doc, sort_keys=True, default=str)
 
 
 @dataclass
@@ -55,6 +115,8 @@ class Placement:
     node_id: str
     base_backoff_s: float = 1.0
     max_backoff_s: float = 60.0
+    max_attempts: int = 4
+    """Loads of one catalog entry before giving up (1 + 2 + 4 s of backoff by default)."""
     failures: dict[str, LoadFailure] = field(default_factory=dict)
     view: MembershipView = field(default_factory=MembershipView)
     snapshot: ClusterSnapshot = field(default_factory=ClusterSnapshot)
@@ -86,7 +148,10 @@ class Placement:
 
     async def _loop(self) -> None:
         while True:
-            retry = min((f.retry_at for f in self.failures.values()), default=None)
+            retry = min(
+                (f.retry_at for f in self.failures.values() if f.retry_at is not None),
+                default=None,
+            )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(retry):  # None: wait for the next change
                     await self._dirty.wait()
@@ -127,11 +192,16 @@ class Placement:
         loop = asyncio.get_running_loop()
         done: set[str] = set()
         for key in sorted(keys):
+            doc = dict(self.snapshot.workflows.get(key) or {})
             failure = self.failures.get(key)
-            if failure is not None and failure.retry_at > loop.time():
+            if failure is not None and failure.doc != _doc_id(doc):
+                log.info("%s: the catalog entry of %s changed; loading it afresh",
+                         self.node_id, key)  # fmt: skip
+                failure = None
+            if failure is not None and (failure.retry_at is None or failure.retry_at > loop.time()):
                 continue
             try:
-                path = artifact_path(dict(self.snapshot.workflows.get(key) or {}))
+                path = artifact_path(doc)
                 started = loop.time()
                 await self.runtime.load_workflow(path, expect_key=key, warm=True)
                 self.load_seconds[key] = loop.time() - started
@@ -142,7 +212,20 @@ class Placement:
             except Exception as exc:
                 attempts = failure.attempts + 1 if failure else 1
                 delay = min(self.max_backoff_s, self.base_backoff_s * 2 ** (attempts - 1))
-                self.failures[key] = LoadFailure(str(exc), attempts, loop.time() + delay)
-                log.warning("%s: loading %s failed (attempt %d, retry in %.0fs): %s",
-                            self.node_id, key, attempts, delay, exc)  # fmt: skip
+                give_up = attempts >= self.max_attempts
+                self.failures[key] = LoadFailure(
+                    key=key,
+                    reason=describe_load_error(exc),
+                    attempts=attempts,
+                    max_attempts=self.max_attempts,
+                    retry_at=None if give_up else loop.time() + delay,
+                    retry_in_s=delay,
+                    doc=_doc_id(doc),
+                )
+                if give_up:
+                    log.error("%s: loading %s failed: %s", self.node_id, key,
+                              self.failures[key].message)  # fmt: skip
+                else:
+                    log.warning("%s: loading %s failed: %s", self.node_id, key,
+                                self.failures[key].message)  # fmt: skip
         return done

@@ -95,8 +95,9 @@ def verify_package(package_dir: Path) -> WorkflowManifest:
         if actual != ref.sha256:
             raise WorkflowLoadError(
                 package_dir,
-                f"{ref.path}: sha256 mismatch: manifest says {ref.sha256[:12]}…, "
-                f"file is {actual[:12]}…",
+                f"{ref.path}: sha256 mismatch: manifest says {ref.sha256}, "
+                f"file is {actual} (if this file is the one to ship, put its sha256 in "
+                f"{MANIFEST_FILE}; otherwise restore the file the manifest pins)",
             )
     _inside(package_dir, manifest.entrypoint_file, "entrypoint file")
     return manifest

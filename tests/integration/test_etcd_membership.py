@@ -8,6 +8,7 @@ tests wait on snapshot events (``SnapshotWatcher.wait_for``) with bounded timeou
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,9 +18,28 @@ from typing import Any
 import aetcd
 import pytest
 
-from membership.catalog import OBJECTIVE, WORKFLOW, Catalog, CatalogConflict, CatalogError
-from membership.etcd import ControlPlaneUnavailable, EtcdEndpoint, cluster_prefix, connect
-from membership.registry import NodeRecord, NodeState, Registration
+from membership.catalog import (
+    OBJECTIVE,
+    WORKFLOW,
+    Catalog,
+    CatalogConflict,
+    CatalogError,
+    NothingToRollBack,
+)
+from membership.etcd import (
+    ControlPlaneUnavailable,
+    EtcdEndpoint,
+    cluster_prefix,
+    connect,
+    node_key,
+)
+from membership.registry import (
+    EXPIRY_MARGIN_S,
+    NodeIdTaken,
+    NodeRecord,
+    NodeState,
+    Registration,
+)
 from membership.snapshot import ClusterSnapshot, SnapshotWatcher, WatcherConfig
 from tests.etcd_server import EtcdServer, TcpProxy, find_etcd
 
@@ -155,6 +175,59 @@ async def test_lease_revoked_behind_its_back_is_registered_again(
         await reg.deregister()
 
 
+async def test_a_second_registration_of_a_live_node_id_is_refused_naming_the_holder(
+    etcd: EtcdServer, client: aetcd.Client, cluster: str
+) -> None:
+    holder = dataclasses.replace(record("n1"), pid=4242, hostname="host-a", started_at="t0")
+    first = Registration(client, cluster, ttl_s=4)  # refreshed every 1.3 s: alive
+    await first.register(holder)
+    second = Registration(client, cluster, ttl_s=2)
+    started = time.monotonic()
+    with pytest.raises(NodeIdTaken) as refused:
+        await second.register(dataclasses.replace(record("n1"), grpc_address="127.0.0.1:9999"))
+    waited = time.monotonic() - started
+    message = str(refused.value)
+    assert "'n1' is already held" in message and "127.0.0.1:7000" in message, message
+    assert "pid 4242 on host-a" in message and f"{first.lease_id:x}" in message, message
+    # It waited for the holder's lease to run out (in case it was a crash), no longer.
+    assert 2.0 < waited < 4 + EXPIRY_MARGIN_S + 3.0, waited
+    got = await client.get(node_key(cluster, "n1"))
+    assert got is not None and got.lease == first.lease_id
+    assert NodeRecord.from_json(got.value) == holder, "the holder's record is untouched"
+    assert not second.registered.is_set() and second.lease_id is None
+    await first.deregister()
+
+
+async def test_a_crashed_holders_record_is_waited_out_then_claimed(
+    etcd: EtcdServer, client: aetcd.Client, cluster: str
+) -> None:
+    crashed = Registration(client, cluster, ttl_s=2)
+    await crashed.register(record("n1"))
+    await crashed.abandon()  # a kill -9: the lease runs out by itself
+    restarted = Registration(client, cluster, ttl_s=2)
+    await restarted.register(record("n1", NodeState.ACTIVE))
+    got = await client.get(node_key(cluster, "n1"))
+    assert got is not None and got.lease == restarted.lease_id != crashed.lease_id
+    await restarted.deregister()
+
+
+async def test_a_record_deleted_behind_its_back_is_put_back(
+    etcd: EtcdServer, client: aetcd.Client, cluster: str
+) -> None:
+    async with watching(etcd.endpoint, cluster) as watcher:
+        reg = Registration(client, cluster, ttl_s=10)
+        await reg.register(record("n1", NodeState.ACTIVE))
+        await watcher.wait_for(lambda s: "n1" in s.nodes)
+        gone = asyncio.ensure_future(watcher.wait_for(lambda s: "n1" not in s.nodes))
+        await client.delete(node_key(cluster, "n1"))  # `node remove --force`, or a stray etcdctl
+        await gone
+        back = await watcher.wait_for(lambda s: "n1" in s.nodes, timeout_s=5)
+        assert back.nodes["n1"].state is NodeState.ACTIVE
+        await asyncio.wait_for(reg.registered.wait(), 5)
+        assert reg.reclaims == 1 and reg.regrants == 0, "same lease, record put back"
+        await reg.deregister()
+
+
 # --------------------------------------------------------------------------- catalog
 
 
@@ -220,7 +293,7 @@ async def test_objective_history_and_rollback_are_append_only(
         await catalog.rollback_objective("obj", to_revision=0)
     with pytest.raises(CatalogConflict, match="revision 5, not 3"):
         await catalog.set_objective("obj", configs[2], expected_revision=3)
-    with pytest.raises(CatalogError, match="no previous revision"):
+    with pytest.raises(NothingToRollBack, match="no current revision"):
         await catalog.rollback_objective("fresh")
 
     # delete keeps the history: re-creating continues the numbering, a rollback restores
@@ -230,6 +303,39 @@ async def test_objective_history_and_rollback_are_append_only(
     assert (await catalog.get_objective("obj")) is not None
     assert await catalog.delete_objective("obj", purge_history=True)
     assert await catalog.objective_history("obj") == []
+
+
+async def test_rollback_without_a_target_walks_back_through_the_history(
+    etcd: EtcdServer, client: aetcd.Client, cluster: str
+) -> None:
+    catalog = Catalog(client, cluster, {OBJECTIVE: check_objective})
+    a, b, c = ({"default": f"m@{i}"} for i in (1, 2, 3))
+    for config in (a, b, c):
+        await catalog.set_objective("obj", config)
+
+    async def rollback() -> tuple[int, dict[str, Any], int]:
+        revision = await catalog.rollback_objective("obj")
+        current = await catalog.get_objective("obj")
+        assert current is not None and current.revision == revision
+        return revision, current.config, current.restores
+
+    assert await rollback() == (4, b, 2)
+    assert await rollback() == (5, a, 1), "a rollback of a rollback goes further back"
+    with pytest.raises(NothingToRollBack, match="revision 5 restores revision 1"):
+        await rollback()
+    # A new set after rollbacks: one step back is the rollback it replaced, then earlier.
+    assert await catalog.set_objective("obj", c) == 6
+    assert await rollback() == (7, a, 5)
+    assert await rollback() == (8, b, 4)
+    # The caller's own check refuses before anything is written.
+
+    def refuse(config: dict[str, Any]) -> None:
+        raise ValueError(f"{config['default']} is not deployed")
+
+    with pytest.raises(ValueError, match="m@3 is not deployed"):
+        await catalog.rollback_objective("obj", check=refuse)
+    assert (await catalog.get_objective("obj")) == (await catalog.objective_history("obj"))[-1]
+    assert [h.revision for h in await catalog.objective_history("obj")][-1] == 8
 
 
 async def test_concurrent_objective_writers_lose_no_update(

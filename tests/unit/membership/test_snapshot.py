@@ -178,3 +178,18 @@ def test_revision_only_batches_advance_and_stale_ones_are_ignored() -> None:
     assert snap.apply([], revision=3) is snap
     assert snap.apply([KeyEvent("nodes/n1", node_json("n1"), 3)]) is snap
     assert snap.apply([], revision=10).revision == 10
+
+
+def test_a_node_record_carries_its_holder_and_old_records_still_parse() -> None:
+    held = NodeRecord(
+        "n1", "10.0.0.1:7000", "10.0.0.1:7001", hostname="h1", pid=42, started_at="t0"
+    )
+    assert NodeRecord.from_json(held.to_json()) == held
+    assert held.holder() == "gRPC 10.0.0.1:7000, pid 42 on h1, started t0"
+    bare = NodeRecord("n1", "10.0.0.1:7000", "10.0.0.1:7001")
+    assert b"pid" not in bare.to_json(), "records without a holder keep their old form"
+    assert NodeRecord.from_json(bare.to_json()) == bare
+    for bad in ({"pid": -1}, {"pid": True}, {"hostname": 3}):
+        doc = json.loads(bare.to_json()) | bad
+        with pytest.raises(ValueError, match="NodeRecord"):
+            NodeRecord.from_json(json.dumps(doc))

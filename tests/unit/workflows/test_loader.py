@@ -19,6 +19,7 @@ from workflows.loader import (
     sha256_file,
     verify_package,
 )
+from workflows.manifest import load_manifest
 from workflows.sdk import Workflow
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "workflows" / "examples"
@@ -91,7 +92,9 @@ def test_digest_mismatch_is_reported_before_import(tmp_path: Path) -> None:
         load_package(pkg, device=CPU)
     msg = str(info.value)
     assert msg.startswith(f"{pkg}: weights.safetensors: sha256 mismatch: manifest says ")
-    assert f"file is {sha256_file(weights)[:12]}" in msg
+    pinned = load_manifest(pkg).weights.sha256
+    assert f"manifest says {pinned}, file is {sha256_file(weights)} (" in msg, "full digests"
+    assert "workflow.toml" in msg
     assert info.value.package_dir == pkg
 
 

@@ -35,7 +35,10 @@ class DrainNodeResponse(betterproto.Message):
 class RemoveNodeRequest(betterproto.Message):
     node_id: str = betterproto.string_field(1)
     force: bool = betterproto.bool_field(2)
-    """Remove even when gossip still sees the node alive."""
+    """
+    Remove even when gossip still sees the node alive (a node that really is alive
+     notices its record gone and registers again).
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -101,7 +104,17 @@ class ObjectiveHistoryResponse(betterproto.Message):
 class RollbackObjectiveRequest(betterproto.Message):
     name: str = betterproto.string_field(1)
     to_revision: int = betterproto.int64_field(2)
-    """0: the revision before the current one."""
+    """
+    0: one step back through the history: the revision before the one the current
+     revision stands for (itself, or for a rollback the revision it restored), so repeated
+     rollbacks keep going back.
+    """
+
+    force: bool = betterproto.bool_field(3)
+    """
+    The restored config must pass what SetObjective checks: every model it routes to
+     deployed (always) and warm on some node (unless force).
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -127,6 +140,15 @@ class ExplainResponse(betterproto.Message):
     """Catalog revision the answering node decided with."""
 
     owners: List[str] = betterproto.string_field(6)
+    """
+    Nodes that own model_key on the ring, primary first; empty when it is not deployed.
+    """
+
+    model_state: str = betterproto.string_field(7)
+    """
+    model_key: "warm" (loaded on some node), "not warm" (deployed, loaded nowhere yet, or
+     its load failed) or "not deployed" (not in the catalog: requests routed to it fail).
+    """
 
 
 @dataclass(eq=False, repr=False)

@@ -97,12 +97,14 @@ class ObjectiveHistoryResponse(_message.Message):
     def __init__(self, revisions: _Optional[_Iterable[_Union[ObjectiveRevisionInfo, _Mapping]]] = ...) -> None: ...
 
 class RollbackObjectiveRequest(_message.Message):
-    __slots__ = ("name", "to_revision")
+    __slots__ = ("name", "to_revision", "force")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TO_REVISION_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     to_revision: int
-    def __init__(self, name: _Optional[str] = ..., to_revision: _Optional[int] = ...) -> None: ...
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., to_revision: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
     __slots__ = ("objective", "user_id", "country", "device", "surface", "attributes", "model_override")
@@ -130,17 +132,19 @@ class ExplainRequest(_message.Message):
     def __init__(self, objective: _Optional[str] = ..., user_id: _Optional[str] = ..., country: _Optional[str] = ..., device: _Optional[str] = ..., surface: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., model_override: _Optional[str] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model_key", "cell", "shadows", "reason", "revision", "owners")
+    __slots__ = ("model_key", "cell", "shadows", "reason", "revision", "owners", "model_state")
     MODEL_KEY_FIELD_NUMBER: _ClassVar[int]
     CELL_FIELD_NUMBER: _ClassVar[int]
     SHADOWS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     OWNERS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_STATE_FIELD_NUMBER: _ClassVar[int]
     model_key: str
     cell: str
     shadows: _containers.RepeatedScalarFieldContainer[str]
     reason: str
     revision: int
     owners: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_key: _Optional[str] = ..., cell: _Optional[str] = ..., shadows: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., revision: _Optional[int] = ..., owners: _Optional[_Iterable[str]] = ...) -> None: ...
+    model_state: str
+    def __init__(self, model_key: _Optional[str] = ..., cell: _Optional[str] = ..., shadows: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., revision: _Optional[int] = ..., owners: _Optional[_Iterable[str]] = ..., model_state: _Optional[str] = ...) -> None: ...
