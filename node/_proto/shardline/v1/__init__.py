@@ -103,6 +103,8 @@ class RollbackObjectiveRequest(betterproto.Message):
     to_revision: int = betterproto.int64_field(2)
     """0: the revision before the current one."""
 
+    force: bool = betterproto.bool_field(3)
+
 
 @dataclass(eq=False, repr=False)
 class ExplainRequest(betterproto.Message):

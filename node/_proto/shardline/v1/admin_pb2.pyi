@@ -97,12 +97,14 @@ class ObjectiveHistoryResponse(_message.Message):
     def __init__(self, revisions: _Optional[_Iterable[_Union[ObjectiveRevisionInfo, _Mapping]]] = ...) -> None: ...
 
 class RollbackObjectiveRequest(_message.Message):
-    __slots__ = ("name", "to_revision")
+    __slots__ = ("name", "to_revision", "force")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TO_REVISION_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     to_revision: int
-    def __init__(self, name: _Optional[str] = ..., to_revision: _Optional[int] = ...) -> None: ...
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., to_revision: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
     __slots__ = ("objective", "user_id", "country", "device", "surface", "attributes", "model_override")
