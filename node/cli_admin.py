@@ -626,7 +626,7 @@ def package_check(package_dir: Path) -> None:
     try:
         report = check_package(package_dir, say)
     except (PackageError, OSError) as exc:
-        fail(f"{package_dir}: {exc}", 1)
+        fail(f"package check failed: {exc}", 1)
     for name, value in (report.example_outputs or {}).items():
         shown = np.array2string(np.asarray(value), precision=4, threshold=20)
         console.print(Text(f"    {name} = {shown}"), soft_wrap=True)

@@ -75,7 +75,8 @@ def rewrite_digests(text: str, digests: Mapping[str, str]) -> str:
         blocks[-1].append(line)
     out: list[str] = []
     for block in blocks:
-        header = block[0].strip() if block else ""
+        m_header = re.match(r"\s*(\[\[?[^\]]*\]\]?)", block[0]) if block else None
+        header = m_header.group(1).replace(" ", "") if m_header else ""
         path_at = next(
             (i for i, ln in enumerate(block) if re.match(r'\s*path\s*=\s*"([^"]*)"', ln)), None
         )
