@@ -96,7 +96,7 @@ LABEL_CHARS = 32
 
 
 def fault_labels(
-    faults: Sequence[tuple[float, str]], span_s: float, slots: int = 60
+    faults: Sequence[tuple[float, str]], span_s: float, slots: int = 45
 ) -> list[tuple[float, str]]:
     """One label per group of faults: a fault closer than ``span_s / slots`` to the first
     of the group before it joins that group, labelled ``"first (+N)"``. So at most about
