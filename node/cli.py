@@ -55,14 +55,17 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
 
 
 class _Shardline(click.Group):
-    """The root group: a command that meets a network failure it did not handle itself
-    prints one line (never a traceback) and exits 3; the ``sim`` group loads on demand."""
+    """The root group: a command that meets a network or file error it did not handle
+    itself prints one line (never a traceback) and exits 3 (network) or 1 (file); the
+    ``sim`` group loads on demand."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except TRANSPORT_ERRORS as exc:
+        except (ConnectionError, TimeoutError, StreamTerminatedError, ProtocolError) as exc:
             fail(f"error: {unreachable('the target', exc)}", 3)
+        except OSError as exc:  # a file the command reads or writes
+            fail(f"error: {exc}", 1)
         except GRPCError as exc:
             fail(f"{exc.status.name}: {exc.message or ''}", 2)
 
