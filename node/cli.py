@@ -1,30 +1,47 @@
-"""The ``shardline`` command line: serve a node, call it, explain objective decisions."""
+"""The ``shardline`` command line: serve a node, call it, explain objective decisions.
+
+Only the commands that serve (``serve``, ``node join``, ``up``) and ``sim`` import the
+serving modules (torch) or the simulator, inside the command: ``import node.cli`` and the
+client commands stay light. Every command's ``--target`` defaults to
+``node.admin_client.DEFAULT_TARGET`` (or $SHARDLINE_TARGET).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
-from node.cli_admin import register_admin_commands
-from node.client import Client, PredictError, Prediction
-from node.runtime import NodeConfig
+from node.admin_client import DEFAULT_PORT, unreachable
+from node.cli_admin import (
+    cluster_option,
+    fail,
+    print_table,
+    register_admin_commands,
+    state_dir_option,
+    target_option,
+)
 from node.tls import TlsFiles
+
+if TYPE_CHECKING:
+    from node.client import Prediction
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "workflows" / "examples"
 console = Console()
 err_console = Console(stderr=True)
+TRANSPORT_ERRORS = (OSError, TimeoutError, StreamTerminatedError, ProtocolError)
 
 
 def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
@@ -37,7 +54,56 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Shardline(click.Group):
+    """The root group: a command that meets a network or file error it did not handle
+    itself prints one line (never a traceback) and exits 3 (network) or 1 (file); the
+    ``sim`` group loads on demand."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ConnectionError, TimeoutError, StreamTerminatedError, ProtocolError) as exc:
+            fail(f"error: {unreachable('the target', exc)}", 3)
+        except OSError as exc:  # a file the command reads or writes
+            fail(f"error: {exc}", 1)
+        except GRPCError as exc:
+            fail(f"{exc.status.name}: {exc.message or ''}", 2)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "sim"])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "sim":
+            return _SimGroup()
+        return super().get_command(ctx, cmd_name)
+
+
+class _SimGroup(click.Group):
+    """``shardline sim``: the simulator's click group, imported only when used."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "sim",
+            help="Deterministic chaos simulator: `shardline sim run SCENARIO [--seed N] "
+            "[--report DIR]`, `shardline sim list`.",
+            short_help="Chaos simulator (run, list).",
+            context_settings={"help_option_names": ["-h", "--help"]},
+        )
+
+    @staticmethod
+    def _real() -> click.Group:
+        from sim.cli import sim  # loaded on demand: the node never imports the simulator
+
+        return sim
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return self._real().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._real().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Shardline, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default="INFO", show_default=True, help="Python log level.")
 def main(log_level: str) -> None:
     """shardline: a model-serving cluster behind one gRPC API."""
@@ -70,7 +136,10 @@ def main(log_level: str) -> None:
     "--advertise-host", default=None,
     help="Cluster mode: the address peers and clients dial [default: --host].",
 )  # fmt: skip
-@click.option("--port", default=7400, show_default=True, type=int, help="gRPC port (0: any).")
+@click.option(
+    "--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
+    help="gRPC port (0: any); the default is every client command's default --target.",
+)  # fmt: skip
 @click.option("--node-id", default="node-1", show_default=True)
 @click.option("--zone", default="", help="Cluster mode: this node's zone.")
 @click.option("--capacity", default=1.0, show_default=True, help="Cluster mode: ring weight.")
@@ -156,6 +225,7 @@ def serve(
 ) -> None:
     """Run a node until Ctrl-C (then it drains in-flight requests and exits)."""
     from membership.etcd import ControlPlaneUnavailable
+    from node.runtime import NodeConfig
 
     if standalone == (etcd is not None):
         raise click.UsageError("choose one: --standalone, or --etcd HOST:PORT for cluster mode")
@@ -210,8 +280,50 @@ def _announce(line: str) -> None:
     print(line, flush=True)
 
 
-def _parse_value(raw: str, dtype: str | None, shape: Sequence[int] | None) -> Any:
-    """A command-line value, shaped by the input's schema when the node told us one."""
+_INT_BOUNDS = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+_FLOAT_MAX = {"float32": float(np.finfo(np.float32).max), "float64": sys.float_info.max}
+_NP_DTYPES = {"float32": "<f4", "float64": "<f8", "int32": "<i4", "int64": "<i8", "bool": "?"}
+
+
+def _json_item(name: str, text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _checked(name: str, value: Any, dtype: str) -> Any:
+    """``value`` (a JSON scalar or nested list) with every element checked against
+    ``dtype``: no silent rounding, overflow or type change — ValueError says which."""
+    if isinstance(value, list):
+        return [_checked(name, v, dtype) for v in value]
+    shown = json.dumps(value) if not isinstance(value, str) else repr(value)
+    if dtype == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"--input {name}: {dtype} input takes true or false, got {shown}")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"--input {name}: {dtype} input takes numbers, got {shown}")
+    if dtype in _INT_BOUNDS:
+        if not isinstance(value, int):
+            raise ValueError(f"--input {name}: {dtype} input takes integers, got {shown}")
+        low, high = _INT_BOUNDS[dtype]
+        if not low <= value <= high:
+            raise ValueError(f"--input {name}: {shown} is outside the {dtype} range")
+        return value
+    if dtype in _FLOAT_MAX and math.isfinite(value) and abs(value) > _FLOAT_MAX[dtype]:
+        raise ValueError(f"--input {name}: {shown} is outside the {dtype} range")
+    return float(value)
+
+
+def _parse_value(
+    raw: str, dtype: str | None, shape: Sequence[int] | None, name: str = "value"
+) -> Any:
+    """A command-line value, shaped and checked by the input's schema when the node told
+    us one (an int64 input refuses 9.5 and 1e20 rather than sending something else)."""
     scalar = shape is not None and len(shape) == 0
     if dtype == "string":
         if scalar:
@@ -219,39 +331,42 @@ def _parse_value(raw: str, dtype: str | None, shape: Sequence[int] | None) -> An
         items = json.loads(raw) if raw.startswith("[") else raw.split(",")
         return np.array([str(s) for s in items], dtype=np.str_)
     if raw.startswith("["):
-        value: Any = json.loads(raw)
-    elif "," in raw:
-        value = [json.loads(v) for v in raw.split(",")]
-    elif raw.lower() in ("true", "false"):
-        value = raw.lower() == "true"
-    else:
         try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            return raw
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--input {name}: not a JSON list: {exc}") from None
+    elif "," in raw:
+        value = [_json_item(name, v) for v in raw.split(",")]
+    else:
+        value = _json_item(name, raw)
     if dtype in (None, ""):
         return value
-    np_dtype = {"float32": "<f4", "float64": "<f8", "int32": "<i4", "int64": "<i8", "bool": "?"}
-    array = np.asarray(value, dtype=np_dtype.get(dtype))
+    if dtype not in _NP_DTYPES:
+        raise ValueError(f"--input {name}: the node declares dtype {dtype!r}, unknown here")
+    array = np.asarray(_checked(name, value, dtype), dtype=_NP_DTYPES[dtype])
     if shape is not None and not scalar and array.ndim == 0:
         array = array.reshape(1)
     return array
 
 
 def _print_prediction(p: Prediction) -> None:
-    table = Table(title="outputs", show_header=True)
-    table.add_column("name")
-    table.add_column("dtype")
-    table.add_column("value")
-    for name, value in p.outputs.items():
-        table.add_row(name, str(value.dtype), np.array2string(value, precision=4, threshold=20))
-    console.print(table)
+    rows = [
+        (name, str(value.dtype), np.array2string(value, precision=4, threshold=20))
+        for name, value in p.outputs.items()
+    ]
+    print_table(("name", "dtype", "value"), rows, title="outputs")
     t = p.timing
     console.print(
-        f"model [bold]{p.model_key}[/bold]  cell {p.cell}  node {p.node_id}  hops {p.hops}\n"
+        Text.assemble(
+            "model ", (p.model_key, "bold"), f"  cell {p.cell}  node {p.node_id}  hops {p.hops}"
+        ),
+        soft_wrap=True,
+    )
+    console.print(
         f"timing: total {t['total_ms']:.2f} ms = queue {t['queue_ms']:.2f} + "
         f"preprocess {t['preprocess_ms']:.2f} + compute {t['compute_ms']:.2f} "
-        f"(batch of {int(t['batch_size'])}) + postprocess {t['postprocess_ms']:.2f}"
+        f"(batch of {int(t['batch_size'])}) + postprocess {t['postprocess_ms']:.2f}",
+        soft_wrap=True,
     )
 
 
@@ -269,9 +384,34 @@ def _prediction_json(p: Prediction) -> str:
     )
 
 
+def _client_call(target: str, call: Callable[[Any], Any], timeout_s: float = 10.0) -> Any:
+    """Run ``call(client)`` against ``target``; every failure is one line: a gRPC status
+    exits 2, bad input 2, a target that does not answer gRPC 3."""
+    from node.client import Client, PredictError
+
+    async def run() -> Any:
+        async with Client(target, timeout_s=timeout_s, tls=TlsFiles.from_env()) as client:
+            return await call(client)
+
+    try:
+        return asyncio.run(run())
+    except PredictError as exc:
+        if exc.status.name == "UNAVAILABLE" and not exc.message.startswith(target):
+            fail(f"UNAVAILABLE: {exc.message}", 2)
+        if exc.status.name == "UNAVAILABLE":
+            fail(f"cannot reach {target}: {exc.message}", 3)
+        fail(f"{exc.status.name}: {exc.message}", 2)
+    except GRPCError as exc:
+        fail(f"{exc.status.name}: {exc.message or ''}", 2)
+    except TRANSPORT_ERRORS as exc:
+        fail(unreachable(target, exc), 3)
+    except ValueError as exc:
+        fail(f"bad input: {exc}", 2)
+
+
 @main.command()
 @click.argument("objective")
-@click.option("--target", default="127.0.0.1:7400", show_default=True, help="Any node, HOST:PORT.")
+@target_option
 @click.option("--user", "user_id", default="", help="User id (drives A/B and canary allocation).")
 @click.option("--country", default="")
 @click.option("--device", default="")
@@ -279,7 +419,10 @@ def _prediction_json(p: Prediction) -> str:
 @click.option("--context", "context", multiple=True, help="Extra context attribute NAME=VALUE.")
 @click.option("--input", "inputs", multiple=True, help="Input NAME=VALUE (lists: 1,2,3 or JSON).")
 @click.option("--override", default="", help="Ask for a model key (if the objective allows).")
-@click.option("--timeout", "timeout_s", default=10.0, show_default=True, help="Deadline, seconds.")
+@click.option(
+    "--timeout", "timeout_s", default=10.0, show_default=True,
+    type=click.FloatRange(min=0, min_open=True, max=3600), help="Deadline, seconds.",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
 def predict(
     objective: str,
@@ -294,42 +437,33 @@ def predict(
     timeout_s: float,
     as_json: bool,
 ) -> None:
-    """Call OBJECTIVE on a node and print the answer with its provenance."""
+    """Call OBJECTIVE on a node and print the answer with its provenance. Values are
+    checked against the objective's input schema (dtype, integer, range) before sending."""
     raw_inputs = _pairs(inputs, "--input")
     attributes = _pairs(context, "--context")
 
-    async def call() -> Prediction:
-        async with Client(target, timeout_s=timeout_s, tls=TlsFiles.from_env()) as client:
-            schemas: dict[str, tuple[str, list[int]]] = {}
-            for info in await client.list_objectives():
-                if info.name == objective:
-                    schemas = {s.name: (s.dtype, list(s.shape)) for s in info.inputs}
-            values = {
-                name: _parse_value(raw, *schemas.get(name, (None, None)))
-                for name, raw in raw_inputs.items()
-            }
-            return await client.predict(
-                objective,
-                values,
-                user_id=user_id,
-                country=country,
-                device=device,
-                surface=surface,
-                attributes=attributes,
-                model_override=override,
-            )
+    async def call(client: Any) -> Prediction:
+        schemas: dict[str, tuple[str | None, list[int] | None]] = {}
+        for info in await client.list_objectives():
+            if info.name == objective:
+                schemas = {s.name: (s.dtype, list(s.shape)) for s in info.inputs}
+        values = {}
+        for name, raw in raw_inputs.items():
+            dtype, shape = schemas.get(name, (None, None))
+            values[name] = _parse_value(raw, dtype, shape, name=name)
+        prediction: Prediction = await client.predict(
+            objective,
+            values,
+            user_id=user_id,
+            country=country,
+            device=device,
+            surface=surface,
+            attributes=attributes,
+            model_override=override,
+        )
+        return prediction
 
-    try:
-        p = asyncio.run(call())
-    except PredictError as exc:
-        err_console.print(f"[red]{exc.status.name}[/red]: {exc.message}")
-        sys.exit(2)
-    except (OSError, ConnectionError) as exc:
-        err_console.print(f"[red]cannot reach {target}[/red]: {exc}")
-        sys.exit(3)
-    except (ValueError, json.JSONDecodeError) as exc:
-        err_console.print(f"[red]bad input[/red]: {exc}")
-        sys.exit(2)
+    p = _client_call(target, call, timeout_s)
     if as_json:
         print(_prediction_json(p))
     else:
@@ -337,28 +471,28 @@ def predict(
 
 
 @main.command("objectives")
-@click.option("--target", default="127.0.0.1:7400", show_default=True)
+@target_option
 def list_objectives(target: str) -> None:
     """List the objectives a node serves, with their inputs."""
 
-    async def call() -> list[Any]:
-        async with Client(target, tls=TlsFiles.from_env()) as client:
-            return await client.list_objectives()
+    async def call(client: Any) -> list[Any]:
+        return list(await client.list_objectives())
 
-    try:
-        infos = asyncio.run(call())
-    except (PredictError, OSError, ConnectionError) as exc:
-        err_console.print(f"[red]error[/red]: {exc}")
-        sys.exit(3)
-    table = Table("objective", "default model", "models", "inputs")
-    for info in infos:
-        ins = ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in info.inputs)
-        table.add_row(info.name, info.default_model, ", ".join(info.model_keys), ins)
-    console.print(table)
+    infos = _client_call(target, call)
+    rows = [
+        (
+            info.name,
+            info.default_model,
+            ", ".join(info.model_keys),
+            ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in info.inputs),
+        )
+        for info in infos
+    ]
+    print_table(("objective", "default model", "models", "inputs"), rows)
 
 
 @main.command()
-@click.option("--target", default="127.0.0.1:7400", show_default=True, help="Any node.")
+@target_option
 @click.option("--json", "as_json", is_flag=True, help="Print the routing table as JSON.")
 def status(target: str, as_json: bool) -> None:
     """The cluster as one node sees it: members, load, and which node owns which model."""
@@ -366,33 +500,47 @@ def status(target: str, as_json: bool) -> None:
 
     try:
         table = asyncio.run(routing_table(target, timeout_s=5.0))
-    except (OSError, TimeoutError, GRPCError) as exc:
-        err_console.print(f"[red]cannot reach {target}[/red]: {exc}")
-        sys.exit(3)
+    except GRPCError as exc:
+        fail(f"{exc.status.name} from {target}: {exc.message or ''}", 2)
+    except TRANSPORT_ERRORS as exc:
+        fail(unreachable(target, exc), 3)
+    except ValueError as exc:  # TLS files named by the environment
+        fail(f"error: {exc}", 2)
     if as_json:
         print(table.to_json())
         return
     console.print(
-        f"node {table.node_id} ({table.mode}), catalog revision {table.revision}, "
-        f"{len(table.members)} members" + (f", dead: {', '.join(table.dead)}" if table.dead else "")
+        Text(
+            f"node {table.node_id} ({table.mode}), catalog revision {table.revision}, "
+            f"{len(table.members)} members"
+            + (f", dead: {', '.join(table.dead)}" if table.dead else "")
+        ),
+        soft_wrap=True,
     )
     applied = asyncio.run(_applied_revisions([m.grpc_address for m in table.members]))
-    members = Table(
-        "node", "state", "zone", "liveness", "in-flight", "revision", "loaded models", "address"
-    )
-    for m in table.members:
-        members.add_row(
-            m.node_id, m.state, m.zone or "-", m.liveness, str(m.in_flight),
-            applied.get(m.grpc_address, "?"), ", ".join(m.models) or "-", m.grpc_address,
-        )  # fmt: skip
     if table.members:
-        console.print(members)
-    ring = Table("model key", "replicas", "owners (primary first)")
-    for p in table.placements:
-        ring.add_row(p.model_key, str(p.replicas), ", ".join(p.owners) or "[red]none[/red]")
-    console.print(ring)
+        print_table(
+            ("node", "state", "zone", "liveness", "in-flight", "revision", "loaded models",
+             "address"),
+            [
+                (
+                    m.node_id, m.state, m.zone or "-", m.liveness, str(m.in_flight),
+                    applied.get(m.grpc_address, "?"), ", ".join(m.models) or "-",
+                    m.grpc_address,
+                )
+                for m in table.members
+            ],
+        )  # fmt: skip
+    print_table(
+        ("model key", "replicas", "owners (primary first)"),
+        [
+            (p.model_key, str(p.replicas),
+             ", ".join(p.owners) if p.owners else Text("none", style="red"))
+            for p in table.placements
+        ],
+    )  # fmt: skip
     for key, error in sorted(table.load_failures.items()):
-        console.print(f"[red]load failed[/red] {key}: {error}")
+        console.print(Text.assemble(("load failed ", "red"), f"{key}: {error}"), soft_wrap=True)
 
 
 async def _applied_revisions(targets: list[str]) -> dict[str, str]:
@@ -402,7 +550,7 @@ async def _applied_revisions(targets: list[str]) -> dict[str, str]:
     async def one(target: str) -> str:
         try:
             return str((await routing_table(target, timeout_s=2.0)).revision)
-        except (OSError, TimeoutError, GRPCError):
+        except (*TRANSPORT_ERRORS, GRPCError, ValueError):
             return "unreachable"
 
     answers = await asyncio.gather(*(one(t) for t in targets))
@@ -433,11 +581,10 @@ def certs(
     try:
         pki = write_dev_pki(out_dir, list(nodes), list(sans), days=days, overwrite=overwrite)
     except (ValueError, FileExistsError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        sys.exit(2)
-    console.print(f"CA: {pki.ca_cert} (key {pki.ca_key})")
+        fail(f"error: {exc}", 2)
+    console.print(f"CA: {pki.ca_cert} (key {pki.ca_key})", soft_wrap=True)
     for node in nodes:
-        console.print(f"{node}: {pki.node_certs[node]} (key {pki.node_keys[node]})")
+        console.print(f"{node}: {pki.node_certs[node]} (key {pki.node_keys[node]})", soft_wrap=True)
     console.print(
         "serve with: --tls-ca CA --tls-cert NODE.pem --tls-key NODE-key.pem; clients set "
         "SHARDLINE_TLS_CA (and SHARDLINE_TLS_CERT/_KEY for admin calls: mutual TLS)"
@@ -445,39 +592,31 @@ def certs(
 
 
 @main.command()
-@click.option("--nodes", default=3, show_default=True, help="Node processes to start.")
-@click.option("--cluster", "cluster_name", default="local", show_default=True)
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 50),
+              help="Node processes to start.")  # fmt: skip
+@cluster_option
+@state_dir_option
 @click.option("--detach", is_flag=True, help="Leave it running; stop with `shardline down`.")
-def up(nodes: int, cluster_name: str, detach: bool) -> None:
-    """Start a local cluster (etcd + N nodes) with the example workflows and objectives."""
+def up(nodes: int, cluster_name: str, state_dir: Path | None, detach: bool) -> None:
+    """Start a local cluster (etcd + N nodes) with the example workflows and objectives:
+    gRPC on 127.0.0.1:7401, 7402, … (node-1 is every command's default --target), state
+    and the admin token under STATE/<cluster>."""
     from node.localcluster import up as start
 
-    sys.exit(start(nodes, cluster_name, detach, _announce))
+    sys.exit(start(nodes, cluster_name, detach, _announce, state=state_dir))
 
 
 @main.command()
-@click.option("--cluster", "cluster_name", default="local", show_default=True)
-def down(cluster_name: str) -> None:
+@cluster_option
+@state_dir_option
+def down(cluster_name: str, state_dir: Path | None) -> None:
     """Stop a local cluster started with `shardline up --detach`."""
     from node.localcluster import down as stop
 
-    sys.exit(stop(cluster_name, _announce))
+    sys.exit(stop(cluster_name, _announce, state_dir))
 
 
 register_admin_commands(main)
-
-
-@main.command(
-    "sim",
-    context_settings={"ignore_unknown_options": True, "help_option_names": []},
-    add_help_option=False,
-)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def sim_command(args: tuple[str, ...]) -> None:
-    """Chaos simulator: `shardline sim run SCENARIO [--seed N] [--report DIR]`."""
-    from sim.cli import sim  # loaded on demand: the node never imports the simulator
-
-    sim.main(list(args), prog_name="shardline sim")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """``shardline up`` / ``shardline down``: a whole cluster on this machine, on loopback.
 
-``up`` starts a local etcd (data under ``.state/<cluster>/etcd``), registers the example
+``up`` starts a local etcd (data under ``STATE/<cluster>/etcd``, where STATE is
+``--state-dir``, $SHARDLINE_STATE_DIR or the repository's ``.state``), registers the example
 workflows and objectives in its catalog, starts N node processes (gRPC on 7401, 7402,
 …; metrics on 9401, …), waits until every node is active and every objective's models
 are warm on their owners, and prints how to call it. In the foreground Ctrl-C stops
@@ -24,10 +25,8 @@ from pathlib import Path
 
 from grpclib.client import Channel
 
-from membership.etcd import EtcdEndpoint, connect
 from node._proto.shardline import v1
-from node.catalog_ops import catalog, register_tree
-from node.codec import WireCodec
+from node.admin_client import TOKEN_FILE_NAME, parse_target, state_root
 from node.etcd_process import EtcdServer, find_etcd
 from node.tls import TlsFiles, client_context
 
@@ -52,7 +51,9 @@ class ClusterState:
 
 
 def state_dir(cluster: str, root: Path | None = None) -> Path:
-    return (root or Path.cwd()) / ".state" / cluster
+    """The cluster's state: ``root`` (else $SHARDLINE_STATE_DIR, else the repository's
+    ``.state``) / cluster — independent of the current directory."""
+    return state_root(root) / cluster
 
 
 def _alive(pid: int) -> bool:
@@ -86,7 +87,7 @@ def start_node(
             "--cpu-threads",
             "1",
             "--admin-token-file",
-            str(root / "admin-token"),
+            str(root / TOKEN_FILE_NAME),
             "--artifact-store",
             str(root / "artifacts"),
         ],
@@ -100,10 +101,10 @@ def start_node(
 async def routing_table(
     target: str, timeout_s: float = 2.0, tls: TlsFiles | None = None
 ) -> v1.RoutingTable:
-    host, _, port = target.rpartition(":")
+    host, port = parse_target(target)
     tls = tls if tls is not None else TlsFiles.from_env()
     ssl_context = client_context(tls) if tls is not None else None
-    channel = Channel(host, int(port), codec=WireCodec(), ssl=ssl_context)
+    channel = Channel(host, port, ssl=ssl_context)  # betterproto messages: ProtoCodec
     try:
         return await v1.ClusterStub(channel).get_routing_table(
             v1.GetRoutingTableRequest(), timeout=timeout_s
@@ -153,6 +154,9 @@ async def wait_ready(
 
 
 async def _register(port: int, cluster: str) -> None:
+    from membership.etcd import EtcdEndpoint, connect
+    from node.catalog_ops import catalog, register_tree  # imports the workflow loader
+
     client = await connect(EtcdEndpoint("127.0.0.1", port))
     try:
         await register_tree(catalog(client, cluster), EXAMPLES, EXAMPLES / "objectives")
@@ -167,8 +171,9 @@ def up(
     say: Callable[[str], None],
     base_port: int = 7401,
     timeout_s: float = 120.0,
+    state: Path | None = None,
 ) -> int:
-    root = state_dir(cluster)
+    root = state_dir(cluster, state)
     state_file = root / "cluster.json"
     if state_file.exists():
         old = ClusterState.load(state_file)
@@ -190,22 +195,22 @@ def up(
     asyncio.run(_register(etcd.client_port, cluster))
     say("registered the example workflows and objectives")
     assert etcd.proc is not None
-    state = ClusterState(cluster, etcd.client_port, etcd.proc.pid)
+    cluster_state = ClusterState(cluster, etcd.client_port, etcd.proc.pid)
     procs: list[subprocess.Popen[bytes]] = []
     for i in range(1, nodes + 1):
         node_id = f"node-{i}"
         proc = start_node(cluster, etcd.client_port, node_id, base_port + i - 1,
                           9400 + i, root)  # fmt: skip
         procs.append(proc)
-        state.nodes[node_id] = proc.pid
-        state.ports[node_id] = base_port + i - 1
-    state.save(state_file)
-    targets = [f"127.0.0.1:{p}" for p in state.ports.values()]
+        cluster_state.nodes[node_id] = proc.pid
+        cluster_state.ports[node_id] = base_port + i - 1
+    cluster_state.save(state_file)
+    targets = [f"127.0.0.1:{p}" for p in cluster_state.ports.values()]
     try:
         asyncio.run(wait_ready(targets, timeout_s, lambda s: say(f"  waiting: {s}")))
     except (TimeoutError, KeyboardInterrupt) as exc:
         say(f"cluster did not become ready: {exc}; logs in {logs}")
-        down(cluster, say)
+        down(cluster, say, state)
         return 1
     say(
         f"cluster {cluster!r} ready: {nodes} nodes on " + ", ".join(targets) + "\ncall it, e.g.:\n"
@@ -224,19 +229,19 @@ def up(
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # delivered to sigwait, not a handler
     signal.sigwait(stop_signals)
     say("stopping")
-    down(cluster, say)
+    down(cluster, say, state)
     return 0
 
 
-def down(cluster: str, say: Callable[[str], None]) -> int:
-    state_file = state_dir(cluster) / "cluster.json"
+def down(cluster: str, say: Callable[[str], None], state: Path | None = None) -> int:
+    state_file = state_dir(cluster, state) / "cluster.json"
     if not state_file.exists():
         say(f"no local cluster {cluster!r} (nothing in {state_file.parent})")
         return 1
-    state = ClusterState.load(state_file)
-    for node_id, pid in state.nodes.items():
+    cluster_state = ClusterState.load(state_file)
+    for node_id, pid in cluster_state.nodes.items():
         _terminate(pid, f"node {node_id}", say)
-    _terminate(state.etcd_pid, "etcd", say)
+    _terminate(cluster_state.etcd_pid, "etcd", say)
     state_file.unlink()
     return 0
 

@@ -1,16 +1,20 @@
 """Reports: the summary table on the terminal, and a directory with JSON, plots and HTML.
 
 ``write_report(result, directory)`` writes ``report.json`` (everything ``RunResult`` holds),
-``timeline.png`` (answers/s, errors/s and p99 latency per second, with fault markers),
+``timeline.png`` (answers/s, errors/s and p99 latency per second, with fault markers;
+faults closer together than the labels can be told apart share one label, "first (+N)"),
 ``ownership.png`` (owner slots per node over time, from the ring the cluster should
-have) and ``index.html`` showing them with the summary and the checks. Plots need
-matplotlib (Agg backend, no display).
+have; one row per node, labelled by node id) and ``index.html`` showing them with the
+summary and the checks. Plots need matplotlib (Agg backend, no display).
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +75,8 @@ def summary_rows(result: RunResult) -> list[tuple[str, str]]:
 def print_summary(result: RunResult, console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title=f"shardline sim: {result.scenario.name}", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", overflow="fold")
+    table.add_column(overflow="fold")  # wrapped, never cut: a trace hash stays whole
     for name, value in summary_rows(result):
         table.add_row(name, value)
     for check in result.checks:
@@ -87,6 +91,37 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
 
 
 # ----------------------------------------------------------------------------- files
+
+LABEL_CHARS = 32
+
+
+def fault_labels(
+    faults: Sequence[tuple[float, str]], span_s: float, slots: int = 45
+) -> list[tuple[float, str]]:
+    """One label per group of faults: a fault closer than ``span_s / slots`` to the first
+    of the group before it joins that group, labelled ``"first (+N)"``. So at most about
+    ``slots`` labels, never closer together than one slot (they cannot overlap)."""
+    gap = span_s / slots if span_s > 0 else 0.0
+    groups: list[tuple[float, list[str]]] = []
+    for at, what in sorted(faults, key=lambda f: f[0]):
+        if groups and at - groups[-1][0] < gap:
+            groups[-1][1].append(what)
+        else:
+            groups.append((at, [what]))
+    out = []
+    for at, whats in groups:
+        first = whats[0] if len(whats[0]) <= LABEL_CHARS else whats[0][: LABEL_CHARS - 1] + "…"
+        out.append((at, first + (f" (+{len(whats) - 1})" if len(whats) > 1 else "")))
+    return out
+
+
+def node_order(nodes: Sequence[str]) -> list[str]:
+    """Node ids in natural order (n2 before n10)."""
+
+    def key(node: str) -> list[tuple[int, int | str]]:
+        return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", node) if p]
+
+    return sorted(set(nodes), key=key)
 
 
 def _timeline(result: RunResult, path: Path) -> None:
@@ -107,11 +142,13 @@ def _timeline(result: RunResult, path: Path) -> None:
     axes[2].set_ylabel("p99 latency (ms)")
     axes[2].set_yscale("log")
     axes[2].set_xlabel("virtual time (s)")
+    span = max([t[-1] if len(t) else 0.0, *(at for at, _ in result.faults)], default=0.0)
+    line_alpha = 0.35 if len(result.faults) <= 20 else 0.2
     for ax in axes:
         ax.grid(alpha=0.3)
         for at, _ in result.faults:
-            ax.axvline(at, color="black", alpha=0.35, lw=0.8, ls="--")
-    for at, what in result.faults[:40]:
+            ax.axvline(at, color="black", alpha=line_alpha, lw=0.8, ls="--")
+    for at, what in fault_labels(result.faults, span):
         axes[0].annotate(
             what, (at, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=7,
             va="top", ha="right", alpha=0.7,
@@ -130,17 +167,22 @@ def _ownership(result: RunResult, path: Path) -> None:
     import numpy as np
 
     samples = result.ownership
-    nodes = sorted({n for _, owned in samples for n in owned})
+    nodes = node_order([n for _, owned in samples for n in owned])
     grid = np.zeros((max(len(nodes), 1), max(len(samples), 1)))
     for j, (_, owned) in enumerate(samples):
         for i, node in enumerate(nodes):
             grid[i, j] = owned.get(node, 0)
     end = samples[-1][0] if samples else 1.0
-    fig, ax = plt.subplots(figsize=(11, max(3.0, 0.12 * len(nodes) + 1.5)))
+    height = min(40.0, max(3.0, 0.12 * len(nodes) + 1.5))
+    fig, ax = plt.subplots(figsize=(11, height))
     extent = (0.0, end, len(nodes) - 0.5, -0.5)
     image = ax.imshow(grid, aspect="auto", interpolation="nearest", extent=extent)
-    if len(nodes) <= 40:
-        ax.set_yticks(range(len(nodes)), nodes, fontsize=7)
+    # Rows are named by node id: every row while there is room for a 6 pt label (about
+    # 300 nodes), else every k-th row.
+    room = max(1, int((height - 1.5) * 72 / 8))
+    step = max(1, math.ceil(len(nodes) / room))
+    rows = list(range(0, len(nodes), step))
+    ax.set_yticks(rows, [nodes[i] for i in rows], fontsize=7 if len(nodes) <= 40 else 6)
     ax.set_xlabel("virtual time (s)")
     ax.set_ylabel("node")
     ax.set_title("model keys owned per node (ring over the roster's running actives)")
