@@ -18,14 +18,12 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from node._proto.shardline import v1
+from node.client import DEFAULT_TARGET, parse_target
 from node.tls import TlsFiles, client_context
 
 REPO = Path(__file__).resolve().parent.parent
 
-DEFAULT_TARGET = "127.0.0.1:7401"
-"""Every command's default ``--target``: node-1 of ``shardline up``, and the port
-``shardline serve`` binds by default (so a standalone node is the default target too)."""
-DEFAULT_PORT = 7401
+DEFAULT_PORT = parse_target(DEFAULT_TARGET)[1]
 TARGET_ENV = "SHARDLINE_TARGET"
 
 TOKEN_ENV = "SHARDLINE_ADMIN_TOKEN"
@@ -39,14 +37,6 @@ class AdminError(Exception):
         super().__init__(f"{status.name}: {message}")
         self.status = status
         self.message = message
-
-
-def parse_target(target: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port); ValueError names what is wrong."""
-    host, sep, port = target.strip().rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"target must be HOST:PORT with a port in 1..65535, got {target!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def state_root(state_dir: Path | str | None = None) -> Path:

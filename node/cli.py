@@ -3,7 +3,7 @@
 Only the commands that serve (``serve``, ``node join``, ``up``) and ``sim`` import the
 serving modules (torch) or the simulator, inside the command: ``import node.cli`` and the
 client commands stay light. Every command's ``--target`` defaults to
-``node.admin_client.DEFAULT_TARGET`` (or $SHARDLINE_TARGET).
+``node.client.DEFAULT_TARGET`` (or $SHARDLINE_TARGET).
 """
 
 from __future__ import annotations
@@ -195,6 +195,14 @@ def main(log_level: str) -> None:
     show_default=True,
     help="Default share of predictions logged (objectives may set their own).",
 )
+@click.option(
+    "--drain-grace-s",
+    type=click.FloatRange(0, 3600),
+    default=None,
+    envvar="SHARDLINE_DRAIN_GRACE_S",
+    help="Seconds a leaving node (drain or SIGTERM) stays NOT_SERVING on health but keeps "
+    "answering before it sends GOAWAY, so clients move away first [default: 2].",
+)
 def serve(
     standalone: bool,
     etcd: str | None,
@@ -222,6 +230,7 @@ def serve(
     etcd_password_file: str | None,
     predlog_dir: str | None,
     predlog_rate: float,
+    drain_grace_s: float | None,
 ) -> None:
     """Run a node until Ctrl-C (then it drains in-flight requests and exits)."""
     from membership.etcd import ControlPlaneUnavailable
@@ -239,7 +248,11 @@ def serve(
         if standalone:
             from node.server import serve_standalone
 
-            asyncio.run(serve_standalone(config, workflows_dir, objectives_path, _announce))
+            asyncio.run(
+                serve_standalone(
+                    config, workflows_dir, objectives_path, _announce, drain_grace_s=drain_grace_s
+                )
+            )
         else:
             from node.cluster import ClusterConfig
             from node.cluster_node import serve_cluster
@@ -260,7 +273,12 @@ def serve(
             )
             asyncio.run(
                 serve_cluster(
-                    config, cluster, _announce, admin_token=token, artifact_store=artifact_store
+                    config,
+                    cluster,
+                    _announce,
+                    admin_token=token,
+                    artifact_store=artifact_store,
+                    drain_grace_s=drain_grace_s,
                 )
             )
     except (OSError, ValueError, ControlPlaneUnavailable) as exc:

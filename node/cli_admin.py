@@ -19,7 +19,6 @@ from rich.text import Text
 
 from node._proto.shardline import v1
 from node.admin_client import (
-    DEFAULT_TARGET,
     STATE_DIR_ENV,
     TARGET_ENV,
     TOKEN_ENV,
@@ -27,10 +26,10 @@ from node.admin_client import (
     AdminClient,
     AdminError,
     TokenLookup,
-    parse_target,
     resolve_token,
     unreachable,
 )
+from node.client import DEFAULT_TARGET, parse_target
 
 T = TypeVar("T")
 console = Console()

@@ -1,6 +1,6 @@
 """Python client SDK for shardline (usable from other projects).
 
-    async with Client("127.0.0.1:7400") as client:
+    async with Client("127.0.0.1:7401") as client:
         p = await client.predict("payment_fraud", {"amount": 12.5, ...}, user_id="u1")
         p.outputs["probability"], p.model_key, p.cell, p.timing
 
@@ -81,10 +81,16 @@ MAX_ATTEMPTS = 3  # one request, on at most this many nodes
 DOWN_FOR_S = 1.0  # a node whose connection failed is skipped this long (or until SERVING)
 
 
+#: Where every client and CLI command calls by default: node-1 of `shardline up`, and the
+#: default port of `shardline serve` (the CLI also reads $SHARDLINE_TARGET).
+DEFAULT_TARGET = "127.0.0.1:7401"
+
+
 def parse_target(target: str) -> tuple[str, int]:
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"target must be HOST:PORT, got {target!r}")
+    """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port); ValueError names what is wrong."""
+    host, sep, port = target.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"target must be HOST:PORT with a port in 1..65535, got {target!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -222,7 +228,7 @@ class Client:
 
     def __init__(
         self,
-        target: str | Sequence[str] = "127.0.0.1:7400",
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
         timeout_s: float = 10.0,
         tls: TlsFiles | None = None,

@@ -26,7 +26,8 @@ from pathlib import Path
 from grpclib.client import Channel
 
 from node._proto.shardline import v1
-from node.admin_client import TOKEN_FILE_NAME, parse_target, state_root
+from node.admin_client import TOKEN_FILE_NAME, state_root
+from node.client import parse_target
 from node.etcd_process import EtcdServer, find_etcd
 from node.tls import TlsFiles, client_context
 

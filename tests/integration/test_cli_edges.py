@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from membership.etcd import connect
-from node.admin_client import DEFAULT_TARGET
 from node.catalog_ops import catalog, register_tree
+from node.client import DEFAULT_TARGET
 from node.localcluster import wait_ready
 from tests.etcd_server import EtcdServer, find_etcd
 from tests.procs import EXAMPLES, REPO, NodeProcess
@@ -160,11 +160,6 @@ finally:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/client.py imports node.service (torch) for RawBytes/WireCodec; passes once "
-    "they move to node/codec.py (lead, at merge): then remove this marker",
-)
 def test_client_commands_do_not_import_torch(node: NodeProcess) -> None:
     for args in (["objectives", "--target", node.target],
                  ["predict", "payment_fraud", "--target", node.target, *FRAUD_ARGS,
@@ -276,11 +271,6 @@ def test_rollback_takes_force(cluster: OneNode) -> None:
     assert "objective payment_fraud revision" in done.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the node lets Explain through without a token in helper C's branch (issue 13); "
-    "remove this marker after the merge",
-)
 def test_explain_against_a_node_needs_no_token(cluster: OneNode) -> None:
     done = shardline("objective", "explain", "payment_fraud", "--target", cluster.node.target,
                      "--user", "u1")  # fmt: skip
