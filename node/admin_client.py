@@ -18,7 +18,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from node._proto.shardline import v1
-from node.client import DEFAULT_TARGET, parse_target
+from node.client import DEFAULT_TARGET, parse_target, transport_failure
 from node.tls import TlsFiles, client_context
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,8 +151,5 @@ class AdminClient:
 def unreachable(target: str, exc: BaseException) -> str:
     """One line for a target that does not answer gRPC (down, or not a gRPC port)."""
     if isinstance(exc, StreamTerminatedError | ProtocolError):
-        return (
-            f"{target} closed the connection without a gRPC answer ({exc or type(exc).__name__})"
-            ": is it a shardline node's gRPC port (not its metrics/HTTP port)?"
-        )
+        return transport_failure(target, exc)
     return f"cannot reach {target}: {exc or type(exc).__name__}"

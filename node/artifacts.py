@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
-from workflows.loader import sha256_file, verify_package
+from workflows.integrity import sha256_file, verify_package
 from workflows.manifest import WorkflowManifest
 
 MAX_PACKAGE_BYTES = 256 * 1024 * 1024

@@ -17,7 +17,7 @@ import aetcd
 
 from membership.catalog import OBJECTIVE, WORKFLOW, Catalog
 from router.rules import ObjectiveConfig, load_objectives_dir
-from workflows.loader import discover_packages, verify_package
+from workflows.integrity import discover_packages, verify_package
 from workflows.manifest import WorkflowManifest
 
 

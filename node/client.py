@@ -94,6 +94,18 @@ def parse_target(target: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def transport_failure(address: str, exc: BaseException) -> str:
+    """One line for a call that got no gRPC answer: the node is down, or ``address`` is not a
+    gRPC port (a metrics/HTTP port closes the HTTP/2 connection without an answer)."""
+    if isinstance(exc, StreamTerminatedError | ProtocolError):
+        return (
+            f"{address}: closed the connection without a gRPC answer "
+            f"({exc or type(exc).__name__}): is it a shardline node's gRPC port "
+            "(not its metrics/HTTP port)?"
+        )
+    return f"{address}: {exc or type(exc).__name__}"
+
+
 def parse_targets(target: str | Sequence[str]) -> list[str]:
     """``HOST:PORT``, several comma-separated (an ``ipv4:``/``ipv6:`` gRPC target prefix
     is accepted), or a list of them; each checked, duplicates dropped."""
@@ -296,7 +308,7 @@ class Client:
                 Status.DEADLINE_EXCEEDED, f"no answer from {node.address} within {timeout_s:g}s"
             ) from None
         except (OSError, StreamTerminatedError, ProtocolError) as exc:
-            raise PredictError(Status.UNAVAILABLE, f"{node.address}: {exc}") from None
+            raise PredictError(Status.UNAVAILABLE, transport_failure(node.address, exc)) from None
         assert isinstance(reply, bytes)
         return reply
 
@@ -350,7 +362,7 @@ class Client:
                 if exc.status != Status.UNAVAILABLE:
                     raise last from None
             except (OSError, StreamTerminatedError, ProtocolError, TimeoutError) as exc:
-                last = PredictError(Status.UNAVAILABLE, f"{node.address}: {exc}")
+                last = PredictError(Status.UNAVAILABLE, transport_failure(node.address, exc))
         assert last is not None
         raise last
 

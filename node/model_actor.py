@@ -33,6 +33,14 @@ from workflows.sdk import ContextLike, InputError
 log = logging.getLogger("shardline.model")
 
 
+def _reason(exc: BaseException | None) -> str:
+    """An exception as a client-facing reason, never empty (``NotImplementedError()`` has
+    no message; a cancelled batch has no exception)."""
+    if exc is None:
+        return "cancelled"
+    return str(exc) or type(exc).__name__
+
+
 @dataclass(slots=True)
 class Job:
     """One request for a model actor (what goes in an ``Envelope``)."""
@@ -184,7 +192,7 @@ class ModelActor(Actor[Job]):
         if done.cancelled() or done.exception() is not None:
             exc = done.exception() if not done.cancelled() else None
             log.error("%s: batch failed: %s", self.loaded.manifest.model_key, exc)
-            err = Internal(f"{self.loaded.manifest.model_key}: forward failed: {exc}")
+            err = Internal(f"{self.loaded.manifest.model_key}: forward failed: {_reason(exc)}")
             for env in live:
                 env.set_exception(err)
             return
@@ -223,7 +231,8 @@ class ModelActor(Actor[Job]):
                 slot.outcome = InvalidArgument(f"inputs.{exc.field}", exc.message)
             except Exception as exc:
                 log.exception("%s: preprocess failed", self.loaded.manifest.model_key)
-                slot.outcome = Internal(f"{self.loaded.manifest.model_key}: preprocess: {exc}")
+                key = self.loaded.manifest.model_key
+                slot.outcome = Internal(f"{key}: preprocess: {_reason(exc)}")
             slot.timing.preprocess_ms = (time.perf_counter() - t0) * 1000.0
         if not good:
             return
@@ -243,6 +252,7 @@ class ModelActor(Actor[Job]):
                 slot.outcome = InvalidArgument(f"inputs.{exc.field}", exc.message)
             except Exception as exc:
                 log.exception("%s: postprocess failed", self.loaded.manifest.model_key)
-                slot.outcome = Internal(f"{self.loaded.manifest.model_key}: postprocess: {exc}")
+                key = self.loaded.manifest.model_key
+                slot.outcome = Internal(f"{key}: postprocess: {_reason(exc)}")
             slot.timing.postprocess_ms = (time.perf_counter() - t0) * 1000.0
             slot.features = None

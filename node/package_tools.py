@@ -12,40 +12,31 @@ Reading manifests and digests needs no torch; ``check`` imports torch (it runs t
 
 from __future__ import annotations
 
-import hashlib
-import re
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workflows.manifest import MANIFEST_FILE, ManifestError, WorkflowManifest, load_manifest
-
-_CHUNK = 1 << 20
+from workflows.integrity import WorkflowLoadError, package_file, sha256_file, verify_package
+from workflows.manifest import (
+    MANIFEST_FILE,
+    ManifestError,
+    WorkflowManifest,
+    rewrite_digests,
+)
 
 
 class PackageError(Exception):
     """A package that cannot be hashed or does not pass the check; one line."""
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _inside(package_dir: Path, rel: str) -> Path:
-    root = package_dir.resolve()
-    full = (package_dir / rel).resolve()
-    if not full.is_relative_to(root):
-        raise PackageError(f"{rel!r} resolves outside the package {package_dir}")
-    if not full.is_file():
-        raise PackageError(f"{rel!r} is missing (or not a file) in {package_dir}")
-    return full
+    try:
+        return package_file(package_dir, rel, "file")
+    except WorkflowLoadError as exc:
+        raise PackageError(exc.problem) from None
 
 
 def pinned_paths(text: str, where: str = MANIFEST_FILE) -> list[str]:
@@ -62,41 +53,6 @@ def pinned_paths(text: str, where: str = MANIFEST_FILE) -> list[str]:
             raise PackageError(f'{where}: [weights] and each [[files]] need a path = "..."')
         paths.append(ref["path"])
     return paths
-
-
-def rewrite_digests(text: str, digests: Mapping[str, str]) -> str:
-    """``text`` (a workflow.toml) with the sha256 of each ``[weights]`` / ``[[files]]``
-    entry whose path is in ``digests`` set; comments and layout are kept, and an entry
-    without a ``sha256`` line gets one after its ``path`` line."""
-    blocks: list[list[str]] = [[]]
-    for line in text.splitlines(keepends=True):
-        if re.match(r"\s*\[", line):
-            blocks.append([])
-        blocks[-1].append(line)
-    out: list[str] = []
-    for block in blocks:
-        m_header = re.match(r"\s*(\[\[?[^\]]*\]\]?)", block[0]) if block else None
-        header = m_header.group(1).replace(" ", "") if m_header else ""
-        path_at = next(
-            (i for i, ln in enumerate(block) if re.match(r'\s*path\s*=\s*"([^"]*)"', ln)), None
-        )
-        if header in ("[weights]", "[[files]]") and path_at is not None:
-            m = re.match(r'(\s*)path\s*=\s*"([^"]*)"', block[path_at])
-            assert m is not None
-            path = m.group(2)
-            if path in digests:
-                sha = f'"{digests[path]}"'
-                if any(re.match(r"\s*sha256\s*=", ln) for ln in block):
-                    block = [re.sub(r"^(\s*sha256\s*=\s*)\S+", rf"\g<1>{sha}", ln) for ln in block]
-                else:
-                    end = "" if block[path_at].endswith("\n") else "\n"
-                    block = [
-                        *block[: path_at + 1],
-                        f"{end}{m.group(1)}sha256 = {sha}\n",
-                        *block[path_at + 1 :],
-                    ]
-        out.extend(block)
-    return "".join(out)
 
 
 @dataclass
@@ -141,20 +97,10 @@ def load_manifest_text(text: str, where: str) -> WorkflowManifest:
 def verify_digests(package_dir: Path) -> WorkflowManifest:
     """The manifest, after checking every pinned file's sha256 (both digests in full on a
     mismatch) and that the entrypoint file exists; imports no code and no torch."""
-    package_dir = Path(package_dir)
     try:
-        manifest = load_manifest(package_dir)
-    except ManifestError as exc:
-        raise PackageError(f"invalid manifest: {exc}") from None
-    for ref in (manifest.weights, *manifest.files):
-        actual = sha256_file(_inside(package_dir, ref.path))
-        if actual != ref.sha256:
-            raise PackageError(
-                f"{ref.path}: sha256 mismatch: workflow.toml says {ref.sha256}, the file is "
-                f"{actual} (run `shardline package hash {package_dir}` if the file is right)"
-            )
-    _inside(package_dir, manifest.entrypoint_file)
-    return manifest
+        return verify_package(Path(package_dir))
+    except WorkflowLoadError as exc:
+        raise PackageError(exc.problem) from None
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Loading workflow packages: verify the manifest and every digest, then import and build.
 
-`verify_package` reads the manifest and checks every pinned file (weights, data files)
-against its sha256 without importing any code; `load_package` does that first, then loads
+`verify_package` (``workflows.integrity``, torch-free) reads the manifest and checks every
+pinned file (weights, data files) against its sha256 without importing any code;
+`load_package` does that first, then loads
 the weights with safetensors onto the chosen device, imports the entrypoint module by file
 path under a unique module name and instantiates the `Workflow` subclass. Every failure is a
 `WorkflowLoadError` naming the package directory and the problem.
@@ -9,7 +10,6 @@ path under a unique module name and instantiates the `Workflow` subclass. Every 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import itertools
 import re
@@ -22,21 +22,18 @@ from types import ModuleType
 import torch
 from safetensors.torch import load_file as load_torch_file
 
-from workflows.manifest import MANIFEST_FILE, ManifestError, WorkflowManifest, load_manifest
+from workflows.integrity import (
+    WorkflowLoadError,
+    discover_packages,
+    package_file,
+    sha256_file,
+    verify_package,
+)
+from workflows.manifest import WorkflowManifest
 from workflows.sdk import Workflow
 
-_CHUNK_BYTES = 1 << 20
 _module_lock = threading.Lock()
 _module_counter = itertools.count(2)
-
-
-class WorkflowLoadError(Exception):
-    """A workflow package could not be verified or loaded."""
-
-    def __init__(self, package_dir: Path | str, problem: str) -> None:
-        self.package_dir = Path(package_dir)
-        self.problem = problem
-        super().__init__(f"{package_dir}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -47,15 +44,6 @@ class LoadedWorkflow:
     workflow: Workflow
     package_dir: Path
     device: torch.device
-
-
-def sha256_file(path: Path | str) -> str:
-    """Hex sha256 of a file's contents."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -69,38 +57,6 @@ def resolve_device(spec: str) -> torch.device:
             raise WorkflowLoadError("<device>", "device 'cuda' requested but CUDA is not available")
         return torch.device("cuda:0")
     raise WorkflowLoadError("<device>", f"unknown device spec {spec!r}")
-
-
-def _inside(package_dir: Path, rel: str, what: str) -> Path:
-    """`package_dir/rel` as a regular file whose real path stays inside the package."""
-    root = package_dir.resolve()
-    full = (package_dir / rel).resolve()
-    if not full.is_relative_to(root):
-        raise WorkflowLoadError(package_dir, f"{what} {rel!r} resolves outside the package")
-    if not full.is_file():
-        raise WorkflowLoadError(package_dir, f"{what} {rel!r} is missing (or not a file)")
-    return full
-
-
-def verify_package(package_dir: Path) -> WorkflowManifest:
-    """Validate the manifest and every pinned file's sha256; imports no code."""
-    package_dir = Path(package_dir)
-    try:
-        manifest = load_manifest(package_dir)
-    except ManifestError as exc:
-        raise WorkflowLoadError(package_dir, f"invalid manifest: {exc}") from None
-    for ref in (manifest.weights, *manifest.files):
-        full = _inside(package_dir, ref.path, "file")
-        actual = sha256_file(full)
-        if actual != ref.sha256:
-            raise WorkflowLoadError(
-                package_dir,
-                f"{ref.path}: sha256 mismatch: manifest says {ref.sha256}, "
-                f"file is {actual} (if this file is the one to ship, put its sha256 in "
-                f"{MANIFEST_FILE}; otherwise restore the file the manifest pins)",
-            )
-    _inside(package_dir, manifest.entrypoint_file, "entrypoint file")
-    return manifest
 
 
 def _choose_device(package_dir: Path, spec: str, device: torch.device | None) -> torch.device:
@@ -128,7 +84,7 @@ def _module_name(manifest: WorkflowManifest) -> str:
 def import_entrypoint(package_dir: Path, manifest: WorkflowManifest) -> type[Workflow]:
     """Import the entrypoint file under a unique module name; return its Workflow class."""
     package_dir = Path(package_dir)
-    path = _inside(package_dir, manifest.entrypoint_file, "entrypoint file")
+    path = package_file(package_dir, manifest.entrypoint_file, "entrypoint file")
     with _module_lock:
         name = _module_name(manifest)
         spec = importlib.util.spec_from_file_location(name, path)
@@ -186,6 +142,14 @@ def load_package(package_dir: Path, device: torch.device | None = None) -> Loade
     )
 
 
-def discover_packages(root: Path) -> list[Path]:
-    """Every directory at or below `root` holding a `workflow.toml`, sorted."""
-    return sorted(p.parent for p in Path(root).rglob(MANIFEST_FILE) if p.is_file())
+__all__ = [
+    "LoadedWorkflow",
+    "WorkflowLoadError",
+    "discover_packages",
+    "import_entrypoint",
+    "load_package",
+    "package_file",
+    "resolve_device",
+    "sha256_file",
+    "verify_package",
+]

@@ -428,3 +428,38 @@ def load_manifest(package_dir: Path) -> WorkflowManifest:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError("", f"cannot read manifest: {exc}", str(path)) from None
     return WorkflowManifest.from_toml(text, str(path))
+
+
+def rewrite_digests(text: str, digests: Mapping[str, str]) -> str:
+    """``text`` (a workflow.toml) with the sha256 of each ``[weights]`` / ``[[files]]``
+    entry whose path is in ``digests`` set; comments and layout are kept, and an entry
+    without a ``sha256`` line gets one after its ``path`` line."""
+    blocks: list[list[str]] = [[]]
+    for line in text.splitlines(keepends=True):
+        if re.match(r"\s*\[", line):
+            blocks.append([])
+        blocks[-1].append(line)
+    out: list[str] = []
+    for block in blocks:
+        m_header = re.match(r"\s*(\[\[?[^\]]*\]\]?)", block[0]) if block else None
+        header = m_header.group(1).replace(" ", "") if m_header else ""
+        path_at = next(
+            (i for i, ln in enumerate(block) if re.match(r'\s*path\s*=\s*"([^"]*)"', ln)), None
+        )
+        if header in ("[weights]", "[[files]]") and path_at is not None:
+            m = re.match(r'(\s*)path\s*=\s*"([^"]*)"', block[path_at])
+            assert m is not None
+            path = m.group(2)
+            if path in digests:
+                sha = f'"{digests[path]}"'
+                if any(re.match(r"\s*sha256\s*=", ln) for ln in block):
+                    block = [re.sub(r"^(\s*sha256\s*=\s*)\S+", rf"\g<1>{sha}", ln) for ln in block]
+                else:
+                    end = "" if block[path_at].endswith("\n") else "\n"
+                    block = [
+                        *block[: path_at + 1],
+                        f"{end}{m.group(1)}sha256 = {sha}\n",
+                        *block[path_at + 1 :],
+                    ]
+        out.extend(block)
+    return "".join(out)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,7 +48,7 @@ from workflows.examples.payment_fraud.v2 import workflow as fraud_v2
 from workflows.examples.title_ranking.v1 import workflow as ranking_v1
 from workflows.examples.title_ranking.v2 import workflow as ranking_v2
 from workflows.loader import sha256_file
-from workflows.manifest import MANIFEST_FILE, load_manifest
+from workflows.manifest import MANIFEST_FILE, load_manifest, rewrite_digests
 from workflows.sdk import Array, real_ids, standardize
 
 EXAMPLES_DIR = Path(__file__).resolve().parent
@@ -446,29 +445,6 @@ def committed_metric(rel: str, weights: Mapping[str, torch.Tensor]) -> float:
                 held_out.candidates.shape
             )
     return pairwise_accuracy(scores.numpy())
-
-
-def rewrite_digests(text: str, digests: Mapping[str, str]) -> str:
-    """`text` (a workflow.toml) with the sha256 of each [weights] / [[files]] entry whose
-    path is in `digests` replaced; comments and layout are kept."""
-    blocks: list[list[str]] = [[]]
-    for line in text.splitlines(keepends=True):
-        if re.match(r"\s*\[", line):
-            blocks.append([])
-        blocks[-1].append(line)
-    out: list[str] = []
-    for block in blocks:
-        header = block[0].strip() if block else ""
-        path = next(
-            (m.group(1) for ln in block if (m := re.match(r'\s*path\s*=\s*"([^"]*)"', ln))), None
-        )
-        if header in ("[weights]", "[[files]]") and path is not None and path in digests:
-            block = [
-                re.sub(r'^(\s*sha256\s*=\s*)"[^"]*"', rf'\g<1>"{digests[path]}"', ln)
-                for ln in block
-            ]
-        out.extend(block)
-    return "".join(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from workflows.examples.train import rewrite_digests
-from workflows.manifest import load_manifest
+from workflows.manifest import load_manifest, rewrite_digests
 from workflows.sdk import (
     InputError,
     KeyIndex,
