@@ -204,7 +204,7 @@ def write_report(result: RunResult, directory: Path) -> list[Path]:
         _timeline(result, directory / "timeline.png")
         _ownership(result, directory / "ownership.png")
         images = ["timeline.png", "ownership.png"]
-    except ImportError:  # matplotlib is a dependency, but keep the report without it
+    except ImportError:  # matplotlib is the optional `sim` extra: the report says so
         images = []
     written += [directory / name for name in images]
     rows = "".join(
@@ -227,7 +227,7 @@ def write_report(result: RunResult, directory: Path) -> list[Path]:
 <p>Replay: <code>{html.escape(result.replay_command())}</code></p>
 <h2>Summary</h2><table>{rows}</table>
 <h2>Checks</h2><table>{checks}</table>
-<h2>Plots</h2>{pictures or "<p>(matplotlib not installed: no plots)</p>"}
+<h2>Plots</h2>{pictures or "<p>(no plots: matplotlib is not installed; pip install 'shardline[sim]')</p>"}
 <h2>Faults</h2><ul>{faults}</ul>
 <p>Data: <a href="report.json">report.json</a></p></body></html>
 """
