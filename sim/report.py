@@ -218,6 +218,7 @@ def write_report(result: RunResult, directory: Path) -> list[Path]:
     )
     faults = "".join(f"<li>{t:.2f}s {html.escape(w)}</li>" for t, w in result.faults)
     pictures = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)
+    no_plots = "<p>(no plots: matplotlib is not installed; pip install 'shardline[sim]')</p>"
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>shardline sim: {html.escape(result.scenario.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{text-align:left;padding:2px 10px}}
@@ -227,7 +228,7 @@ def write_report(result: RunResult, directory: Path) -> list[Path]:
 <p>Replay: <code>{html.escape(result.replay_command())}</code></p>
 <h2>Summary</h2><table>{rows}</table>
 <h2>Checks</h2><table>{checks}</table>
-<h2>Plots</h2>{pictures or "<p>(no plots: matplotlib is not installed; pip install 'shardline[sim]')</p>"}
+<h2>Plots</h2>{pictures or no_plots}
 <h2>Faults</h2><ul>{faults}</ul>
 <p>Data: <a href="report.json">report.json</a></p></body></html>
 """
