@@ -107,11 +107,33 @@ def pack(package_dir: Path) -> bytes:
     return data
 
 
+def _safe_members(tar: tarfile.TarFile, into: Path) -> list[tarfile.TarInfo]:
+    """Every member of a package archive, checked: only regular files and directories, each
+    landing inside ``into``; modes without set-id bits (what tarfile's ``data`` filter does,
+    which Python before 3.11.4 — Debian 12's 3.11.2 — lacks)."""
+    root = into.resolve()
+    members = []
+    for member in tar.getmembers():
+        if not (member.isfile() or member.isdir()):
+            raise ArtifactError(f"{member.name!r}: a package holds only files and directories")
+        if Path(member.name).is_absolute() or not (into / member.name).resolve().is_relative_to(
+            root
+        ):
+            raise ArtifactError(f"{member.name!r} would land outside the package directory")
+        member.mode &= 0o755
+        members.append(member)
+    return members
+
+
 def unpack(data: bytes, into: Path) -> Path:
     """Extract a packed package safely (no links, no paths outside ``into``)."""
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            tar.extractall(into, filter="data")
+            members = _safe_members(tar, into)
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: belt and braces
+                tar.extractall(into, members=members, filter="data")
+            else:
+                tar.extractall(into, members=members)  # members checked above
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ArtifactError(f"not a valid package archive: {exc}") from exc
     return into
