@@ -172,14 +172,17 @@ def node_group() -> None:
 def node_join(ctx: click.Context, serve_args: tuple[str, ...]) -> None:
     """Start a node that joins a cluster: registers `joining`, loads and warms its share of
     the ring, then turns `active`. Takes the options of `shardline serve --etcd …`."""
-    from node.cli import serve
-
     if "--etcd" not in serve_args:
         raise click.UsageError(
             "node join needs --etcd HOST:PORT (and usually --cluster, --node-id)"
         )
+    # `serve` from the root command group (node.cli registers these commands there; no
+    # import back into node.cli).
+    root = ctx.find_root().command
+    serve = root.get_command(ctx, "serve") if isinstance(root, click.Group) else None
+    if serve is None:
+        raise click.UsageError("node join runs within `shardline`, which has a serve command")
     serve.main(list(serve_args), standalone_mode=True, prog_name="shardline node join")
-    del ctx
 
 
 @node_group.command("drain")
