@@ -46,6 +46,7 @@ class NodeProcess:
         env: dict[str, str] | None = None,
         etcd: str | None = None,
         prefix: Sequence[str] = (),
+        command: Sequence[str] = ("serve",),
     ) -> NodeProcess:
         """A standalone node serving ``workflows``, or with ``etcd`` a cluster node (then
         ``args`` carry ``--cluster``, ``--node-id`` …)."""
@@ -64,7 +65,7 @@ class NodeProcess:
             sys.executable,
             "-m",
             "node.cli",
-            "serve",
+            *command,
             *mode,
             "--port",
             "0",

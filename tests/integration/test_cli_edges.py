@@ -175,9 +175,10 @@ def test_client_commands_do_not_import_torch(node: NodeProcess) -> None:
 
 
 class OneNode:
-    def __init__(self, node: NodeProcess, root: Path) -> None:
+    def __init__(self, node: NodeProcess, root: Path, etcd: str) -> None:
         self.node = node
         self.root = root
+        self.etcd = etcd
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +204,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OneNode]:
         )  # fmt: skip
         try:
             asyncio.run(wait_ready([node.target], 90, lambda _: None))
-            yield OneNode(node, root)
+            yield OneNode(node, root, f"127.0.0.1:{etcd.client_port}")
         finally:
             node.stop()
 
@@ -300,3 +301,17 @@ def test_a_failed_deploy_prints_the_reason_and_what_to_do(cluster: OneNode, tmp_
     assert "shardline undeploy payment_fraud@97" in done.stderr
     assert "shardline package check" in done.stderr
     shardline("undeploy", "payment_fraud@97", "--target", cluster.node.target, env=env)
+
+
+def test_node_join_starts_a_node_that_joins(cluster: OneNode) -> None:
+    """`shardline node join` runs `serve` from the root command group (no import circle)."""
+    joined = NodeProcess.start(
+        ["--cluster", CLUSTER, "--node-id", "node-2", "--cpu-threads", "1"],
+        etcd=cluster.etcd,
+        metrics=False,
+        command=("node", "join"),
+    )
+    try:
+        asyncio.run(wait_ready([joined.target], 90, lambda _: None))
+    finally:
+        assert joined.stop() == 0, "\n".join(joined.lines[-20:])
