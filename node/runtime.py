@@ -58,7 +58,9 @@ from node.metrics import NodeMetrics
 from node.model_actor import Job, JobResult, ModelActor, job_flow
 from node.predlog import JsonlFileSink, PredictionLog, PredictionLogConfig, PredictionRecord
 from node.tls import TlsFiles
-from router.rules import Decision, ObjectiveConfig, OverrideNotAllowed, RequestContext, evaluate
+from router.decision import Decision
+from router.objectives import ObjectiveConfig
+from router.rules import OverrideNotAllowed, RequestContext, evaluate
 from workflows.devices import DeviceExecutors
 from workflows.loader import LoadedWorkflow, load_package
 from workflows.manifest import WorkflowManifest
