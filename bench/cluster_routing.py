@@ -31,7 +31,8 @@ from membership.etcd import connect
 from node.catalog_ops import catalog, register_tree
 from node.client import Client, SmartClient
 from node.localcluster import routing_table, wait_ready
-from router.rules import RequestContext, evaluate, load_objectives_dir
+from router.objectives import load_objectives_dir
+from router.rules import RequestContext, evaluate
 from tests.etcd_server import EtcdServer
 from tests.procs import EXAMPLES, NodeProcess
 

@@ -36,7 +36,8 @@ from node.artifacts import ArtifactError, ArtifactStore, unpack
 from node.catalog_ops import catalog, unimplemented_methods
 from node.codec import WireCodec
 from node.tls import client_context
-from router.rules import ConfigError, ObjectiveConfig, OverrideNotAllowed, RequestContext, evaluate
+from router.objectives import ConfigError, ObjectiveConfig
+from router.rules import OverrideNotAllowed, RequestContext, evaluate
 from workflows.manifest import ManifestError, load_manifest
 
 if TYPE_CHECKING:

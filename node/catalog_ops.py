@@ -16,7 +16,7 @@ from typing import Any
 import aetcd
 
 from membership.catalog import OBJECTIVE, WORKFLOW, Catalog
-from router.rules import ObjectiveConfig, load_objectives_dir
+from router.objectives import ObjectiveConfig, load_objectives_dir
 from workflows.integrity import discover_packages, verify_package
 from workflows.manifest import WorkflowManifest
 

@@ -395,7 +395,7 @@ def objective_set(
     force: bool,
 ) -> None:
     """Store FILE (TOML or JSON) as the objective's new revision; every node applies it."""
-    from router.rules import ConfigError, ObjectiveConfig
+    from router.objectives import ConfigError, ObjectiveConfig
 
     try:
         text = file.read_text()
@@ -536,14 +536,8 @@ def explain(
     override: str | None,
 ) -> None:
     """Print which model version NAME picks for a request context, and why."""
-    from router.rules import (
-        ConfigError,
-        OverrideNotAllowed,
-        RequestContext,
-        evaluate,
-        load_objective_file,
-        load_objectives_dir,
-    )
+    from router.objectives import ConfigError, load_objective_file, load_objectives_dir
+    from router.rules import OverrideNotAllowed, RequestContext, evaluate
 
     attributes = _pairs(context)
     if target is not None:

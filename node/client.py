@@ -53,8 +53,9 @@ from node._proto.shardline import v1
 from node._proto.shardline.v1 import inference_pb2 as pb
 from node.codec import RawBytes, WireCodec
 from node.tls import TlsFiles, client_context
+from router.objectives import ObjectiveConfig
 from router.replica import rendezvous
-from router.rules import ObjectiveConfig, OverrideNotAllowed, RequestContext, evaluate
+from router.rules import OverrideNotAllowed, RequestContext, evaluate
 
 
 class PredictError(Exception):

@@ -38,7 +38,7 @@ from node.runtime import NodeConfig, NodeRuntime
 from node.server import NodeServer, drain_grace_from_env
 from node.service import ClusterService, PeerService
 from router.handoff import Phase
-from router.rules import ObjectiveConfig
+from router.objectives import ObjectiveConfig
 from workflows.manifest import WorkflowManifest
 
 log = logging.getLogger("shardline.node")

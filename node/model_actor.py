@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from node.actors import Actor, Envelope, Mailbox
+from node.actors import Actor
 from node.admission import BatchCostModel
 from node.errors import DeadlineExceeded, Internal, InvalidArgument
+from node.mailbox import Envelope, Mailbox
 from workflows.batching import BatchPolicy
 from workflows.devices import DeviceExecutors
 from workflows.loader import LoadedWorkflow

@@ -33,11 +33,12 @@ from node.peers import PeerPool
 from node.placement import replicas_of
 from node.runtime import NodeRuntime
 from router import handoff
+from router.decision import Decision
 from router.forward import MAX_HOPS, AttemptFailed, attempt_order, call_with_failover
 from router.handoff import ring_of
 from router.replica import ReplicaPolicy, choose_replica, rendezvous
 from router.ring import Ring
-from router.rules import Decision, RequestContext
+from router.rules import RequestContext
 
 log = logging.getLogger("shardline.routing")
 

@@ -29,14 +29,7 @@ from google.protobuf.message import DecodeError
 
 from node import tensors
 from node._proto.shardline.v1 import inference_pb2 as pb
-from node.actors import (
-    ActorRef,
-    ActorStoppedError,
-    ActorSystem,
-    AskTimeoutError,
-    MailboxFullError,
-    RestartPolicy,
-)
+from node.actors import ActorRef, ActorSystem, AskTimeoutError, RestartPolicy
 from node.admission import (
     AdmissionController,
     BatchCostModel,
@@ -54,11 +47,14 @@ from node.errors import (
     clip,
 )
 from node.inputs import InputDecoder, check_head
+from node.mailbox import ActorStoppedError, MailboxFullError
 from node.metrics import NodeMetrics
 from node.model_actor import Job, JobResult, ModelActor, job_flow
 from node.predlog import JsonlFileSink, PredictionLog, PredictionLogConfig, PredictionRecord
 from node.tls import TlsFiles
-from router.rules import Decision, ObjectiveConfig, OverrideNotAllowed, RequestContext, evaluate
+from router.decision import Decision
+from router.objectives import ObjectiveConfig
+from router.rules import OverrideNotAllowed, RequestContext, evaluate
 from workflows.devices import DeviceExecutors
 from workflows.loader import LoadedWorkflow, load_package
 from workflows.manifest import WorkflowManifest

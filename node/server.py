@@ -52,7 +52,7 @@ from node.metrics import Readiness
 from node.runtime import NodeConfig, NodeRuntime
 from node.service import ClusterService, InferenceService, recv_request
 from node.tls import peer_verified, server_context
-from router.rules import ObjectiveConfig, load_objective_file, load_objectives_dir
+from router.objectives import ObjectiveConfig, load_objective_file, load_objectives_dir
 from workflows.loader import discover_packages
 
 log = logging.getLogger("shardline.server")

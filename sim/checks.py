@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from membership.registry import NodeState
-from router.rules import Decision, ObjectiveConfig, evaluate
+from router.decision import Decision
+from router.objectives import ObjectiveConfig
+from router.rules import evaluate
 from sim.etcd import ObjectiveVersion
 from sim.request import Request
 

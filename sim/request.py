@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from router.rules import Decision, ObjectiveConfig
+from router.decision import Decision
+from router.objectives import ObjectiveConfig
 
 if TYPE_CHECKING:
     from sim.node import SimNode

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from membership.swim_state import SwimConfig
-from router.rules import ConfigError, ObjectiveConfig
+from router.objectives import ConfigError, ObjectiveConfig
 from sim import defaults
 from sim.faults import FAULT_OPS, FaultSpec, FaultSpecError
 

@@ -22,8 +22,9 @@ from heapq import heappush
 from math import floor as _floor
 from typing import TYPE_CHECKING
 
+from router.decision import Decision
 from router.forward import MAX_HOPS, RETRYABLE
-from router.rules import Decision, RequestContext, evaluate
+from router.rules import RequestContext, evaluate
 from sim.core import derive_rng
 from sim.executor import Executor
 from sim.metrics import FLUSH_VALUES

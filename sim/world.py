@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 from membership.registry import NodeRecord, NodeState
 from membership.swim_state import MemberChanged, MemberState, Send
 from router import handoff
+from router.objectives import ObjectiveConfig
 from router.ring import Ring, RingMember
-from router.rules import ObjectiveConfig
 from sim.chaos import Chaos
 from sim.checks import SAMPLE_S, Liveness, Safety
 from sim.core import EventLoop, derive_rng

@@ -25,7 +25,7 @@ from node.admin_client import AdminClient, AdminError
 from node.catalog_ops import catalog, register_tree
 from node.client import Client
 from node.localcluster import wait_ready
-from router.rules import ObjectiveConfig
+from router.objectives import ObjectiveConfig
 from tests.etcd_server import EtcdServer, find_etcd
 from tests.integration.test_cluster import FRAUD
 from tests.procs import EXAMPLES, NodeProcess

@@ -13,7 +13,8 @@ import pytest
 from grpclib.const import Status
 
 from node.client import Client, PredictError, Prediction
-from router.rules import RequestContext, evaluate, load_objectives_dir
+from router.objectives import load_objectives_dir
+from router.rules import RequestContext, evaluate
 from tests.procs import EXAMPLES, NodeProcess, eventually
 
 pytestmark = pytest.mark.integration

@@ -11,17 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.actors import (
-    Actor,
+from node.actors import Actor, ActorSystem, AskTimeoutError, RestartPolicy
+from node.mailbox import (
     ActorError,
     ActorStoppedError,
-    ActorSystem,
-    AskTimeoutError,
     Envelope,
     FairMailbox,
     Mailbox,
     MailboxFullError,
-    RestartPolicy,
 )
 
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from node.actors import ActorRef, ActorSystem, AskTimeoutError, Envelope
+from node.actors import ActorRef, ActorSystem, AskTimeoutError
 from node.errors import DeadlineExceeded, Internal, InvalidArgument
+from node.mailbox import Envelope
 from node.model_actor import Job, JobResult, ModelActor
 from workflows.batching import BatchPolicy
 from workflows.devices import DeviceExecutors

@@ -13,25 +13,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.rules import (
+from router.decision import Decision
+from router.objectives import (
     MODEL_KEY_RE,
     OBJECTIVE_NAME_RE,
     Canary,
     ConfigError,
     ContextRule,
-    Decision,
     Experiment,
     ExperimentCell,
     ModelKey,
     ObjectiveConfig,
-    OverrideNotAllowed,
-    RequestContext,
     ShadowTarget,
-    evaluate,
     load_objective_file,
     load_objectives_dir,
-    stable_bucket,
 )
+from router.rules import OverrideNotAllowed, RequestContext, evaluate, stable_bucket
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "workflows" / "examples" / "objectives"
 USERS = [f"user-{i}" for i in range(10_000)]
