@@ -3,7 +3,7 @@
 A scenario is a TOML file in ``sim/scenarios/`` (or anywhere, by path). Every table is
 optional except ``name``; defaults give a healthy 6-node cluster serving two objectives.
 Parsing validates everything and names the offending field (``faults[3].node``). Objective
-configs are validated with the real ``router.rules.ObjectiveConfig``. ``with_overrides``
+configs are validated with the real ``router.objectives.ObjectiveConfig``. ``with_overrides``
 shortens a run (tests) or scales its load without editing the file.
 """
 
