@@ -1,4 +1,5 @@
-"""Unit tests for node/actors.py and node/mailbox.py: the asyncio actor runtime (mailboxes, asks, supervision)."""
+"""Unit tests for node/actors.py and node/mailbox.py: the asyncio actor runtime (mailboxes,
+asks, supervision)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Unit tests for router/objectives.py and router/rules.py: objective config validation and model selection."""
+"""Unit tests for router/objectives.py and router/rules.py: objective config validation
+and model selection."""
 
 from __future__ import annotations
 
