@@ -49,7 +49,8 @@ from node._proto.shardline.v1 import admin_pb2, cluster_pb2, inference_pb2, peer
 from node.codec import WireCodec
 from node.describe import describe
 from node.metrics import Readiness
-from node.runtime import NodeConfig, NodeRuntime
+from node.node_config import NodeConfig
+from node.runtime import NodeRuntime
 from node.service import ClusterService, InferenceService, recv_request
 from node.tls import peer_verified, server_context
 from router.rules import ObjectiveConfig, load_objective_file, load_objectives_dir
@@ -413,7 +414,7 @@ async def build_standalone(
     if not packages:
         raise FileNotFoundError(f"no workflow packages (workflow.toml) under {workflows_dir}")
     for package in packages:
-        await runtime.load_workflow(package)
+        await runtime.executor.load_workflow(package)
     path = objectives_path or default_objectives_path(workflows_dir)
     if path is not None:
         runtime.set_objectives(load_objectives(path))
