@@ -17,7 +17,7 @@ import logging
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -41,7 +41,11 @@ from router.rules import OverrideNotAllowed, RequestContext, evaluate
 from workflows.manifest import ManifestError, load_manifest
 
 if TYPE_CHECKING:
-    from node.cluster_node import ClusterNode
+    from node.cluster import ClusterConfig, ClusterMembership
+    from node.node_config import NodeConfig
+    from node.placement import Placement
+    from node.routing import ClusterRouter
+    from node.runtime import NodeRuntime
 
 log = logging.getLogger("shardline.admin")
 
@@ -71,8 +75,26 @@ def _info(name: str, rev: ObjectiveRevision) -> v1.ObjectiveRevisionInfo:
     )
 
 
+class AdminNode(Protocol):
+    """What the Admin API reads and does on the node it runs on (``ClusterNode`` has it)."""
+
+    @property
+    def config(self) -> NodeConfig: ...
+    @property
+    def cluster(self) -> ClusterConfig: ...
+    @property
+    def membership(self) -> ClusterMembership | None: ...
+    @property
+    def router(self) -> ClusterRouter: ...
+    @property
+    def placement(self) -> Placement: ...
+    @property
+    def runtime(self) -> NodeRuntime: ...
+    def start_drain(self) -> None: ...
+
+
 class AdminService(v1.AdminBase):  # type: ignore[misc]
-    def __init__(self, node: ClusterNode, token: str | None, store: ArtifactStore | None) -> None:
+    def __init__(self, node: AdminNode, token: str | None, store: ArtifactStore | None) -> None:
         self.node = node
         self.token = token
         self.store = store

@@ -31,10 +31,11 @@ from node.admin import AdminService
 from node.artifacts import DirectoryStore
 from node.cluster import ClusterConfig, ClusterMembership
 from node.describe import describe
+from node.node_config import NodeConfig
 from node.peers import PeerPool
 from node.placement import Placement
 from node.routing import ClusterRouter
-from node.runtime import NodeConfig, NodeRuntime
+from node.runtime import NodeRuntime
 from node.server import NodeServer, drain_grace_from_env
 from node.service import ClusterService, PeerService
 from router.handoff import Phase
@@ -81,11 +82,11 @@ class ClusterNode:
         self.drain_grace_s = drain_grace_from_env() if drain_grace_s is None else drain_grace_s
         self.cluster = cluster
         self.runtime = NodeRuntime(config)
-        self.runtime.starting = True
+        self.runtime.ingress.starting = True
         self.peers = PeerPool(config.tls)
-        self.router = ClusterRouter(self.runtime, self.peers)
-        self.runtime.router = self.router
-        self.placement = Placement(self.runtime, config.node_id)
+        self.router = ClusterRouter(self.runtime.executor, self.runtime.shadows, self.peers)
+        self.runtime.use_router(self.router)
+        self.placement = Placement(self.runtime.executor, config.node_id)
         self.server = NodeServer(
             self.runtime,
             [
@@ -126,10 +127,12 @@ class ClusterNode:
             self._objectives_revision = snapshot.revision
             self._observe_objective_lag(snapshot)
             self.runtime.set_objectives(objectives_of(snapshot))
-            self.runtime.starting = snapshot.revision == 0
+            self.runtime.ingress.starting = snapshot.revision == 0
             self.runtime.catalog_manifests = manifests_of(snapshot)
+            self.router.catalog_models = frozenset(self.runtime.catalog_manifests)
             self.runtime.metrics.catalog_revision.set(snapshot.revision)
         self.router.on_view(view, snapshot)
+        self.runtime.ingress.set_active_nodes(len(self.router.state.ring))
         self.placement.on_view(view, snapshot)
 
     def _observe_objective_lag(self, snapshot: ClusterSnapshot) -> None:

@@ -24,7 +24,7 @@ from membership.snapshot import ClusterSnapshot
 from membership.view import MembershipView
 from node.artifacts import artifact_path
 from node.catalog_ops import WORKFLOW_METHODS
-from node.runtime import NodeRuntime
+from node.executor import Executor
 from router import handoff
 from router.handoff import Phase
 
@@ -111,7 +111,7 @@ def _doc_id(doc: Any) -> str:
 
 @dataclass
 class Placement:
-    runtime: NodeRuntime
+    executor: Executor
     node_id: str
     base_backoff_s: float = 1.0
     max_backoff_s: float = 60.0
@@ -173,11 +173,15 @@ class Placement:
         while True:
             replicas = replicas_of(self.snapshot)
             s = handoff.step(
-                self.node_id, self.view, replicas, set(self.runtime.models), self.runtime.in_flight
+                self.node_id,
+                self.view,
+                replicas,
+                set(self.executor.models),
+                self.executor.in_flight,
             )
             loaded = await self._load(s.load)
             for key in sorted(s.unload):
-                await self.runtime.unload_workflow(key)
+                await self.executor.unload_workflow(key)
             for key in list(self.failures):
                 if key not in s.load:
                     del self.failures[key]
@@ -203,7 +207,7 @@ class Placement:
             try:
                 path = artifact_path(doc)
                 started = loop.time()
-                await self.runtime.load_workflow(path, expect_key=key, warm=True)
+                await self.executor.load_workflow(path, expect_key=key, warm=True)
                 self.load_seconds[key] = loop.time() - started
                 log.info("%s: loaded and warmed %s in %.2fs", self.node_id, key,
                          self.load_seconds[key])  # fmt: skip

@@ -1,12 +1,18 @@
 """Cluster routing on a node: owners on the ring, replica choice, forward or serve here.
 
+The router of a cluster node: the ingress (``node.ingress``) hands it a decided request
+(model key, cell, shadows), and it calls only downward, never back into the ingress: the
+executor here (``node.executor.Executor.execute``) or a peer there
+(``node.peers.PeerPool.forward``).
+
 ``ClusterRouter`` keeps an immutable ``RoutingState`` (membership view, ring over the
 active members, replicas per model key) swapped atomically on every view change; the
 hot path only reads it. For a decided request it picks a replica among the owners that
 have the model warm (sticky per user unless loaded, else power of two choices), runs it
 here or forwards the original bytes to the owner, and fails over once to the next owner
 on UNAVAILABLE, a broken connection or overload. Shadow copies go to their own owners,
-bounded and never awaited.
+bounded and never awaited (``node.local_router.Shadows``). ``serve_forward`` answers a
+peer's ``Peer.Forward``: on the executor here, or passed on once to another owner.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ from node.errors import (
     clip,
     error_for_status,
 )
+from node.executor import Executor
 from node.inputs import MAX_MODEL_KEY_CHARS
+from node.local_router import Shadows
 from node.peers import PeerPool
 from node.placement import replicas_of
-from node.runtime import NodeRuntime
 from router import handoff
 from router.decision import Decision
 from router.forward import MAX_HOPS, AttemptFailed, attempt_order, call_with_failover
@@ -59,15 +66,20 @@ class RoutingState:
 class ClusterRouter:
     def __init__(
         self,
-        runtime: NodeRuntime,
+        executor: Executor,
+        shadows: Shadows,
         peers: PeerPool,
         *,
         rng: random.Random | None = None,
         policy: ReplicaPolicy | None = None,
     ) -> None:
-        self.runtime = runtime
-        self.node_id = runtime.config.node_id
+        self.executor = executor
+        self.shadows = shadows
+        self.metrics = executor.metrics
+        self.node_id = executor.config.node_id
         self.peers = peers
+        self.catalog_models: frozenset[str] = frozenset()
+        """The model keys in the catalog (``serve_forward`` refuses others)."""
         self.rng = rng or random.Random()
         self.policy = policy or ReplicaPolicy()
         self.state = RoutingState()
@@ -75,13 +87,15 @@ class ClusterRouter:
     # -- state -----------------------------------------------------------------------------
 
     def on_view(self, view: MembershipView, snapshot: ClusterSnapshot) -> None:
-        """Swap in the routing state for a new view (ring rebuilt only when members change)."""
+        """Swap in the routing state for a new view (ring rebuilt only when members change).
+
+        The node divides its admission limits by ``len(self.state.ring)`` afterwards."""
         ring = ring_of(view)
         replicas = replicas_of(snapshot)
         if ring == self.state.ring:
             ring = self.state.ring  # keep the memoized owners
         elif len(self.state.ring) or len(ring):
-            metrics = self.runtime.metrics
+            metrics = self.metrics
             metrics.ring_changes.inc()
             moved = sum(
                 set(self.state.ring.owners(k, r)) != set(ring.owners(k, r))
@@ -89,7 +103,6 @@ class ClusterRouter:
             )
             metrics.keys_moved.inc(moved)
         self.state = RoutingState(view, ring, MappingProxyType(replicas))
-        self.runtime.set_active_nodes(len(ring))
         self.peers.retain({m.record.grpc_address for m in view.members.values()})
 
     def serving(self, model_key: str, owners: tuple[str, ...]) -> tuple[str, ...]:
@@ -98,14 +111,14 @@ class ClusterRouter:
 
         def warm(node_id: str) -> bool:
             if node_id == self.node_id:
-                return model_key in self.runtime.models
+                return model_key in self.executor.models
             return node_id in members and model_key in members[node_id].models
 
         return handoff.serving_candidates(model_key, owners, self.state.view, warm)
 
     def in_flight(self) -> dict[str, int]:
         counts = self.state.view.in_flight()
-        counts[self.node_id] = self.runtime.in_flight
+        counts[self.node_id] = self.executor.in_flight
         return counts
 
     def choose(self, candidates: tuple[str, ...], user_id: str) -> str:
@@ -157,7 +170,7 @@ class ClusterRouter:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         tried: list[str] = []
-        metrics = self.runtime.metrics
+        metrics = self.metrics
 
         async def call(node_id: str) -> bytes:
             if tried:
@@ -166,7 +179,7 @@ class ClusterRouter:
             remaining = deadline - loop.time()
             if node_id == self.node_id:
                 try:
-                    return await self.runtime.execute(
+                    return await self.executor.execute(
                         raw, key, cell, hops=hops - 1, timeout_s=remaining, started=started,
                         context=context,
                     )  # fmt: skip
@@ -206,23 +219,23 @@ class ClusterRouter:
 
     def _shadow(self, key: str, context: RequestContext, raw: bytes) -> None:
         owners = self.serving(key, self.state.owners(key))
-        runtime = self.runtime
+        shadows = self.shadows
         if not owners:
-            runtime.metrics.shadow_requests.labels(key, "not_loaded").inc()
+            shadows.counter.labels(key, "not_loaded").inc()
             return
         target = rendezvous(context.user_id, owners)
         if target == self.node_id:
-            runtime.start_local_shadow(key, context, raw)
+            shadows.run_here(key, context, raw)
             return
         member = self.state.view.members.get(target)
-        if member is None or runtime.shadows_in_flight >= runtime.config.max_shadow_in_flight:
-            runtime.metrics.shadow_requests.labels(key, "dropped").inc()
+        if member is None or shadows.full:
+            shadows.counter.labels(key, "dropped").inc()
             return
-        runtime.track_shadow(
+        shadows.track(
             key,
             self.peers.forward(
                 target, member.record.grpc_address, raw, model_key=key, cell="shadow", hops=1,
-                ingress_node=self.node_id, timeout_s=runtime.config.shadow_timeout_s, shadow=True,
+                ingress_node=self.node_id, timeout_s=shadows.timeout_s, shadow=True,
             ),
         )  # fmt: skip
 
@@ -231,14 +244,14 @@ class ClusterRouter:
         key, hops = message.model_key, message.hops
         if len(key) > MAX_MODEL_KEY_CHARS or len(message.cell) > MAX_MODEL_KEY_CHARS:
             raise InvalidArgument("model_key", f"longer than {MAX_MODEL_KEY_CHARS} characters")
-        if key not in self.runtime.catalog_manifests and key not in self.runtime.models:
+        if key not in self.catalog_models and key not in self.executor.models:
             # Unavailable, not NOT_FOUND: during a deploy this node may apply the catalog
             # after the ingress did, and the ingress then tries another owner.
             raise Unavailable(f"model {clip(key)} is not in the catalog of {self.node_id}")
         if hops > MAX_HOPS:
             raise Unavailable(f"{key}: hop limit of {MAX_HOPS} exceeded")
-        if key in self.runtime.models:
-            return await self.runtime.execute(
+        if key in self.executor.models:
+            return await self.executor.execute(
                 message.request, key, message.cell, hops=hops, timeout_s=timeout_s,
                 started=started,
             )  # fmt: skip

@@ -17,8 +17,11 @@ Leaving is make-before-break (``leave``): NOT_SERVING first, then the node keeps
 answering for ``drain_grace_s`` (clients that watch health, and load balancers that
 probe ``/readyz``, move away meanwhile); then ``stop`` sends HTTP/2 GOAWAY on every
 connection (twice, the standard graceful way: first "no new streams", then, after a
-PING round trip, the last stream it will process), waits for the requests in flight (up
-to a grace period), closes the server and drains the actors.
+PING round trip, the last stream it will process; ``node.graceful_server``), waits for the
+requests in flight (up to a grace period), closes the server and drains the actors.
+
+The standalone node is assembled here too (``build_standalone``, ``serve_standalone``):
+every package under a directory, served under the objective files beside it.
 """
 
 from __future__ import annotations
@@ -27,8 +30,7 @@ import asyncio
 import logging
 import os
 import signal
-import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -37,19 +39,18 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
-from grpclib.protocol import H2Protocol
 from grpclib.reflection.service import ServerReflection
-from grpclib.server import Server, Stream
-from hyperframe.frame import GoAwayFrame
-from prometheus_client import Gauge
+from grpclib.server import Stream
 
 # The descriptors of the shardline services, for server reflection (the protobuf default
 # pool knows a file once its _pb2 module is imported).
 from node._proto.shardline.v1 import admin_pb2, cluster_pb2, inference_pb2, peer_pb2
 from node.codec import WireCodec
 from node.describe import describe
+from node.graceful_server import GracefulServer, InFlight
 from node.metrics import Readiness
-from node.runtime import NodeConfig, NodeRuntime
+from node.node_config import NodeConfig
+from node.runtime import NodeRuntime
 from node.service import ClusterService, InferenceService, recv_request
 from node.tls import peer_verified, server_context
 from router.objectives import ObjectiveConfig, load_objective_file, load_objectives_dir
@@ -61,7 +62,6 @@ MAX_CONTROL_BYTES = 300 * 1024 * 1024  # a deployed package travels in one Admin
 DRAIN_GRACE_ENV = "SHARDLINE_DRAIN_GRACE_S"
 DEFAULT_DRAIN_GRACE_S = 2.0
 HEALTH_POLL_S = 0.1  # how often the health statuses are re-read from the readiness callback
-PING_ACK_TIMEOUT_S = 1.0  # longest wait for a client's PING ack between the two GOAWAYs
 INFERENCE_SERVICE = "shardline.v1.Inference"
 _PROTO_FILES = (admin_pb2, cluster_pb2, inference_pb2, peer_pb2)
 
@@ -79,37 +79,6 @@ def drain_grace_from_env(default: float = DEFAULT_DRAIN_GRACE_S) -> float:
     if not 0.0 <= value <= 3600.0:
         raise ValueError(f"{DRAIN_GRACE_ENV}={raw!r}: give 0 to 3600 seconds")
     return value
-
-
-class InFlight:
-    """Counts requests in flight; refuses new ones once the node has closed its doors."""
-
-    def __init__(self, gauge: Gauge) -> None:
-        self.gauge = gauge
-        self.count = 0
-        self.draining = False
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def wrap(self, handler: Callable[[Stream[Any, Any]], Awaitable[None]]) -> Any:
-        async def guarded(stream: Stream[Any, Any]) -> None:
-            if self.draining:
-                raise GRPCError(Status.UNAVAILABLE, "node is shutting down; retry on another node")
-            self.count += 1
-            self.gauge.inc()
-            self._idle.clear()
-            try:
-                await handler(stream)
-            finally:
-                self.count -= 1
-                self.gauge.dec()
-                if self.count == 0:
-                    self._idle.set()
-
-        return guarded
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
 
 
 def _compressed_ok(path: str, handler: Any) -> Any:
@@ -139,84 +108,6 @@ class _Wrapped:
 
     def __mapping__(self) -> dict[str, Any]:
         return self._mapping
-
-
-class GracefulServer(Server):
-    """grpclib's server, plus what grpclib lacks for leaving gracefully: it keeps its
-    connections so that ``goaway`` can tell every client to open new streams elsewhere
-    while the streams it already sent are answered here."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
-
-    def _protocol_factory(self) -> H2Protocol:
-        protocol = super()._protocol_factory()
-        self._protocols.add(protocol)
-        return protocol
-
-    def _open(self) -> list[Any]:
-        """The grpclib connections still open."""
-        out = []
-        for protocol in list(self._protocols):
-            connection = getattr(protocol, "connection", None)
-            if connection is not None and not connection.is_closing():
-                out.append(connection)
-        return out
-
-    @staticmethod
-    def _send_goaway(connection: Any, last_stream_id: int) -> None:
-        # Written beside h2's state machine, not through close_connection(): h2 refuses to
-        # send anything after its own GOAWAY, and the streams in flight still need their
-        # answers (RFC 9113 6.8: a GOAWAY only stops *new* streams).
-        h2 = connection._connection
-        frame = GoAwayFrame(stream_id=0, last_stream_id=last_stream_id, error_code=0)
-        h2._data_to_send += frame.serialize()
-        connection.flush()
-
-    async def goaway(self) -> int:
-        """Graceful GOAWAY on every open connection; returns how many got one.
-
-        First GOAWAY with the largest stream id plus a PING; when the PING comes back (or
-        after ``PING_ACK_TIMEOUT_S``) the client has seen the GOAWAY and opens no more
-        streams here, and a second GOAWAY names the last stream this server will answer.
-        """
-        connections = self._open()
-        acks: list[asyncio.Event] = []
-        for connection in connections:
-            acked = asyncio.Event()
-            original = connection.ping_ack_process
-
-            def on_ack(
-                original: Callable[[], None] = original, acked: asyncio.Event = acked
-            ) -> None:
-                original()
-                acked.set()
-
-            connection.ping_ack_process = on_ack
-            try:
-                self._send_goaway(connection, 2**31 - 1)
-                connection._connection.ping(b"shutdown")
-                connection.flush()
-            except Exception as exc:  # a connection that broke meanwhile needs no GOAWAY
-                log.debug("GOAWAY not sent: %s", exc)
-                acked.set()
-            acks.append(acked)
-        if acks:
-            waits = [asyncio.ensure_future(a.wait()) for a in acks]
-            _, pending = await asyncio.wait(waits, timeout=PING_ACK_TIMEOUT_S)
-            for task in pending:
-                task.cancel()
-        for connection in self._open():
-            try:
-                self._send_goaway(connection, connection._connection.highest_inbound_stream_id)
-            except Exception as exc:
-                log.debug("final GOAWAY not sent: %s", exc)
-        return len(connections)
-
-    def close_connections(self) -> None:
-        for connection in self._open():
-            connection.close()
 
 
 PEER_ONLY = ("/shardline.v1.Peer/", "/shardline.v1.Admin/")
@@ -413,7 +304,7 @@ async def build_standalone(
     if not packages:
         raise FileNotFoundError(f"no workflow packages (workflow.toml) under {workflows_dir}")
     for package in packages:
-        await runtime.load_workflow(package)
+        await runtime.executor.load_workflow(package)
     path = objectives_path or default_objectives_path(workflows_dir)
     if path is not None:
         runtime.set_objectives(load_objectives(path))

@@ -1,8 +1,10 @@
 """gRPC services of a node (grpclib): ``shardline.v1.Inference`` and ``grpc.health.v1``.
 
 The Predict handler receives the request as raw bytes (``WireCodec`` hands bytes to
-handlers that ask for them) so the runtime decodes it once, with the fast protobuf
-runtime, and a router can forward the original bytes untouched. Every failure leaves
+handlers that ask for them) and hands them to the ingress (``node.ingress.Ingress``),
+so the node decodes them once, with the fast protobuf runtime, and a router can forward
+the original bytes untouched; ``Peer.Forward`` hands a peer's forward to the cluster
+router (``ClusterRouter.serve_forward``). Every failure leaves
 as a gRPC status with a human, bounded message: ``RequestError`` maps to its status,
 anything unexpected becomes INTERNAL with a reference into the node log — never a
 traceback.
@@ -131,16 +133,17 @@ async def guarded(call: Callable[[], Awaitable[Any]], what: str) -> Any:
 
 
 class InferenceService:
-    """``shardline.v1.Inference`` over a ``NodeRuntime``."""
+    """``shardline.v1.Inference`` over a ``NodeRuntime``: Predict goes to its ingress."""
 
     def __init__(self, runtime: NodeRuntime) -> None:
         self.runtime = runtime
+        self.ingress = runtime.ingress
 
     async def predict(self, stream: Stream[bytes, bytes]) -> None:
         raw = await recv_request(stream)
         remaining = stream.deadline.time_remaining() if stream.deadline else None
         client = client_of(stream)
-        answer = await guarded(lambda: self.runtime.predict(raw, remaining, client), "Predict")
+        answer = await guarded(lambda: self.ingress.predict(raw, remaining, client), "Predict")
         await stream.send_message(answer)
 
     async def list_objectives(self, stream: Stream[Any, Any]) -> None:

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from node.client import build_request
-from node.runtime import UNKNOWN_OBJECTIVE
+from node.request_head import UNKNOWN_OBJECTIVE
 from tests.integration.test_standalone_node import FRAUD, metric
 from tests.procs import NodeProcess
 

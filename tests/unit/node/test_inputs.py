@@ -6,8 +6,8 @@ import pytest
 
 from node._proto.shardline.v1 import inference_pb2 as pb
 from node.errors import MAX_MESSAGE_CHARS, InvalidArgument, bounded, error_for_status
+from node.ingress import with_request_id
 from node.inputs import MAX_ATTRIBUTES, check_head
-from node.runtime import with_request_id
 
 BIG = "z" * 1_000_000
 
