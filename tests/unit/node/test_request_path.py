@@ -30,7 +30,7 @@ from node.node_config import NodeConfig
 from node.peers import PeerPool
 from node.routing import ClusterRouter
 from node.runtime import NodeRuntime
-from router.rules import ObjectiveConfig
+from router.objectives import ObjectiveConfig
 from tests.procs import EXAMPLES, REPO
 
 NODE = REPO / "node"
