@@ -30,7 +30,7 @@ from membership.view import MembershipView
 from node.admin import AdminService
 from node.artifacts import DirectoryStore
 from node.cluster import ClusterConfig, ClusterMembership
-from node.describe import describe
+from node.cluster_table import describe_cluster
 from node.node_config import NodeConfig
 from node.peers import PeerPool
 from node.placement import Placement
@@ -91,7 +91,7 @@ class ClusterNode:
             self.runtime,
             [
                 PeerService(self.router),
-                ClusterService(lambda: describe(self.runtime, self.router, self.placement)),
+                ClusterService(lambda: describe_cluster(self.runtime, self.router, self.placement)),
                 AdminService(
                     self,
                     admin_token,
