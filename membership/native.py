@@ -41,6 +41,7 @@ MODULES = (
     "membership.view",
     "router.replica",
     "router.ring",
+    "sim.candidates",
     "sim.checks",
     "sim.core",
     "sim.executor",

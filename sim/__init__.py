@@ -10,11 +10,24 @@ I/O is simulated: the network (``sim.network``), etcd (``sim.etcd``), model exec
 (``sim.executor``, with the real ``workflows.batching.BatchPolicy``) and the clients.
 
 Layout: ``core`` (clock, heap, seeded generators), ``scenario``/``faults``/``defaults``
-(TOML scenarios), ``world`` (the run), ``node``/``control``/``routing`` (a node),
-``serving``/``request``/``executor``/``workload`` (the request path), ``chaos`` (faults),
-``checks`` (safety, liveness), ``metrics``/``result``/``report`` (outputs), ``swarm``
-(random schedules), ``cli``. Never imports ``node``; only tests, the CLI and
-``bench/sim_speed.py`` import it.
+(TOML scenarios), ``world`` (the run), ``node``/``control`` (a node process),
+``serving``/``routing``/``executor``/``request``/``candidates``/``workload`` (the request
+path), ``chaos`` (faults), ``checks`` (safety, liveness), ``metrics``/``result``/``report``
+(outputs), ``swarm`` (random schedules), ``cli``. Never imports ``node``; only tests, the
+CLI and ``bench/sim_speed.py`` import it.
+
+Imports go one way, with no circle: each module imports only modules named before it here
+(``native``, the mypyc build, imports none):
+
+- ``core``, ``defaults``, ``faults``, ``etcd``, ``candidates``; ``scenario``; ``network``,
+  ``workload``: the clock, the inputs, the simulated I/O, interned candidate tuples;
+- ``request`` (a request and ``Host``, a node as the request path sees it); ``metrics``;
+- ``executor`` (here), ``routing`` (where); ``serving`` (the request engine: ingress ->
+  router -> executor here or a peer there -> answer);
+- ``control`` (etcd client); ``node`` (``SimNode``: a ``Host`` with its process);
+- ``chaos``, ``checks``; ``world`` (builds every part and wires them: the parts below
+  see it only through the protocols they define); ``result``; ``report``, ``swarm``;
+  ``cli``.
 """
 
 from membership.native import extend as _extend

@@ -4,24 +4,49 @@ Each ``FaultSpec`` fires at its ``at_s``; node choices (``"random"``) and churn 
 drawn from the run's ``faults`` generator, so the schedule is part of the seed's trace.
 Ops that take time (drains, rolling restarts, churn) keep ``quiet_since`` up to date: the
 liveness check starts counting only once the last fault action is over.
+
+Faults act on the world through ``FaultWorld`` (what ``sim.world.World`` is; the world
+builds the ``Chaos`` and is not imported here) and on its ``sim.node.SimNode``s.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from membership.registry import NodeState
+from sim.core import EventLoop
+from sim.etcd import EtcdDouble
 from sim.faults import FaultSpec
+from sim.metrics import Metrics
+from sim.network import Network
+from sim.node import SimNode
 
-if TYPE_CHECKING:
-    from sim.node import SimNode
-    from sim.world import World
+
+class FaultWorld(Protocol):
+    """What the faults act on: the nodes, the network, etcd, and the world's node
+    lifecycle (crash, restart, join, an etcd outage)."""
+
+    @property
+    def loop(self) -> EventLoop: ...
+    @property
+    def nodes(self) -> Mapping[str, SimNode]: ...
+    @property
+    def net(self) -> Network: ...
+    @property
+    def etcd(self) -> EtcdDouble: ...
+    @property
+    def metrics(self) -> Metrics: ...
+
+    def crash(self, node: SimNode) -> None: ...
+    def restart(self, node: SimNode) -> None: ...
+    def join(self, node_id: str, capacity: float) -> None: ...
+    def etcd_outage(self, until: float) -> None: ...
 
 
 class Chaos:
-    def __init__(self, world: World, rng: random.Random) -> None:
+    def __init__(self, world: FaultWorld, rng: random.Random) -> None:
         self.world = world
         self.loop = world.loop
         self.rng = rng

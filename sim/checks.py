@@ -18,6 +18,10 @@ when every roster record belongs to a running process and every running process 
 the roster, no join is pending (nor a drain that an active node could take over), and
 every running node has etcd's revision, a view of exactly the roster with nobody dead,
 and the ring over the roster's active members.
+
+The checkers read the world through ``CheckedWorld`` (what ``sim.world.World`` is; the
+world builds them and is not imported here); the request path reports to ``Safety`` as
+its ``sim.serving.Checker``.
 """
 
 from __future__ import annotations
@@ -26,21 +30,39 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from membership.registry import NodeState
 from router.decision import Decision
 from router.objectives import ObjectiveConfig
 from router.rules import evaluate
-from sim.etcd import ObjectiveVersion
-from sim.request import Request
-
-if TYPE_CHECKING:
-    from sim.node import SimNode
-    from sim.world import World
+from sim.core import EventLoop
+from sim.etcd import EtcdDouble, ObjectiveVersion
+from sim.node import SimNode
+from sim.request import Host, Request
+from sim.serving import RequestEngine
 
 SAMPLE_S = 0.5
 MAX_EXAMPLES = 10
+
+
+class CheckedWorld(Protocol):
+    """What the checkers read: the clock, etcd, the request engine, the nodes and when
+    each went down, and the roster of running processes."""
+
+    @property
+    def loop(self) -> EventLoop: ...
+    @property
+    def etcd(self) -> EtcdDouble: ...
+    @property
+    def engine(self) -> RequestEngine: ...
+    @property
+    def nodes(self) -> Mapping[str, SimNode]: ...
+    @property
+    def down_since(self) -> Mapping[str, float]: ...
+
+    def roster(self) -> dict[str, NodeState]:
+        """The etcd roster's states, counting only records of running processes."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +76,7 @@ class CheckResult:
 
 
 class Safety:
-    def __init__(self, world: World, detection_bound_s: float, staleness_s: float) -> None:
+    def __init__(self, world: CheckedWorld, detection_bound_s: float, staleness_s: float) -> None:
         self.world = world
         self.bound_s = detection_bound_s
         self.staleness_s = staleness_s
@@ -77,7 +99,7 @@ class Safety:
         self._histories = [etcd.objectives[name] for name in self.world.engine.names]
         self._expected = [{} for _ in self._histories]
 
-    def routed(self, req: Request, via: SimNode, target: str) -> None:
+    def routed(self, req: Request, via: Host, target: str) -> None:
         """``via`` sends ``req`` to ``target``. The request path calls this for every route
         to a node that is down or that ``via``'s view holds dead: no other route can
         violate these two properties (``checked_routes`` counts those calls)."""
@@ -110,7 +132,7 @@ class Safety:
         decision: Decision = evaluate(config, self.world.engine.context(user))
         return decision.model_key
 
-    def answered(self, reqs: list[Request], model_key: str, server: SimNode) -> None:
+    def answered(self, reqs: list[Request], model_key: str, server: Host) -> None:
         """Answers from ``model_key`` (one batch on ``server``): was each the model (and
         config) it should be?"""
         self.checked_answers += len(reqs)
@@ -152,7 +174,7 @@ class Safety:
                 )
 
     def _stale(self, req: Request, superseded_at: float) -> None:
-        control = req.ingress.control
+        control = self.world.nodes[req.ingress.node_id].control  # (its process's etcd client)
         if control is not None and control.connected and control.connected_since <= superseded_at:
             late = req.t_route - superseded_at
             self._violation(
@@ -181,7 +203,7 @@ class Safety:
 class Liveness:
     """Convergence after the heal (see the module docstring)."""
 
-    def __init__(self, world: World, heal_at_s: float, bound_s: float) -> None:
+    def __init__(self, world: CheckedWorld, heal_at_s: float, bound_s: float) -> None:
         self.world = world
         self.heal_at_s = heal_at_s
         self.bound_s = bound_s

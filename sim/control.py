@@ -7,27 +7,90 @@ gone), reads the whole prefix once and then follows the watch, reconnecting with
 exponential backoff (0.05 s doubling to 2 s) and resuming from its last revision. While
 etcd is unreachable the node keeps its last snapshot. Every etcd call is an RPC through
 the simulated network (``World.etcd_call``); the store applies it when it arrives.
+
+The client sees its node as a ``Process`` and the world as a ``ControlWorld`` (both are
+what ``sim.node.SimNode`` and ``sim.world.World`` are; neither is imported here).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import random
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from membership.registry import NodeRecord, NodeState
 from membership.snapshot import ClusterSnapshot
+from sim.core import EventLoop, Handler
 from sim.etcd import EtcdDouble
-
-if TYPE_CHECKING:
-    from sim.node import SimNode
+from sim.scenario import Scenario
 
 INITIAL_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 2.0
+_T = TypeVar("_T")
+
+
+class ControlWorld(Protocol):
+    """What the etcd client needs of the world: the clock, the store, RPCs to it."""
+
+    @property
+    def loop(self) -> EventLoop: ...
+    @property
+    def etcd(self) -> EtcdDouble: ...
+    @property
+    def scenario(self) -> Scenario: ...
+
+    def etcd_call(
+        self,
+        node: Process,
+        op: Callable[[EtcdDouble], _T],
+        done: Callable[[_T | None], None],
+        *,
+        force: bool = False,
+    ) -> None:
+        """An RPC from ``node`` to etcd: ``op`` runs at the store, ``done`` gets the result
+        (None: no answer within the client timeout)."""
+
+    def watch_lease(self, lease_id: int) -> None:
+        """Expire the lease when its time comes (unless kept alive)."""
+
+
+class Process(Protocol):
+    """What the etcd client needs of its node process (``sim.node.SimNode``)."""
+
+    @property
+    def world(self) -> ControlWorld: ...
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def grpc_address(self) -> str: ...
+    @property
+    def gossip_address(self) -> str: ...
+    @property
+    def capacity(self) -> float: ...
+    @property
+    def epoch(self) -> int:
+        """Which process lifetime of the node (a restart begins a new one)."""
+
+    @property
+    def up(self) -> bool: ...
+    @property
+    def frozen(self) -> bool: ...
+    @property
+    def misc_rng(self) -> random.Random: ...
+    @property
+    def snapshot(self) -> ClusterSnapshot: ...
+
+    def on_snapshot(self, snapshot: ClusterSnapshot) -> None:
+        """A newer snapshot of the store."""
+
+    def defer(self, fn: Handler, arg: Any) -> None:
+        """Run ``fn(arg)`` when the paused process resumes."""
 
 
 class ControlClient:
     """The etcd side of one node process (one instance per process lifetime)."""
 
-    def __init__(self, node: SimNode) -> None:
+    def __init__(self, node: Process) -> None:
         self.node = node
         self.world = node.world
         self.epoch = node.epoch

@@ -7,6 +7,11 @@ while queued are dropped at closing (their asker already gave up); a full queue 
 with RESOURCE_EXHAUSTED. A batch of n takes ``(base + per_item * n)`` ms, times the node's
 slow-down factor, times a lognormal jitter. Closing an executor (unload) stops new work and
 lets the queue finish; killing it (crash) drops everything on the floor.
+
+It knows nothing of routing: requests are handed to ``offer`` (by ``sim.serving``), its
+outcomes go to ``Answers`` (the request engine), and the node it runs on is a
+``sim.request.Host`` (its in-flight count, pause and slow-down); ``drained`` tells the
+node's placement that a closing executor has finished.
 """
 
 from __future__ import annotations
@@ -14,17 +19,24 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from heapq import heappush
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sim.core import EventLoop
-from sim.request import Request
+from sim.request import Host, Request
 from sim.scenario import WorkflowSpec
 from workflows.batching import BatchPolicy
 
-if TYPE_CHECKING:
-    from sim.node import SimNode
-    from sim.serving import RequestEngine
+
+class Answers(Protocol):
+    """Where an executor's outcomes go (``sim.serving.RequestEngine``)."""
+
+    def executed(self, batch: list[Request], executor: Executor) -> None:
+        """A batch finished on ``executor``."""
+
+    def expired_in_queue(self, req: Request) -> None:
+        """Dropped at batch closing: its deadline passed while it was queued."""
 
 
 class Executor:
@@ -36,6 +48,7 @@ class Executor:
         "_close_fn",
         "_close_token",
         "_complete_fn",
+        "_drained",
         "_engine",
         "_loop",
         "_max_batch",
@@ -55,11 +68,12 @@ class Executor:
 
     def __init__(
         self,
-        node: SimNode,
+        node: Host,
         spec: WorkflowSpec,
         loop: EventLoop,
-        engine: RequestEngine,
+        engine: Answers,
         rng: random.Random,
+        drained: Callable[[Executor], None],
     ) -> None:
         self.node = node
         self.key = spec.key
@@ -72,6 +86,7 @@ class Executor:
         self._loop = loop
         self._engine = engine
         self._rng = rng
+        self._drained = drained
         self.queue: deque[Request] = deque()  # (each with its ``t_queued``)
         self._busy = False
         self._running: list[Request] = []
@@ -136,7 +151,7 @@ class Executor:
             if queue:
                 self._schedule_close(now)
             elif self.closing:
-                node.executor_drained(self)
+                self._drained(self)
             return
         cost = (self._base_s + self._per_item_s * len(batch)) * node.slow_factor
         if self.sigma:
@@ -162,7 +177,7 @@ class Executor:
         if self.queue:
             self._schedule_close(self._loop.now)
         elif self.closing:
-            node.executor_drained(self)
+            self._drained(self)
 
     def kill(self) -> list[Request]:
         """A crash: everything queued or running is dropped (and returned)."""
@@ -173,5 +188,6 @@ class Executor:
         return dropped
 
     @property
-    def busy(self) -> bool:
-        return self._busy
+    def pending(self) -> bool:
+        """Requests are queued or running."""
+        return bool(self.queue) or self._busy

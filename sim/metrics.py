@@ -15,16 +15,12 @@ import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from router.ring import Ring, moved_keys
-from sim.request import STATUS_CODE, STATUSES, Request
-
-if TYPE_CHECKING:
-    from sim.node import SimNode
-
+from sim.request import STATUS_CODE, STATUSES, Host, Request
 
 #: numpy types of the outcome columns (end time, start time, status, objective, server).
 COLUMN_TYPES = (np.float64, np.float64, np.int8, np.int8, np.int16)
@@ -71,7 +67,7 @@ class Metrics:
 
     # ------------------------------------------------------------------ requests
 
-    def record(self, req: Request, status: str, at: float, server: SimNode | None) -> None:
+    def record(self, req: Request, status: str, at: float, server: Host | None) -> None:
         rows = self.rows
         rows.extend(
             (at, req.t0, STATUS_CODE[status], req.obj, -1 if server is None else server.index)

@@ -6,7 +6,9 @@ snapshot through its ``ControlClient``, builds its ``MembershipView`` with the r
 ``build_view`` and its ring with the real ``router.handoff.ring_of``, and runs placement as
 ``node.placement`` does: the real ``router.handoff.step`` says what to load (one at a time,
 taking the workflow's ``load_s``), what to let go, and when a joiner may turn active or a
-draining node may leave. The request path on top of this lives in ``sim.serving``.
+draining node may leave. The request path on top of this lives in ``sim.serving``: it sees
+a node as the ``sim.request.Host`` that ``SimNode`` extends, and never imports this module.
+The node sees the world as a ``NodeWorld`` (what ``sim.world.World`` is, not imported here).
 
 A crashed node loses everything; a paused node (GC pause, frozen VM) runs nothing and
 every event addressed to it waits in ``deferred`` until it resumes; a slow node computes
@@ -18,31 +20,63 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from membership.registry import NodeState
 from membership.snapshot import ClusterSnapshot
 from membership.swim import LoadChanged, MemberChanged, Send, Swim
-from membership.swim_state import Effect, Message
+from membership.swim_state import Effect, Message, SwimConfig
 from membership.view import MembershipView, build_view
 from router import handoff
 from router.handoff import Phase
-from router.ring import Ring
-from sim.control import ControlClient
-from sim.core import Handler, derive_rng
+from sim.control import ControlClient, ControlWorld
+from sim.core import derive_rng
 from sim.executor import Executor
-from sim.request import ObjectiveEntry
-from sim.routing import Serving, replicas_of
-
-if TYPE_CHECKING:
-    from sim.world import World
+from sim.request import Host, ModelQueue, ObjectiveEntry
+from sim.routing import replicas_of
+from sim.scenario import WorkflowSpec
+from sim.serving import RequestEngine
 
 STOP_GRACE_S = 10.0
-_EMPTY_RING = Ring(())
 
 
-class SimNode:
-    """One node id; a crash ends its process, a restart begins a new ``epoch``."""
+class NodeWorld(ControlWorld, Protocol):
+    """What a node process needs of the world it runs in (``sim.world.World``): the run's
+    seed and settings, the request engine its executors answer to, and where it reports
+    what it sends and sees."""
+
+    @property
+    def seed(self) -> int: ...
+    @property
+    def swim_config(self) -> SwimConfig: ...
+    @property
+    def workflows(self) -> Mapping[str, WorkflowSpec]: ...
+    @property
+    def engine(self) -> RequestEngine: ...
+
+    def send_gossip(self, src: SimNode, effect: Send) -> None:
+        """Deliver a datagram through the simulated network."""
+
+    def member_changed(self, observer: SimNode, effect: MemberChanged) -> None:
+        """``observer``'s gossip changed a member's state (traced, detections)."""
+
+    def ring_changed(self, node: SimNode) -> None:
+        """``node`` built a new ring (traced)."""
+
+    def node_left(self, node: SimNode) -> None:
+        """``node`` drained, deregistered and left gossip."""
+
+    def node_stopped(self, node: SimNode) -> None:
+        """``node``'s process exited after a graceful stop."""
+
+    def objective_entry(self, name: str, revision: int, doc: Any) -> ObjectiveEntry:
+        """The one shared entry of an objective revision."""
+
+
+class SimNode(Host):
+    """One node id; a crash ends its process, a restart begins a new ``epoch``.
+
+    The ``Host`` fields are what the request path reads; the rest is the process."""
 
     # Slots: more attributes than CPython shares per class, so a dict per node otherwise.
     __slots__ = (
@@ -58,85 +92,47 @@ class SimNode:
         "_seeds",
         "_stop_by",
         "_timer_at",
-        "accepting",
-        "cand",
         "capacity",
         "closing",
         "control",
-        "deferred",
         "epoch",
-        "executors",
-        "frozen",
-        "frozen_until",
         "gossip_address",
         "gossip_delay_s",
         "grpc_address",
-        "in_flight",
-        "in_flight_of",
-        "index",
-        "limits",
         "misc_rng",
-        "models_of",
-        "node_id",
-        "objective_at",
         "objectives",
         "phase",
-        "replica_rng",
-        "replicas",
-        "ring",
         "ring_key",
-        "served",
         "service_rng",
-        "slow_factor",
         "snapshot",
         "swim",
-        "up",
-        "view",
         "world",
     )
 
-    def __init__(self, world: World, node_id: str, index: int, capacity: float) -> None:
+    def __init__(self, world: NodeWorld, node_id: str, index: int, capacity: float) -> None:
+        super().__init__(node_id, index)
         self.world = world
-        self.node_id = node_id
-        self.index = index
         self.capacity = capacity
         host = f"10.{index // 62500}.{index // 250 % 250}.{index % 250 + 1}"
         self.gossip_address = f"{host}:7946"
         self.grpc_address = f"{host}:7400"
         self.epoch = 0
-        self.up = False  # the process runs
-        self.accepting = False  # it takes new requests (False while stopping gracefully)
-        self.frozen = False
-        self.frozen_until = 0.0
-        self.slow_factor = 1.0
         self.gossip_delay_s = 0.0
-        self.served = 0
         self._reset()
 
     def _reset(self) -> None:
         seed = self.world.seed
         tag = f"{self.node_id}:{self.epoch}"
+        self.clear(derive_rng(seed, f"replica:{tag}"))
         self.misc_rng = derive_rng(seed, f"node:{tag}")
-        self.replica_rng = derive_rng(seed, f"replica:{tag}")
         self.service_rng = derive_rng(seed, f"service:{tag}")
         self.swim: Swim | None = None
         self.control: ControlClient | None = None
         self.snapshot = ClusterSnapshot()
-        self.view = MembershipView()
-        self.ring = _EMPTY_RING
         self.ring_key: tuple[tuple[str, float], ...] = ()
-        self.replicas: dict[str, int] = {}
         self.objectives: dict[str, ObjectiveEntry] = {}
-        self.objective_at: list[ObjectiveEntry | None] = []  # by the engine's objective index
-        self.models_of: dict[str, tuple[str, ...]] = {}
-        self.in_flight_of: dict[str, int] = {}
-        self.limits: dict[Serving, float] = {}  # emptied when in_flight_of changes (see choose)
-        self.executors: dict[str, Executor] = {}
-        self.closing: set[Executor] = set()
-        self.in_flight = 0
-        self.deferred: list[tuple[Handler, Any]] = []
+        self.closing: set[ModelQueue] = set()
         self.phase = Phase.GONE
-        self.cand: dict[str, Serving] = {}  # key -> candidates (see sim.routing)
         self._timer_at = math.inf
         self._placement_due = False
         self._placement_key: tuple[tuple[str, int], ...] = ()
@@ -172,14 +168,19 @@ class SimNode:
             for key in sorted(preloaded or ()):
                 spec = self.world.workflows[key]
                 self.executors[key] = Executor(
-                    self, spec, self.world.loop, self.world.engine, self.service_rng
+                    self,
+                    spec,
+                    self.world.loop,
+                    self.world.engine,
+                    self.service_rng,
+                    self.executor_drained,
                 )
         self.control.start()
         self._schedule_timer()
         interval = self.world.scenario.cluster.load_report_interval_s
         self.world.loop.after(interval * self.misc_rng.random(), self._report, self.epoch)
 
-    def crash(self) -> list[Executor]:
+    def crash(self) -> list[ModelQueue]:
         """The process dies: nothing is sent, nothing is cleaned up. Returns its executors."""
         self.up = False
         self.accepting = False
@@ -205,9 +206,6 @@ class SimNode:
         pending, self.deferred = self.deferred, []
         for fn, value in pending:  # in arrival order, at the resume instant
             self.world.loop.at(self.world.loop.now, fn, value)
-
-    def defer(self, fn: Handler, arg: Any) -> None:
-        self.deferred.append((fn, arg))
 
     def drain(self) -> None:
         if self.up and self.control is not None and self.control.state is not NodeState.DRAINING:
@@ -396,7 +394,7 @@ class SimNode:
             executor = self.executors.pop(key)
             executor.closing = True
             self.cand.pop(key, None)
-            if executor.queue or executor.busy:
+            if executor.pending:
                 self.closing.add(executor)
         self.phase = s.phase
         if s.phase is Phase.READY and not self._activating and self._loading is None:
@@ -425,13 +423,19 @@ class SimNode:
         if key in self.world.workflows and key not in self.executors:
             spec = self.world.workflows[key]
             self.executors[key] = Executor(
-                self, spec, self.world.loop, self.world.engine, self.service_rng
+                self,
+                spec,
+                self.world.loop,
+                self.world.engine,
+                self.service_rng,
+                self.executor_drained,
             )
             self.cand.pop(key, None)
         self._next_load()
         self._placement_soon()
 
-    def executor_drained(self, executor: Executor) -> None:
+    def executor_drained(self, executor: ModelQueue) -> None:
+        """A closing executor finished its last batch."""
         self.closing.discard(executor)
         if self.control is not None and self.control.state is NodeState.DRAINING:
             self._placement_soon()

@@ -1,14 +1,29 @@
-"""One simulated client request (one client attempt at a time) and its final outcome codes."""
+"""The request path's data: a client request, the node it passes through, outcome codes.
+
+``Request`` is one client attempt; ``Host`` is a node as the request path sees it (its
+identity, whether it runs and takes requests, its view and ring, its warm model executors,
+its routing memo and the objective revisions it routes with); ``ObjectiveEntry`` is one
+stored objective revision. They live together because each refers to the other: a request
+remembers its ingress (a ``Host``), a host's executors queue requests (``ModelQueue``, the
+part of ``sim.executor.Executor`` that the request path and placement use).
+
+``sim.node.SimNode`` is a ``Host`` with a process around it (SWIM, the etcd client,
+placement); everything on the request path (``sim.routing``, ``sim.executor``,
+``sim.serving``, ``sim.metrics``) sees only the ``Host``. Imports no ``sim`` module but
+``core`` and ``candidates``.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import random
+from typing import Any, Protocol
 
+from membership.view import MembershipView
 from router.decision import Decision
 from router.objectives import ObjectiveConfig
-
-if TYPE_CHECKING:
-    from sim.node import SimNode
+from router.ring import Ring
+from sim.candidates import Serving
+from sim.core import Handler
 
 OK = "OK"
 STATUSES = (
@@ -70,7 +85,7 @@ class Request:
     obj: int  # objective index
     user: int
     deadline: float
-    ingress: SimNode
+    ingress: Host
     tries: int  # client attempts so far, this one included
     done: bool
     shadow: bool  # a fire-and-forget shadow copy
@@ -83,11 +98,11 @@ class Request:
     cell: str
     rev: int
     t_route: float
-    mid: SimNode | None  # the owner that passed it on (second hop)
+    mid: Host | None  # the owner that passed it on (second hop)
     second: str  # where that owner passed it
     t_queued: float  # when an executor queued it (it is in one queue at a time)
 
-    def retry(self, ingress: SimNode) -> Request:
+    def retry(self, ingress: Host) -> Request:
         """The client's next attempt (on another ingress); this one is abandoned."""
         self.done = True
         nxt = make_request(self.rid, self.t0, self.obj, self.user, self.deadline, ingress)
@@ -96,7 +111,7 @@ class Request:
 
 
 def make_request(
-    rid: int, t0: float, obj: int, user: int, deadline: float, ingress: SimNode
+    rid: int, t0: float, obj: int, user: int, deadline: float, ingress: Host
 ) -> Request:
     """A fresh client attempt (a function rather than ``Request.__init__``: the
     interpreter calls a plain function inline, an ``__init__`` through the type)."""
@@ -113,3 +128,85 @@ def make_request(
     req.idx = 0
     req.attempts = ()
     return req
+
+
+class ModelQueue(Protocol):
+    """What the request path and placement use of a model's executor on a node
+    (``sim.executor.Executor``)."""
+
+    key: str
+    closing: bool  # set by placement: the model is being unloaded (finish, take nothing new)
+
+    def offer(self, req: Request) -> str | None:
+        """Enqueue ``req``; an error status when it cannot be taken."""
+
+    def kill(self) -> list[Request]:
+        """A crash: everything queued or running is dropped (and returned)."""
+
+    @property
+    def pending(self) -> bool:
+        """Requests are queued or running."""
+
+
+_EMPTY_RING = Ring(())
+
+
+class Host:
+    """A node as the request path sees it (``sim.node.SimNode`` adds the process).
+
+    The process sets these (``clear`` at every start, before anything reads the rest) and
+    keeps them current; the request path reads them and counts ``in_flight`` and
+    ``served``."""
+
+    # Slots: more attributes than CPython shares per class, so a dict per node otherwise.
+    __slots__ = (
+        "accepting",
+        "cand",
+        "deferred",
+        "executors",
+        "frozen",
+        "frozen_until",
+        "in_flight",
+        "in_flight_of",
+        "index",
+        "limits",
+        "models_of",
+        "node_id",
+        "objective_at",
+        "replica_rng",
+        "replicas",
+        "ring",
+        "served",
+        "slow_factor",
+        "up",
+        "view",
+    )
+
+    def __init__(self, node_id: str, index: int) -> None:
+        self.node_id = node_id
+        self.index = index  # its position in the world (the metrics' server column)
+        self.up = False  # the process runs
+        self.accepting = False  # it takes new requests (False while stopping gracefully)
+        self.frozen = False  # paused: what arrives for it waits in ``deferred``
+        self.frozen_until = 0.0
+        self.slow_factor = 1.0  # model execution takes this many times longer
+        self.served = 0  # answers its executors gave
+
+    def clear(self, replica_rng: random.Random) -> None:
+        """A new process: nothing known, nothing warm, nothing in flight or deferred."""
+        self.replica_rng = replica_rng  # ``choose_replica``'s generator
+        self.view = MembershipView()
+        self.ring = _EMPTY_RING
+        self.replicas: dict[str, int] = {}  # model key -> R, from the catalog
+        self.objective_at: list[ObjectiveEntry | None] = []  # by the engine's objective index
+        self.models_of: dict[str, tuple[str, ...]] = {}  # gossiped warm models per member
+        self.in_flight_of: dict[str, int] = {}  # gossiped in-flight counts per member
+        self.limits: dict[Serving, float] = {}  # emptied when in_flight_of changes (see choose)
+        self.executors: dict[str, ModelQueue] = {}  # the warm models here
+        self.in_flight = 0  # requests queued or running on its executors
+        self.deferred: list[tuple[Handler, Any]] = []
+        self.cand: dict[str, Serving] = {}  # key -> candidates (see sim.routing)
+
+    def defer(self, fn: Handler, arg: Any) -> None:
+        """Run ``fn(arg)`` when the process resumes (it is paused)."""
+        self.deferred.append((fn, arg))

@@ -14,37 +14,82 @@ link gets no answer, so the ingress's call ends DEADLINE_EXCEEDED at the deadlin
 answer's trip back is summed from the links' delays. Every request ends in exactly one
 ``finish`` (an answer or an explicit error status), which feeds the metrics and the
 safety checker.
+
+The path is one way, as on a real node: the client reaches an ingress, which decides
+(``route``: admission, ``router.rules.evaluate``), asks the router where
+(``sim.routing.serving_for`` and ``choose``: answers a node id, never calls back), and
+tries there (``_attempt``): the executor here (``sim.executor.Executor.offer``) or a peer
+(``_at_owner``, ``_serve_forward``); failures go to the next owner (``_failed``); the
+executor's batch comes back as ``executed``, which answers each client. Nodes are seen as
+``sim.request.Host``; the world gives the engine its parts once (``RequestWorld``) and
+the safety checker is told of routes and answers (``Checker``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from heapq import heappush
 from math import floor as _floor
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from router.decision import Decision
 from router.forward import MAX_HOPS, RETRYABLE
 from router.rules import RequestContext, evaluate
-from sim.core import derive_rng
+from sim.candidates import Serving
+from sim.core import EventLoop, derive_rng
 from sim.executor import Executor
-from sim.metrics import FLUSH_VALUES
-from sim.request import OK, STATUS_CODE, Request, make_request
+from sim.metrics import FLUSH_VALUES, Metrics
+from sim.network import Network
+from sim.request import OK, STATUS_CODE, Host, ModelQueue, Request, make_request
 from sim.routing import candidates, choose, serving_for
-
-if TYPE_CHECKING:
-    from sim.node import SimNode
-    from sim.world import World
+from sim.scenario import Scenario
+from sim.workload import Workload
 
 DEADLINE = "DEADLINE_EXCEEDED"
 UNAVAILABLE = "UNAVAILABLE"
 OK_CODE = STATUS_CODE[OK]
 
 
+class Checker(Protocol):
+    """The safety checker as the request path reports to it (``sim.checks.Safety``)."""
+
+    def routed(self, req: Request, via: Host, target: str) -> None:
+        """``via`` sends ``req`` to ``target``, which is down or dead in ``via``'s view."""
+
+    def answered(self, reqs: list[Request], model_key: str, server: Host) -> None:
+        """Answers from ``model_key`` (one batch on ``server``)."""
+
+
+class RequestWorld(Protocol):
+    """What the request engine takes from the world (``sim.world.World``) when it starts."""
+
+    @property
+    def loop(self) -> EventLoop: ...
+    @property
+    def net(self) -> Network: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def safety(self) -> Checker: ...
+    @property
+    def scenario(self) -> Scenario: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def workload(self) -> Workload: ...
+    @property
+    def nodes(self) -> Mapping[str, Host]:
+        """Every node by id (added to, never replaced)."""
+
+    @property
+    def down_since(self) -> dict[str, float]:
+        """Node id -> when its process died or left (while it is down)."""
+
+
 class RequestEngine:
     """Moves every request through the cluster (see the module docstring)."""
 
-    def __init__(self, world: World) -> None:
-        self.world = world
+    def __init__(self, world: RequestWorld) -> None:
         self.loop = world.loop
         self.net = world.net
         self.metrics = world.metrics
@@ -55,12 +100,15 @@ class RequestEngine:
         workload = world.scenario.workload
         self.countries = workload.countries
         self.devices = workload.devices
+        self._attributes = world.workload.attributes  # a user's (country, device) indexes
         self.open: dict[int, Request] = {}
         self.user_ids = [f"u{i}" for i in range(workload.users)]
         self._contexts: dict[int, RequestContext] = {}
         self._rng = derive_rng(world.seed, "client")
         self.nodes = world.nodes
         self._down = world.down_since  # where sent to one of these: check (Safety.routed)
+        self.client_nodes: list[Host] = []  # the node list the clients last fetched
+        self.interned: dict[tuple[str, ...], Serving] = {}  # candidate tuples (sim.candidates)
         self._next_rid = 0
         self.shadows_sent = 0
         self.routes = 0
@@ -74,7 +122,7 @@ class RequestEngine:
     def context(self, user: int) -> RequestContext:
         ctx = self._contexts.get(user)
         if ctx is None:
-            country, device = self.world.workload.attributes(user)
+            country, device = self._attributes(user)
             ctx = RequestContext(f"u{user}", self.countries[country], self.devices[device])
             self._contexts[user] = ctx
         return ctx
@@ -92,7 +140,7 @@ class RequestEngine:
         now = loop.now
         t0 = now - (self._client_s + self._jitter_s * self._random())
         rid = self._next_rid = self._next_rid + 1
-        nodes = self.world.client_nodes
+        nodes = self.client_nodes
         if not nodes:
             self.metrics.record_unrouted(rid, obj, t0, now)
             return
@@ -118,7 +166,7 @@ class RequestEngine:
         key = decision.model_key
         serving = node.cand.get(key)
         if serving is None:
-            serving = serving_for(node, key)
+            serving = serving_for(node, key, self.interned)
             if serving is None:  # no owner on its ring: route answers
                 self.route(req)
                 return
@@ -126,7 +174,7 @@ class RequestEngine:
         req.cell = decision.cell
         req.rev = entry.revision
         req.t_route = now
-        chosen = choose(node, serving, user)
+        chosen = choose(node, serving, user, self.user_ids)
         attempts = serving.orders.get(chosen)
         req.attempts = serving.attempts(chosen) if attempts is None else attempts
         # self._attempt(req), inline:
@@ -157,7 +205,7 @@ class RequestEngine:
         if at >= req.deadline:
             self.finish(req, DEADLINE, req.deadline)
             return
-        nodes = self.world.client_nodes
+        nodes = self.client_nodes
         if status == UNAVAILABLE and req.tries < 2 and len(nodes) > 1:
             others = [n for n in nodes if n is not req.ingress]
             nxt = req.retry(others[int(self._rng.random() * len(others))])
@@ -193,11 +241,11 @@ class RequestEngine:
         req.cell = decision.cell
         req.rev = entry.revision
         req.t_route = now
-        serving = serving_for(node, key)
+        serving = serving_for(node, key, self.interned)
         if serving is None:  # no owner on its ring
             self._reply(req, UNAVAILABLE)
             return
-        chosen = choose(node, serving, user)
+        chosen = choose(node, serving, user, self.user_ids)
         if decision.shadows:
             self._shadows(node, req, decision)
         req.attempts = serving.attempts(chosen)
@@ -273,7 +321,7 @@ class RequestEngine:
         if not req.done:
             self._serve_forward(req, self.nodes[req.second], 2)
 
-    def _serve_forward(self, req: Request, node: SimNode, hops: int) -> None:
+    def _serve_forward(self, req: Request, node: Host, hops: int) -> None:
         """``ClusterRouter.serve_forward`` on the owner a forward reached."""
         if not node.accepting:
             self._error_back(req, node, "CONNECTION", hops)
@@ -293,7 +341,7 @@ class RequestEngine:
             return
         owners = node.ring.owners(key, node.replicas.get(key, 2))
         skip = (node.node_id, req.ingress.node_id)
-        others = [o for o in candidates(node, key, owners).ids if o not in skip]
+        others = [o for o in candidates(node, key, owners, self.interned).ids if o not in skip]
         if not others:
             self._error_back(req, node, UNAVAILABLE, hops)
             return
@@ -311,7 +359,7 @@ class RequestEngine:
         req.mid, req.second = node, target
         self.loop.at(self.loop.now + delay, self._at_second, req)
 
-    def _error_back(self, req: Request, node: SimNode, status: str, hops: int) -> None:
+    def _error_back(self, req: Request, node: Host, status: str, hops: int) -> None:
         """An error travels back to the ingress (through the first owner on a second hop)."""
         ingress = req.ingress
         t = self.loop.now
@@ -392,7 +440,7 @@ class RequestEngine:
         if not req.done and not req.shadow:
             self.finish(req, DEADLINE, req.deadline)
 
-    def finish(self, req: Request, status: str, at: float, server: SimNode | None = None) -> None:
+    def finish(self, req: Request, status: str, at: float, server: Host | None = None) -> None:
         if req.done:
             return
         req.done = True
@@ -402,7 +450,7 @@ class RequestEngine:
 
     # ------------------------------------------------------------------ crashes, shadows
 
-    def node_crashed(self, node: SimNode, executors: list[Executor]) -> None:
+    def node_crashed(self, node: Host, executors: list[ModelQueue]) -> None:
         """Connections to ``node`` reset: its callers fail over, its clients retry."""
         now = self.loop.now
         for executor in executors:
@@ -413,18 +461,18 @@ class RequestEngine:
         for req in sorted(self.ingress_requests(node), key=lambda r: r.rid):
             self._client_error(req, UNAVAILABLE, now + self.net.client())
 
-    def ingress_requests(self, node: SimNode) -> list[Request]:
+    def ingress_requests(self, node: Host) -> list[Request]:
         """The requests ``node`` routed as ingress and has not answered its client yet
         (the open ones it routed: every request not done is the open one of its id)."""
         return [r for r in self.open.values() if r.ingress is node and r.attempts and not r.done]
 
-    def _shadows(self, node: SimNode, req: Request, decision: Decision) -> None:
+    def _shadows(self, node: Host, req: Request, decision: Decision) -> None:
         """Fire-and-forget copies to each shadow model's sticky warm owner."""
         for key in decision.shadows:
-            serving = serving_for(node, key)
+            serving = serving_for(node, key, self.interned)
             if serving is None or not serving.ids:
                 continue
-            target = self.world.nodes[serving.rendezvous(req.user, self.user_ids[req.user])]
+            target = self.nodes[serving.rendezvous(req.user, self.user_ids[req.user])]
             copy = make_request(-req.rid, req.t0, req.obj, req.user, req.deadline, node)
             copy.shadow, copy.key = True, key
             self.shadows_sent += 1
@@ -432,7 +480,7 @@ class RequestEngine:
             if delay is not None:
                 self.loop.at(self.loop.now + delay, self._shadow_arrives, (copy, target))
 
-    def _shadow_arrives(self, arg: tuple[Request, SimNode]) -> None:
+    def _shadow_arrives(self, arg: tuple[Request, Host]) -> None:
         copy, target = arg
         executor = target.executors.get(copy.key) if target.accepting else None
         if executor is not None and not target.frozen:

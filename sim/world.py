@@ -6,6 +6,10 @@ workload after ``WARMUP_S`` (gossip has met by then), fires the fault schedule, 
 requests at ``duration_s`` and runs on until every request in flight has ended. The main
 loop merges the arrival stream (generated in numpy chunks, no heap entry per arrival)
 with the event heap; everything else is an event.
+
+The world is where the parts meet: it builds them all and hands each what it needs; none of
+them imports it (each names what it uses of the world in a protocol: ``RequestWorld``,
+``NodeWorld``, ``ControlWorld``, ``CheckedWorld``, ``FaultWorld``).
 """
 
 from __future__ import annotations
@@ -24,13 +28,13 @@ from router.objectives import ObjectiveConfig
 from router.ring import Ring, RingMember
 from sim.chaos import Chaos
 from sim.checks import SAMPLE_S, Liveness, Safety
+from sim.control import Process
 from sim.core import EventLoop, derive_rng
 from sim.etcd import EtcdDouble
 from sim.metrics import Metrics
 from sim.network import Network
 from sim.node import SimNode
 from sim.request import ObjectiveEntry
-from sim.routing import Serving
 from sim.scenario import Scenario
 from sim.serving import RequestEngine
 from sim.workload import Workload
@@ -55,7 +59,6 @@ class World:
         self.nodes: dict[str, SimNode] = {}
         self.by_address: dict[str, SimNode] = {}
         self.down_since: dict[str, float] = {}
-        self.client_nodes: list[SimNode] = []
         longest = max((o.deadline_ms for o in scenario.objectives), default=0.0) / 1000.0
         self.end_s = scenario.duration_s + max(scenario.tail_s, longest + 1.0)
         self.workload = Workload(scenario, self.seed, WARMUP_S, scenario.duration_s)
@@ -64,7 +67,6 @@ class World:
         self._watch_rng = derive_rng(self.seed, "watch")
         self._configs: dict[tuple[str, int], ObjectiveEntry] = {}
         self.gossip_sent = 0
-        self.serving: dict[tuple[str, ...], Serving] = {}  # interned candidate tuples
         self._record_states: dict[bytes, NodeState] = {}
 
     # ------------------------------------------------------------------ set-up
@@ -101,7 +103,7 @@ class World:
             etcd.put(f"nodes/{node.node_id}", record.to_json(), lease)
             node.boot(preloaded=handoff.owned(node.node_id, ring, replicas), lease_id=lease)
             self.watch_lease(lease)
-        self.client_nodes = list(initial)
+        self.engine.client_nodes = list(initial)
         self.chaos.schedule(self.scenario.faults)
         self.loop.at(cluster.client_refresh_s, self._refresh_clients, None)
         self.loop.at(0.0, self._sample, None)
@@ -164,9 +166,10 @@ class World:
         """Clients re-fetch the node list now and then, like ``SmartClient.refresh``: from
         the first node they know that answers, whose routing table lists its view."""
         seeds = sorted(k[6:] for k in self.etcd.kv if k.startswith("nodes/"))  # deploy config
-        for node in [*self.client_nodes, *(self.nodes[n] for n in seeds if n in self.nodes)]:
+        engine = self.engine
+        for node in [*engine.client_nodes, *(self.nodes[n] for n in seeds if n in self.nodes)]:
             if node.accepting and not node.frozen and node.view.members:
-                self.client_nodes = [self.nodes[n] for n in sorted(node.view.members)]
+                engine.client_nodes = [self.nodes[n] for n in sorted(node.view.members)]
                 break
         self.loop.after(self.scenario.cluster.client_refresh_s, self._refresh_clients, None)
 
@@ -338,7 +341,7 @@ class World:
 
     def etcd_call(
         self,
-        node: SimNode,
+        node: Process,
         op: Callable[[EtcdDouble], _T],
         done: Callable[[_T | None], None],
         *,
