@@ -27,12 +27,12 @@ from rich.table import Table
 
 from bench.loadgen import LoadResult, run_closed_loop
 from bench.serving import FRAUD, merge
-from membership.etcd import connect
-from node.catalog_ops import catalog, register_tree
-from node.client import Client, SmartClient
-from node.localcluster import routing_table, wait_ready
-from router.objectives import load_objectives_dir
-from router.rules import RequestContext, evaluate
+from shardline.membership.etcd import connect
+from shardline.node.cluster.catalog_ops import catalog, register_tree
+from shardline.node.ops.localcluster import routing_table, wait_ready
+from shardline.node.sdk.client import Client, SmartClient
+from shardline.router.objectives import load_objectives_dir
+from shardline.router.rules import RequestContext, evaluate
 from tests.etcd_server import EtcdServer
 from tests.procs import EXAMPLES, NodeProcess
 

@@ -19,11 +19,11 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.serving import measure_actor
-from node.model_actor import Job
+from shardline.node.serving.model_actor import Job
+from shardline.workflows.batching import BatchPolicy
+from shardline.workflows.loader import load_package
+from shardline.workflows.sdk import StaticContext
 from tests.procs import EXAMPLES
-from workflows.batching import BatchPolicy
-from workflows.loader import load_package
-from workflows.sdk import StaticContext
 
 
 async def measure(duration_s: float, concurrency: int) -> list[tuple[str, str, float, str]]:

@@ -40,12 +40,17 @@ from typing import Any
 import grpc
 import numpy as np
 
-from membership.etcd import connect
-from node._proto.shardline import v1
-from node.admin_client import AdminClient
-from node.catalog_ops import catalog, register_tree
-from node.client import build_request, grpc_channel_options, grpc_target, service_config
-from node.localcluster import wait_ready
+from shardline.membership.etcd import connect
+from shardline.node._proto.shardline import v1
+from shardline.node.cluster.catalog_ops import catalog, register_tree
+from shardline.node.ops.localcluster import wait_ready
+from shardline.node.sdk.admin_client import AdminClient
+from shardline.node.sdk.client import (
+    build_request,
+    grpc_channel_options,
+    grpc_target,
+    service_config,
+)
 from tests.etcd_server import EtcdServer
 from tests.procs import EXAMPLES, NodeProcess
 

@@ -17,7 +17,7 @@ from typing import Any
 from grpclib.const import Cardinality, Handler
 from grpclib.server import Server, Stream
 
-from node.codec import RawBytes, WireCodec
+from shardline.node.sdk.codec import RawBytes, WireCodec
 
 ECHO_PATH = "/bench.Echo/Call"
 

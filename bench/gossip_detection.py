@@ -20,8 +20,8 @@ import random
 import statistics
 from collections.abc import Callable
 
-from membership.gossip import GossipAgent
-from membership.swim import MemberChanged, MemberState, SwimConfig
+from shardline.membership.gossip import GossipAgent
+from shardline.membership.swim import MemberChanged, MemberState, SwimConfig
 
 N_AGENTS = 3
 

@@ -22,7 +22,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from node.client import Client
+from shardline.node.sdk.client import Client
 from tests.big_packages import make_big_package
 from tests.procs import NodeProcess
 

@@ -63,9 +63,9 @@ from bench.loadgen import (
     run_closed_loop,
     run_open_loop,
 )
-from node.client import Client, build_request
+from shardline.node.sdk.client import Client, build_request
+from shardline.workflows.loader import sha256_file
 from tests.procs import NodeProcess
-from workflows.loader import sha256_file
 
 MODEL = "bench@1"
 DEADLINE_S = 1.0
@@ -79,7 +79,7 @@ import time
 
 import numpy as np
 
-from workflows.sdk import Workflow
+from shardline.workflows.sdk import Workflow
 
 
 class Bench(Workflow):

@@ -2,7 +2,7 @@
 
     python -m bench.ring_moves [--keys 2000] [--trials 10]
 
-For N = 5, 10, 50 equal-capacity members, builds `router.ring.Ring` s and measures the
+For N = 5, 10, 50 equal-capacity members, builds `shardline.router.ring.Ring` s and measures the
 fraction of ``--keys`` model keys whose owner *set* changes when one member is added
 (``--trials`` different new ids) and when one is removed (``--trials`` different members,
 spread over the ring), for R = 1 and R = 2. Prints the mean and the worst trial next to
@@ -19,7 +19,7 @@ import statistics
 import time
 from collections.abc import Sequence
 
-from router.ring import Ring, RingMember, key_moves
+from shardline.router.ring import Ring, RingMember, key_moves
 
 SIZES = (5, 10, 50)
 

@@ -35,15 +35,15 @@ from rich.table import Table
 
 from bench.echo_server import ECHO_PATH
 from bench.loadgen import LoadResult, run_closed_loop
-from node.actors import ActorSystem
-from node.client import Client, build_request
-from node.codec import RawBytes, WireCodec
-from node.model_actor import Job, ModelActor
+from shardline.node.sdk.client import Client, build_request
+from shardline.node.sdk.codec import RawBytes, WireCodec
+from shardline.node.serving.actors import ActorSystem
+from shardline.node.serving.model_actor import Job, ModelActor
+from shardline.workflows.batching import BatchPolicy
+from shardline.workflows.devices import DeviceExecutors
+from shardline.workflows.loader import LoadedWorkflow, load_package
+from shardline.workflows.sdk import StaticContext
 from tests.procs import EXAMPLES, REPO, NodeProcess
-from workflows.batching import BatchPolicy
-from workflows.devices import DeviceExecutors
-from workflows.loader import LoadedWorkflow, load_package
-from workflows.sdk import StaticContext
 
 FRAUD = {
     "amount": 912.5,

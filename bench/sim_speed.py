@@ -11,7 +11,7 @@
    15 s, joins, drains). Target: <= 60 s.
 
 Both print the checks' outcome too (a fast but wrong run is not a result), and which
-code ran: the compiled cores (``python -m sim.native build``; ``scripts/setup.sh`` builds
+code ran: the compiled cores (``python -m shardline.sim.native build``; ``scripts/setup.sh`` builds
 them when a C compiler is present) or plain Python. With the compiled build, (1) also runs
 in a second process on plain Python, side by side, and prints the ratio.
 """
@@ -25,9 +25,9 @@ import sys
 import time
 from dataclasses import replace
 
-import membership.native as native
-from sim.result import RunResult, run_scenario
-from sim.scenario import DEFAULT_WORKFLOWS, Scenario, load_scenario, parse_scenario
+import shardline.membership.native as native
+from shardline.sim.result import RunResult, run_scenario
+from shardline.sim.scenario import DEFAULT_WORKFLOWS, Scenario, load_scenario, parse_scenario
 
 THROUGHPUT_TARGET = 100_000
 CHURN_TARGET_S = 60.0

@@ -23,9 +23,9 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
-from membership.catalog import Catalog
-from membership.etcd import EtcdEndpoint, connect
-from membership.snapshot import ClusterSnapshot, SnapshotWatcher
+from shardline.membership.catalog import Catalog
+from shardline.membership.etcd import EtcdEndpoint, connect
+from shardline.membership.snapshot import ClusterSnapshot, SnapshotWatcher
 from tests.etcd_server import EtcdServer
 
 CLUSTER = "bench"

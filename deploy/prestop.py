@@ -32,9 +32,9 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
-from node._proto.shardline import v1
-from node.codec import WireCodec
-from node.tls import TlsFiles, client_context
+from shardline.node._proto.shardline import v1
+from shardline.node.sdk.codec import WireCodec
+from shardline.node.sdk.tls import TlsFiles, client_context
 
 TOKEN_FILE_DEFAULT = "/tmp/shardline/admin-token"
 LOOPBACK = "127.0.0.1"

@@ -26,9 +26,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from membership.catalog import CatalogError
-from membership.etcd import ControlPlaneUnavailable, EtcdEndpoint, connect
-from node.catalog_ops import catalog, register_tree
+from shardline.membership.catalog import CatalogError
+from shardline.membership.etcd import ControlPlaneUnavailable, EtcdEndpoint, connect
+from shardline.node.cluster.catalog_ops import catalog, register_tree
 
 DEFAULT_WORKFLOWS = Path("/srv/shardline/workflows")
 RETRY_INTERVAL_S = 2.0

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import aetcd
 from aetcd.utils import prefix_range_end
 
-from membership.etcd import (
+from shardline.membership.etcd import (
     endpoint_label,
     objective_history_key,
     objective_history_prefix,

@@ -17,7 +17,7 @@ import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from membership.swim_state import Ack, Body, Nack, Ping, PingReq, Update
+from shardline.membership.swim_state import Ack, Body, Nack, Ping, PingReq, Update
 
 # ----------------------------------------------------------------------------- sizes
 

@@ -22,8 +22,16 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
-from membership.gossip_wire import GossipDecodeError, decode, encode
-from membership.swim import Effect, LoadChanged, Member, MemberChanged, Send, Swim, SwimConfig
+from shardline.membership.gossip_wire import GossipDecodeError, decode, encode
+from shardline.membership.swim import (
+    Effect,
+    LoadChanged,
+    Member,
+    MemberChanged,
+    Send,
+    Swim,
+    SwimConfig,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ One datagram is one ``shardline.gossip.v1.Envelope`` (betterproto). ``decode`` i
 trust boundary: anything that is too big, not parseable, for another cluster, missing a
 required field or carrying absurd values (negative in-flight counts, hundreds of models,
 over-long ids) raises ``GossipDecodeError`` with a one-line reason, and nothing else ever
-escapes it. What it returns is the core's plain dataclasses (``membership.swim_state``).
+escapes it. What it returns is the core's plain dataclasses (``shardline.membership.swim_state``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import betterproto
 
-from membership._proto.shardline.gossip import v1 as gpb
-from membership.swim_state import (
+from shardline.membership._proto.shardline.gossip import v1 as gpb
+from shardline.membership.swim_state import (
     MAX_ADDRESS_CHARS,
     MAX_COUNTER,
     MAX_ID_CHARS,

@@ -5,9 +5,9 @@ code. Compiled with mypyc (the mypy project's compiler for type-annotated Python
 source, type-checked, turned into a C extension) that code runs about twice as fast, with the
 same results: a test runs every shipped scenario both ways and compares the trace hashes.
 
-    python -m sim.native build [--if-stale]   # compile MODULES into .native/ (sim/native.py)
-    python -m sim.native status
-    python -m sim.native clean
+    python -m shardline.sim.native build [--if-stale]   # compile MODULES into .native/
+    python -m shardline.sim.native status
+    python -m shardline.sim.native clean
 
 ``scripts/setup.sh`` builds it when a C compiler is present; without one everything runs
 as plain Python. The build lands in ``.native/<package>/`` beside the packages, never over
@@ -19,7 +19,7 @@ to plain Python (so an edit takes effect at once, and the next
 modules together (compiled modules call each other directly, so they cannot be mixed with
 interpreted copies of one another). ``SHARDLINE_NATIVE=0`` forces plain Python.
 
-This module decides and extends the packages' paths; ``sim.native`` builds. It must stay
+This module decides and extends the packages' paths; ``shardline.sim.native`` builds. It must stay
 importable before anything else in ``membership`` (its ``__init__`` calls ``extend``):
 standard library only.
 """
@@ -34,31 +34,31 @@ from pathlib import Path
 
 #: The compiled modules: the pure cores and the simulator's hot path (one mypyc group).
 MODULES = (
-    "membership.dissemination",
-    "membership.swim",
-    "membership.swim_merge",
-    "membership.swim_state",
-    "membership.view",
-    "router.replica",
-    "router.ring",
-    "sim.candidates",
-    "sim.checks",
-    "sim.core",
-    "sim.executor",
-    "sim.metrics",
-    "sim.network",
-    "sim.node",
-    "sim.request",
-    "sim.routing",
-    "sim.serving",
-    "sim.workload",
-    "sim.world",
+    "shardline.membership.dissemination",
+    "shardline.membership.swim",
+    "shardline.membership.swim_merge",
+    "shardline.membership.swim_state",
+    "shardline.membership.view",
+    "shardline.router.replica",
+    "shardline.router.ring",
+    "shardline.sim.candidates",
+    "shardline.sim.checks",
+    "shardline.sim.core",
+    "shardline.sim.executor",
+    "shardline.sim.metrics",
+    "shardline.sim.network",
+    "shardline.sim.node",
+    "shardline.sim.request",
+    "shardline.sim.routing",
+    "shardline.sim.serving",
+    "shardline.sim.workload",
+    "shardline.sim.world",
 )
-PACKAGES = ("membership", "router", "sim")
+PACKAGES = ("shardline.membership", "shardline.router", "shardline.sim")
 #: The packages whose sources the build depends on: the compiled modules and everything they
 #: import from the project (compiled code bakes in the types it reads from other modules).
 SOURCES = ("membership", "router", "sim", "workflows")
-GROUP = "membership.cores"  # the shared library: .native/membership/cores__mypyc.*.so
+GROUP = "shardline.membership.cores"  # the library: .native/shardline/membership/cores__mypyc.*.so
 ENV = "SHARDLINE_NATIVE"
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,4 +122,4 @@ def extend(package: str, path: list[str]) -> None:
     """Called by each compiled package's ``__init__`` with its ``__path__``: when the
     build is used, the package's compiled modules are found first."""
     if package in PACKAGES and enabled():
-        path.insert(0, str(NATIVE / package))
+        path.insert(0, str(NATIVE / package.replace(".", "/")))

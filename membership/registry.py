@@ -26,7 +26,7 @@ from typing import Any
 
 import aetcd
 
-from membership.etcd import (
+from shardline.membership.etcd import (
     ControlPlaneUnavailable,
     LeaseCompare,
     WatchCompacted,

@@ -27,7 +27,7 @@ from typing import Any
 
 import aetcd
 
-from membership.etcd import (
+from shardline.membership.etcd import (
     ControlPlaneUnavailable,
     RevisionBatch,
     WatchCompacted,
@@ -39,7 +39,7 @@ from membership.etcd import (
     unavailable_guard,
     watch_revisions,
 )
-from membership.registry import NodeRecord
+from shardline.membership.registry import NodeRecord
 
 log = logging.getLogger(__name__)
 

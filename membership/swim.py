@@ -3,7 +3,7 @@
 ``Swim`` never touches sockets, clocks or global randomness: the driver passes ``now``
 (float seconds) into every call, randomness comes from the ``random.Random`` given to the
 constructor, and the outcome of every call is a list of effects (``Send`` a message,
-``MemberChanged``, ``LoadChanged``). The UDP shell (``membership.gossip``) and the
+``MemberChanged``, ``LoadChanged``). The UDP shell (``shardline.membership.gossip``) and the
 simulator drive the same code; same inputs and seed give the same outputs.
 
 Protocol: SWIM (Das et al. 2002) with the Lifeguard extensions (Dadgar et al. 2018):
@@ -13,7 +13,7 @@ and refutations), suspicion timeouts that shrink with independent confirmations,
 piggybacking (a suspected member hears about it first), incarnation-numbered refutation,
 periodic push-pull anti-entropy. Load (in-flight count, loaded models) rides on each
 member's records, ordered by a per-member load sequence number inside an incarnation.
-The merge rules (which claim wins) live in ``membership.swim_merge``.
+The merge rules (which claim wins) live in ``shardline.membership.swim_merge``.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from membership.dissemination import (
+from shardline.membership.dissemination import (
     body_size,
     envelope_head_size,
     envelope_size,
     update_entry_size,
     varint_size,
 )
-from membership.swim_merge import MergeCore
-from membership.swim_state import (
+from shardline.membership.swim_merge import MergeCore
+from shardline.membership.swim_state import (
     LIVE_STATES,
     MAX_IN_FLIGHT,
     MAX_MODEL_CHARS,

@@ -12,7 +12,7 @@ incarnation past it and disseminate ALIVE. Load (in-flight, models) is ordered b
 after ``dead_reap_s``; a tombstone keeps their incarnation so stale records cannot
 resurrect them.
 
-``Swim`` (``membership.swim``) subclasses ``MergeCore`` and adds probing and messaging.
+``Swim`` (``shardline.membership.swim``) subclasses ``MergeCore`` and adds probing and messaging.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from membership.dissemination import Disseminator
-from membership.swim_state import (
+from shardline.membership.dissemination import Disseminator
+from shardline.membership.swim_state import (
     LIVE_STATES,
     Effect,
     LoadChanged,

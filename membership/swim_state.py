@@ -1,9 +1,9 @@
 """The data of the SWIM core: its config, members, gossip records, messages and effects.
 
 Everything here is plain immutable data (plus the Lifeguard ``Suspicion`` timer), shared by
-the pure state machine (``membership.swim``), the wire codec (``membership.gossip_wire``),
-the UDP shell (``membership.gossip``) and the simulator. Times are float seconds on
-whatever clock the driver passes in as ``now``.
+the pure state machine (``shardline.membership.swim``), the wire codec
+(``shardline.membership.gossip_wire``), the UDP shell (``shardline.membership.gossip``) and the
+simulator. Times are float seconds on whatever clock the driver passes in as ``now``.
 """
 
 from __future__ import annotations

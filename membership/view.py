@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
-from membership.registry import NodeRecord, NodeState
-from membership.snapshot import ClusterSnapshot
-from membership.swim_state import Member, MemberState
+from shardline.membership.registry import NodeRecord, NodeState
+from shardline.membership.snapshot import ClusterSnapshot
+from shardline.membership.swim_state import Member, MemberState
 
 
 class Liveness(StrEnum):

@@ -1,10 +1,11 @@
 """The decision: the model version that answers one request, the cell it counts under, and why.
 
-`router.rules.evaluate` returns a `Decision`; an `ObjectiveConfig` (`router.objectives`) keeps
-one ready, the answer for every user that falls through to its default when it has no
-shadows. A value type and its fast builder: nothing here decides anything.
+`shardline.router.rules.evaluate` returns a `Decision`; an `ObjectiveConfig`
+(`shardline.router.objectives`) keeps one ready, the answer for every user that falls through to its
+default when it has no shadows. A value type and its fast builder: nothing here decides anything.
 
-Imports: the standard library only (`router.objectives` and `router.rules` import this).
+Imports: the standard library only (`shardline.router.objectives` and `shardline.router.rules`
+import this).
 """
 
 from __future__ import annotations

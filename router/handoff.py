@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from enum import StrEnum
 
-from membership.registry import NodeState
-from membership.view import MembershipView
-from router.ring import Ring, RingMember
+from shardline.membership.registry import NodeState
+from shardline.membership.view import MembershipView
+from shardline.router.ring import Ring, RingMember
 
 DEFAULT_REPLICAS = 2
 

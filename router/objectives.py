@@ -6,14 +6,14 @@ experiments (A/B tests split into cells), a canary, shadows, admission limits an
 prediction-log rate. `ObjectiveConfig.from_dict` / `from_toml` and the two file loaders
 (the only I/O here) turn a bad config into a `ConfigError` naming the field, e.g.
 ``experiments[0].percent``; `to_dict` gives back plain data that ``from_dict`` reads.
-How a config picks the model for a request is `router.rules.evaluate`.
+How a config picks the model for a request is `shardline.router.rules.evaluate`.
 
 Percents resolve to 1/100 % (`BUCKETS` = 10 000 buckets): experiments, the canary and the
 shadows keep their shares as bucket counts, and a config without shadows keeps the
-`Decision` every default-path user gets, both ready for `router.rules.evaluate`.
+`Decision` every default-path user gets, both ready for `shardline.router.rules.evaluate`.
 
-Imports: the standard library and `router.decision`; never `router.rules` (which reads
-these configs).
+Imports: the standard library and `shardline.router.decision`; never `shardline.router.rules` (which
+reads these configs).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from router.decision import DEFAULT_REASON, Decision, new_decision
+from shardline.router.decision import DEFAULT_REASON, Decision, new_decision
 
 MODEL_KEY_RE = re.compile(r"\A(?P<name>[a-z0-9_]+)@(?P<version>[A-Za-z0-9._-]+)\Z")
 OBJECTIVE_NAME_RE = re.compile(r"\A[a-z0-9_]+\Z")
@@ -110,7 +110,7 @@ class ModelKey:
 
 
 class Attributes(Protocol):
-    """What a context rule reads from a request (`router.rules.RequestContext` has it)."""
+    """What a context rule reads from a request (`shardline.router.rules.RequestContext` has it)."""
 
     def get(self, key: str) -> str | None:
         """The attribute ``key``; None when missing."""
@@ -243,7 +243,7 @@ class Experiment(_Plain):
     cells: tuple[ExperimentCell, ...]
     percent: float = 100.0
     _bounds: tuple[int, ...] = field(init=False, repr=False, compare=False, hash=False)
-    # Derived, for router.rules: the buckets (out of BUCKETS) that enrol.
+    # Derived, for shardline.router.rules: the buckets (out of BUCKETS) that enrol.
     enrolled_buckets: int = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -274,7 +274,7 @@ class Experiment(_Plain):
 class _Split(_Plain):
     model: str
     percent: float
-    # Derived, for router.rules: the buckets (out of BUCKETS) that ``percent`` covers.
+    # Derived, for shardline.router.rules: the buckets (out of BUCKETS) that ``percent`` covers.
     buckets: int = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:

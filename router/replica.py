@@ -1,6 +1,6 @@
 """Replica choice: which healthy owner of a model key serves this request (pure).
 
-Step 4 of the request path. Given the owners from the ring (`router.ring.Ring.owners`,
+Step 4 of the request path. Given the owners from the ring (`shardline.router.ring.Ring.owners`,
 primary first), the user id and the in-flight counts gossip carries:
 
 1. candidates = the owners not excluded (dead, or already tried by this request);

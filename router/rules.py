@@ -1,19 +1,20 @@
 """Objective rules: resolve a request to a model key and a cell (pure, synchronous).
 
 `evaluate` is step 2 of the request path: it reads an `ObjectiveConfig`
-(`router.objectives`) and a `RequestContext` and returns a `Decision` (`router.decision`):
-client override (if allowed) -> context rules (first match) -> experiments (stable hash of
-experiment id and user id) -> canary (stable hash) -> default; the shadow targets come back
-too. Nothing here reads a clock, global random state, a file or the network: the same user
-and the same config get the same decision on every machine, and the simulator runs this code.
+(`shardline.router.objectives`) and a `RequestContext` and returns a `Decision`
+(`shardline.router.decision`): client override (if allowed) -> context rules (first match) ->
+experiments (stable hash of experiment id and user id) -> canary (stable hash) -> default; the
+shadow targets come back too. Nothing here reads a clock, global random state, a file or the
+network: the same user and the same config get the same decision on every machine, and the simulator
+runs this code.
 
 `stable_bucket` hashes with blake2b (never ``hash()``), so buckets agree across
 processes. Percents resolve to 1/100 % (10 000 buckets). An empty ``user_id`` is
 allowed, but experiments, canary and shadows then hash the empty string: every
 anonymous request lands in the same bucket, hence the same cell.
 
-Imports: the standard library, `router.objectives` (the configs it reads) and
-`router.decision` (what it returns).
+Imports: the standard library, `shardline.router.objectives` (the configs it reads) and
+`shardline.router.decision` (what it returns).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from router.decision import DEFAULT_REASON, Decision, new_decision
-from router.objectives import BUCKETS, ObjectiveConfig
+from shardline.router.decision import DEFAULT_REASON, Decision, new_decision
+from shardline.router.objectives import BUCKETS, ObjectiveConfig
 
 _BUILTIN_ATTRS = ("country", "device", "surface")
 _NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})  # (read-only: shared)

@@ -20,5 +20,5 @@ fi
 # The simulator's cores compiled with mypyc (about twice as fast, same traces; see
 # sim/native.py): built when a C compiler is present, rebuilt when their sources change.
 if command -v cc >/dev/null 2>&1; then
-  .venv/bin/python -m sim.native build --if-stale || echo "continuing with plain Python" >&2
+  .venv/bin/python -m shardline.sim.native build --if-stale || echo "continuing with plain Python" >&2
 fi

@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy node membership router workflows sim
+.venv/bin/mypy -p shardline
 exec .venv/bin/python -m pytest -q "$@"

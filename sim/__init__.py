@@ -1,13 +1,14 @@
 """shardline: the deterministic discrete-event chaos simulator (``shardline sim``).
 
 It drives the project's real pure cores on a virtual clock: every simulated node runs
-``membership.swim.Swim``, builds its view with ``membership.view.build_view`` from a
-``membership.snapshot.ClusterSnapshot`` fed by an etcd double, its ring with
-``router.handoff.ring_of``, places models with ``router.handoff.step`` and routes with
-``router.rules.evaluate``, ``router.handoff.serving_candidates``,
-``router.replica.choose_replica`` and ``router.forward`` (failover, hop limit). Only the
-I/O is simulated: the network (``sim.network``), etcd (``sim.etcd``), model execution
-(``sim.executor``, with the real ``workflows.batching.BatchPolicy``) and the clients.
+``shardline.membership.swim.Swim``, builds its view with ``shardline.membership.view.build_view``
+from a ``shardline.membership.snapshot.ClusterSnapshot`` fed by an etcd double, its ring with
+``shardline.router.handoff.ring_of``, places models with ``shardline.router.handoff.step`` and
+routes with ``shardline.router.rules.evaluate``, ``shardline.router.handoff.serving_candidates``,
+``shardline.router.replica.choose_replica`` and ``shardline.router.forward`` (failover, hop limit).
+Only the I/O is simulated: the network (``shardline.sim.network``), etcd (``shardline.sim.etcd``),
+model execution (``shardline.sim.executor``, with the real
+``shardline.workflows.batching.BatchPolicy``) and the clients.
 
 Layout: ``core`` (clock, heap, seeded generators), ``scenario``/``faults``/``defaults``
 (TOML scenarios), ``world`` (the run), ``node``/``control`` (a node process),
@@ -30,6 +31,12 @@ Imports go one way, with no circle: each module imports only modules named befor
   ``cli``.
 """
 
-from membership.native import extend as _extend
+if __name__ != "shardline.sim":  # imported by its folder name from a checkout
+    raise ImportError(
+        "shardline installs under one import name: import shardline.sim, not sim "
+        "(e.g. `from shardline.sim import ...`)"
+    )
+
+from shardline.membership.native import extend as _extend
 
 _extend(__name__, __path__)  # the compiled cores, when built and fresh (membership/native.py)

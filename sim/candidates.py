@@ -1,18 +1,18 @@
 """Candidate tuples, interned: what is pure in a routing decision, memoized once per world.
 
-A candidate tuple (``router.handoff.serving_candidates`` for one model key, best first) is
+A candidate tuple (``shardline.router.handoff.serving_candidates`` for one model key, best first) is
 interned as a ``Serving``, which carries what is pure in it and so can be shared by every
-node: each user's rendezvous winner (``router.replica.rendezvous``) and the failover order
-from each chosen candidate (``router.forward.attempt_order``). ``sim.routing`` makes and
-reads them; nodes keep them in their routing memo (``sim.request.Host.cand``).
+node: each user's rendezvous winner (``shardline.router.replica.rendezvous``) and the failover order
+from each chosen candidate (``shardline.router.forward.attempt_order``). ``shardline.sim.routing``
+makes and reads them; nodes keep them in their routing memo (``shardline.sim.request.Host.cand``).
 
 Imports only the pure cores (no other ``sim`` module).
 """
 
 from __future__ import annotations
 
-from router.forward import attempt_order
-from router.replica import rendezvous
+from shardline.router.forward import attempt_order
+from shardline.router.replica import rendezvous
 
 MAX_INTERNED = 4096  # distinct candidate tuples remembered per world (then start over)
 

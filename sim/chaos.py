@@ -1,12 +1,12 @@
-"""Carries out the fault schedule (``sim.faults``) on a running world.
+"""Carries out the fault schedule (``shardline.sim.faults``) on a running world.
 
 Each ``FaultSpec`` fires at its ``at_s``; node choices (``"random"``) and churn timing are
 drawn from the run's ``faults`` generator, so the schedule is part of the seed's trace.
 Ops that take time (drains, rolling restarts, churn) keep ``quiet_since`` up to date: the
 liveness check starts counting only once the last fault action is over.
 
-Faults act on the world through ``FaultWorld`` (what ``sim.world.World`` is; the world
-builds the ``Chaos`` and is not imported here) and on its ``sim.node.SimNode``s.
+Faults act on the world through ``FaultWorld`` (what ``shardline.sim.world.World`` is; the world
+builds the ``Chaos`` and is not imported here) and on its ``shardline.sim.node.SimNode``s.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from membership.registry import NodeState
-from sim.core import EventLoop
-from sim.etcd import EtcdDouble
-from sim.faults import FaultSpec
-from sim.metrics import Metrics
-from sim.network import Network
-from sim.node import SimNode
+from shardline.membership.registry import NodeState
+from shardline.sim.core import EventLoop
+from shardline.sim.etcd import EtcdDouble
+from shardline.sim.faults import FaultSpec
+from shardline.sim.metrics import Metrics
+from shardline.sim.network import Network
+from shardline.sim.node import SimNode
 
 
 class FaultWorld(Protocol):

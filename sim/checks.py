@@ -4,7 +4,7 @@ Safety, checked as it happens:
 
 * ``wrong_model``: an answer came from a model version other than the one the objective
   selects for that user under the config the ingress routed with (recomputed here with
-  ``router.rules.evaluate`` from the config etcd stored, not from the node's copy);
+  ``shardline.router.rules.evaluate`` from the config etcd stored, not from the node's copy);
 * ``unknown_config``: the ingress routed with a config etcd never committed before then;
 * ``stale_config``: it routed with a config superseded more than ``config_staleness_s``
   earlier although its watch was connected all along;
@@ -19,9 +19,9 @@ the roster, no join is pending (nor a drain that an active node could take over)
 every running node has etcd's revision, a view of exactly the roster with nobody dead,
 and the ring over the roster's active members.
 
-The checkers read the world through ``CheckedWorld`` (what ``sim.world.World`` is; the
+The checkers read the world through ``CheckedWorld`` (what ``shardline.sim.world.World`` is; the
 world builds them and is not imported here); the request path reports to ``Safety`` as
-its ``sim.serving.Checker``.
+its ``shardline.sim.serving.Checker``.
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from membership.registry import NodeState
-from router.decision import Decision
-from router.objectives import ObjectiveConfig
-from router.rules import evaluate
-from sim.core import EventLoop
-from sim.etcd import EtcdDouble, ObjectiveVersion
-from sim.node import SimNode
-from sim.request import Host, Request
-from sim.serving import RequestEngine
+from shardline.membership.registry import NodeState
+from shardline.router.decision import Decision
+from shardline.router.objectives import ObjectiveConfig
+from shardline.router.rules import evaluate
+from shardline.sim.core import EventLoop
+from shardline.sim.etcd import EtcdDouble, ObjectiveVersion
+from shardline.sim.node import SimNode
+from shardline.sim.request import Host, Request
+from shardline.sim.serving import RequestEngine
 
 SAMPLE_S = 0.5
 MAX_EXAMPLES = 10

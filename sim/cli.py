@@ -1,10 +1,10 @@
 """``shardline sim``: run a chaos scenario, print its summary, write its report.
 
-``sim`` is a click group (``node.cli`` attaches it to the main CLI); ``run_command`` is
-the same thing as a plain function. The exit status is 0 when every check passed, 1 when
-one failed (the seed and the command that replays the run are printed), 2 on a bad
-scenario. While a run goes, ``run`` shows its progress (virtual time done / total) on
-stderr: a progress bar on a terminal, else a line every few seconds and one at the end.
+``sim`` is a click group (``shardline.node.ops.cli`` attaches it to the main CLI); ``run_command``
+is the same thing as a plain function. The exit status is 0 when every check passed, 1 when one
+failed (the seed and the command that replays the run are printed), 2 on a bad scenario. While a run
+goes, ``run`` shows its progress (virtual time done / total) on stderr: a progress bar on a
+terminal, else a line every few seconds and one at the end.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sim.report import print_summary, write_report
-from sim.result import RunResult, summarize
-from sim.scenario import Scenario, ScenarioError, load_scenario, scenario_names
-from sim.swarm import random_scenario
-from sim.world import World
+from shardline.sim.report import print_summary, write_report
+from shardline.sim.result import RunResult, summarize
+from shardline.sim.scenario import Scenario, ScenarioError, load_scenario, scenario_names
+from shardline.sim.swarm import random_scenario
+from shardline.sim.world import World
 
 
 def run_with_progress(

@@ -1,15 +1,16 @@
 """A simulated node's control-plane client: registration under a lease, keepalive, watch.
 
-Mirrors ``membership.registry.Registration`` and ``membership.snapshot.SnapshotWatcher``:
-the node grants a lease of ``ttl`` and puts its ``NodeRecord`` under it, refreshes the
-lease every ``ttl/3`` (granting a new one and putting the record again when the lease is
-gone), reads the whole prefix once and then follows the watch, reconnecting with jittered
-exponential backoff (0.05 s doubling to 2 s) and resuming from its last revision. While
-etcd is unreachable the node keeps its last snapshot. Every etcd call is an RPC through
-the simulated network (``World.etcd_call``); the store applies it when it arrives.
+Mirrors ``shardline.membership.registry.Registration`` and
+``shardline.membership.snapshot.SnapshotWatcher``: the node grants a lease of ``ttl`` and puts its
+``NodeRecord`` under it, refreshes the lease every ``ttl/3`` (granting a new one and putting the
+record again when the lease is gone), reads the whole prefix once and then follows the watch,
+reconnecting with jittered exponential backoff (0.05 s doubling to 2 s) and resuming from its last
+revision. While etcd is unreachable the node keeps its last snapshot. Every etcd call is an RPC
+through the simulated network (``World.etcd_call``); the store applies it when it arrives.
 
 The client sees its node as a ``Process`` and the world as a ``ControlWorld`` (both are
-what ``sim.node.SimNode`` and ``sim.world.World`` are; neither is imported here).
+what ``shardline.sim.node.SimNode`` and ``shardline.sim.world.World`` are; neither is imported
+here).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import random
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from membership.registry import NodeRecord, NodeState
-from membership.snapshot import ClusterSnapshot
-from sim.core import EventLoop, Handler
-from sim.etcd import EtcdDouble
-from sim.scenario import Scenario
+from shardline.membership.registry import NodeRecord, NodeState
+from shardline.membership.snapshot import ClusterSnapshot
+from shardline.sim.core import EventLoop, Handler
+from shardline.sim.etcd import EtcdDouble
+from shardline.sim.scenario import Scenario
 
 INITIAL_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 2.0
@@ -55,7 +56,7 @@ class ControlWorld(Protocol):
 
 
 class Process(Protocol):
-    """What the etcd client needs of its node process (``sim.node.SimNode``)."""
+    """What the etcd client needs of its node process (``shardline.sim.node.SimNode``)."""
 
     @property
     def world(self) -> ControlWorld: ...

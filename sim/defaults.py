@@ -2,7 +2,7 @@
 
 Eight model versions behind four objectives that use every kind of rule: an A/B
 experiment (continue_watching_ranking), a context rule plus a canary (payment_fraud), a
-canary (search) and a shadow model (artwork). Plain data; ``sim.scenario`` validates it.
+canary (search) and a shadow model (artwork). Plain data; ``shardline.sim.scenario`` validates it.
 """
 
 from __future__ import annotations

@@ -4,12 +4,12 @@ Every operation is applied atomically at the instant it reaches the store (one g
 order, one revision per write), so the double is linearizable by construction. Keys are
 relative to the cluster prefix (``nodes/n1``, ``workflows/w/v1``, ``objectives/o``) and
 values are the bytes the real registry and catalog write, so nodes build their snapshots
-with the real ``membership.snapshot.ClusterSnapshot.apply``.
+with the real ``shardline.membership.snapshot.ClusterSnapshot.apply``.
 
 Leases expire ``ttl`` after their last keepalive, deleting their keys in one revision.
 While the store is down nothing expires, and when it comes back every lease gets a full
 TTL again (what an etcd leader election does). Watches are the simulator's business
-(``sim.world``): the double keeps the event log they read from. It also keeps every
+(``shardline.sim.world``): the double keeps the event log they read from. It also keeps every
 objective config it ever stored, with the time it was committed and superseded, for the
 safety checker.
 """
@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from membership.snapshot import KeyEvent
+from shardline.membership.snapshot import KeyEvent
 
 
 @dataclass

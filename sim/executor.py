@@ -1,16 +1,16 @@
 """A simulated model actor: a bounded batch queue in front of one model key on one node.
 
-It mirrors ``node.model_actor`` with the real batch-closing policy
-(``workflows.batching.BatchPolicy``): a batch closes when it holds ``max_batch`` requests
+It mirrors ``shardline.node.serving.model_actor`` with the real batch-closing policy
+(``shardline.workflows.batching.BatchPolicy``): a batch closes when it holds ``max_batch`` requests
 or ``max_delay_ms`` after its first request was enqueued; requests whose deadline passed
 while queued are dropped at closing (their asker already gave up); a full queue rejects
 with RESOURCE_EXHAUSTED. A batch of n takes ``(base + per_item * n)`` ms, times the node's
 slow-down factor, times a lognormal jitter. Closing an executor (unload) stops new work and
 lets the queue finish; killing it (crash) drops everything on the floor.
 
-It knows nothing of routing: requests are handed to ``offer`` (by ``sim.serving``), its
+It knows nothing of routing: requests are handed to ``offer`` (by ``shardline.sim.serving``), its
 outcomes go to ``Answers`` (the request engine), and the node it runs on is a
-``sim.request.Host`` (its in-flight count, pause and slow-down); ``drained`` tells the
+``shardline.sim.request.Host`` (its in-flight count, pause and slow-down); ``drained`` tells the
 node's placement that a closing executor has finished.
 """
 
@@ -23,14 +23,14 @@ from collections.abc import Callable
 from heapq import heappush
 from typing import Protocol
 
-from sim.core import EventLoop
-from sim.request import Host, Request
-from sim.scenario import WorkflowSpec
-from workflows.batching import BatchPolicy
+from shardline.sim.core import EventLoop
+from shardline.sim.request import Host, Request
+from shardline.sim.scenario import WorkflowSpec
+from shardline.workflows.batching import BatchPolicy
 
 
 class Answers(Protocol):
-    """Where an executor's outcomes go (``sim.serving.RequestEngine``)."""
+    """Where an executor's outcomes go (``shardline.sim.serving.RequestEngine``)."""
 
     def executed(self, batch: list[Request], executor: Executor) -> None:
         """A batch finished on ``executor``."""

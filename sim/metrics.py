@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from router.ring import Ring, moved_keys
-from sim.request import STATUS_CODE, STATUSES, Host, Request
+from shardline.router.ring import Ring, moved_keys
+from shardline.sim.request import STATUS_CODE, STATUSES, Host, Request
 
 #: numpy types of the outcome columns (end time, start time, status, objective, server).
 COLUMN_TYPES = (np.float64, np.float64, np.int8, np.int8, np.int16)

@@ -1,8 +1,8 @@
-"""Build the compiled cores (``membership.native`` decides when they are used).
+"""Build the compiled cores (``shardline.membership.native`` decides when they are used).
 
-    python -m sim.native build [--if-stale]   # mypyc: MODULES -> .native/, about a minute
-    python -m sim.native status               # fresh, stale (and why), absent or disabled
-    python -m sim.native clean
+    python -m shardline.sim.native build [--if-stale]   # mypyc: MODULES -> .native/, about a minute
+    python -m shardline.sim.native status               # fresh, stale (and why), absent or disabled
+    python -m shardline.sim.native clean
 
 Needs the dev extra (mypy, which ships mypyc) and a C compiler; ``scripts/setup.sh`` runs
 ``build --if-stale`` when ``cc`` is on the PATH. A failed build leaves plain Python.
@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from membership.native import (
+from shardline.membership.native import (
     GROUP,
     MANIFEST,
     MODULES,
@@ -62,9 +62,10 @@ def build(*, verbose: bool = False) -> None:
             os.chdir(cwd)
         clean()
         for package in PACKAGES:
-            (NATIVE / package).mkdir(parents=True)
-            for lib in (work / "lib" / package).glob("*" + abi()):
-                shutil.copy2(lib, NATIVE / package / lib.name)
+            where = package.replace(".", "/")
+            (NATIVE / where).mkdir(parents=True)
+            for lib in (work / "lib" / where).glob("*" + abi()):
+                shutil.copy2(lib, NATIVE / where / lib.name)
     manifest = {"abi": abi(), "modules": list(MODULES), "sources": sources}
     MANIFEST.write_text(json.dumps(manifest, indent=1) + "\n")
 
@@ -74,7 +75,7 @@ def clean() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sim.native", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m shardline.sim.native", description=__doc__)
     parser.add_argument("command", choices=("build", "status", "clean"))
     parser.add_argument("--if-stale", action="store_true", help="build only when not fresh")
     parser.add_argument("--verbose", action="store_true")

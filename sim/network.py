@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-from sim.scenario import NetworkSpec
+from shardline.sim.scenario import NetworkSpec
 
 
 class Network:

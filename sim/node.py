@@ -1,14 +1,15 @@
 """A simulated cluster node: the real SWIM core, view, ring and handoff, on the virtual clock.
 
-Per process lifetime (``epoch``) a node runs a real ``membership.swim.Swim`` (ticked exactly
-at ``next_deadline``, fed the datagrams the simulated network delivers), keeps an etcd
-snapshot through its ``ControlClient``, builds its ``MembershipView`` with the real
-``build_view`` and its ring with the real ``router.handoff.ring_of``, and runs placement as
-``node.placement`` does: the real ``router.handoff.step`` says what to load (one at a time,
-taking the workflow's ``load_s``), what to let go, and when a joiner may turn active or a
-draining node may leave. The request path on top of this lives in ``sim.serving``: it sees
-a node as the ``sim.request.Host`` that ``SimNode`` extends, and never imports this module.
-The node sees the world as a ``NodeWorld`` (what ``sim.world.World`` is, not imported here).
+Per process lifetime (``epoch``) a node runs a real ``shardline.membership.swim.Swim`` (ticked
+exactly at ``next_deadline``, fed the datagrams the simulated network delivers), keeps an etcd
+snapshot through its ``ControlClient``, builds its ``MembershipView`` with the real ``build_view``
+and its ring with the real ``shardline.router.handoff.ring_of``, and runs placement as
+``shardline.node.cluster.placement`` does: the real ``shardline.router.handoff.step`` says what to
+load (one at a time, taking the workflow's ``load_s``), what to let go, and when a joiner may turn
+active or a draining node may leave. The request path on top of this lives in
+``shardline.sim.serving``: it sees a node as the ``shardline.sim.request.Host`` that ``SimNode``
+extends, and never imports this module. The node sees the world as a ``NodeWorld`` (what
+``shardline.sim.world.World`` is, not imported here).
 
 A crashed node loses everything; a paused node (GC pause, frozen VM) runs nothing and
 every event addressed to it waits in ``deferred`` until it resumes; a slow node computes
@@ -22,26 +23,26 @@ import random
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from membership.registry import NodeState
-from membership.snapshot import ClusterSnapshot
-from membership.swim import LoadChanged, MemberChanged, Send, Swim
-from membership.swim_state import Effect, Message, SwimConfig
-from membership.view import MembershipView, build_view
-from router import handoff
-from router.handoff import Phase
-from sim.control import ControlClient, ControlWorld
-from sim.core import derive_rng
-from sim.executor import Executor
-from sim.request import Host, ModelQueue, ObjectiveEntry
-from sim.routing import replicas_of
-from sim.scenario import WorkflowSpec
-from sim.serving import RequestEngine
+from shardline.membership.registry import NodeState
+from shardline.membership.snapshot import ClusterSnapshot
+from shardline.membership.swim import LoadChanged, MemberChanged, Send, Swim
+from shardline.membership.swim_state import Effect, Message, SwimConfig
+from shardline.membership.view import MembershipView, build_view
+from shardline.router import handoff
+from shardline.router.handoff import Phase
+from shardline.sim.control import ControlClient, ControlWorld
+from shardline.sim.core import derive_rng
+from shardline.sim.executor import Executor
+from shardline.sim.request import Host, ModelQueue, ObjectiveEntry
+from shardline.sim.routing import replicas_of
+from shardline.sim.scenario import WorkflowSpec
+from shardline.sim.serving import RequestEngine
 
 STOP_GRACE_S = 10.0
 
 
 class NodeWorld(ControlWorld, Protocol):
-    """What a node process needs of the world it runs in (``sim.world.World``): the run's
+    """What a node process needs of the world it runs in (``shardline.sim.world.World``): the run's
     seed and settings, the request engine its executors answer to, and where it reports
     what it sends and sees."""
 

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sim.result import RunResult
+from shardline.sim.result import RunResult
 
 
 def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:

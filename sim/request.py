@@ -5,12 +5,12 @@ identity, whether it runs and takes requests, its view and ring, its warm model 
 its routing memo and the objective revisions it routes with); ``ObjectiveEntry`` is one
 stored objective revision. They live together because each refers to the other: a request
 remembers its ingress (a ``Host``), a host's executors queue requests (``ModelQueue``, the
-part of ``sim.executor.Executor`` that the request path and placement use).
+part of ``shardline.sim.executor.Executor`` that the request path and placement use).
 
-``sim.node.SimNode`` is a ``Host`` with a process around it (SWIM, the etcd client,
-placement); everything on the request path (``sim.routing``, ``sim.executor``,
-``sim.serving``, ``sim.metrics``) sees only the ``Host``. Imports no ``sim`` module but
-``core`` and ``candidates``.
+``shardline.sim.node.SimNode`` is a ``Host`` with a process around it (SWIM, the etcd client,
+placement); everything on the request path (``shardline.sim.routing``, ``shardline.sim.executor``,
+``shardline.sim.serving``, ``shardline.sim.metrics``) sees only the ``Host``. Imports no ``sim``
+module but ``core`` and ``candidates``.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from __future__ import annotations
 import random
 from typing import Any, Protocol
 
-from membership.view import MembershipView
-from router.decision import Decision
-from router.objectives import ObjectiveConfig
-from router.ring import Ring
-from sim.candidates import Serving
-from sim.core import Handler
+from shardline.membership.view import MembershipView
+from shardline.router.decision import Decision
+from shardline.router.objectives import ObjectiveConfig
+from shardline.router.ring import Ring
+from shardline.sim.candidates import Serving
+from shardline.sim.core import Handler
 
 OK = "OK"
 STATUSES = (
@@ -132,7 +132,7 @@ def make_request(
 
 class ModelQueue(Protocol):
     """What the request path and placement use of a model's executor on a node
-    (``sim.executor.Executor``)."""
+    (``shardline.sim.executor.Executor``)."""
 
     key: str
     closing: bool  # set by placement: the model is being unloaded (finish, take nothing new)
@@ -152,7 +152,7 @@ _EMPTY_RING = Ring(())
 
 
 class Host:
-    """A node as the request path sees it (``sim.node.SimNode`` adds the process).
+    """A node as the request path sees it (``shardline.sim.node.SimNode`` adds the process).
 
     The process sets these (``clear`` at every start, before anything reads the rest) and
     keeps them current; the request path reads them and counts ``in_flight`` and
@@ -205,7 +205,7 @@ class Host:
         self.executors: dict[str, ModelQueue] = {}  # the warm models here
         self.in_flight = 0  # requests queued or running on its executors
         self.deferred: list[tuple[Handler, Any]] = []
-        self.cand: dict[str, Serving] = {}  # key -> candidates (see sim.routing)
+        self.cand: dict[str, Serving] = {}  # key -> candidates (see shardline.sim.routing)
 
     def defer(self, fn: Handler, arg: Any) -> None:
         """Run ``fn(arg)`` when the process resumes (it is paused)."""

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sim.checks import CheckResult
-from sim.request import OK
-from sim.scenario import Scenario
-from sim.world import World
+from shardline.sim.checks import CheckResult
+from shardline.sim.request import OK
+from shardline.sim.scenario import Scenario
+from shardline.sim.world import World
 
 
 @dataclass

@@ -1,29 +1,31 @@
-"""Routing decisions on a simulated node, as ``node.routing.ClusterRouter`` makes them: where.
+"""Routing decisions on a simulated node, as ``shardline.node.cluster.routing.ClusterRouter`` makes
+them: where.
 
-``candidates`` is ``router.handoff.serving_candidates`` with the node's warm-model test
+``candidates`` is ``shardline.router.handoff.serving_candidates`` with the node's warm-model test
 (memoized per node until its view or anyone's models change); ``choose`` is
-``ClusterRouter.choose`` around ``router.replica.choose_replica``; ``replicas_of`` reads R
-per model key from the catalog like ``node.placement.replicas_of``.
+``ClusterRouter.choose`` around ``shardline.router.replica.choose_replica``; ``replicas_of`` reads R
+per model key from the catalog like ``shardline.node.cluster.placement.replicas_of``.
 
-A candidate tuple is interned per world as a ``sim.candidates.Serving`` (``registry``: the
+A candidate tuple is interned per world as a ``shardline.sim.candidates.Serving`` (``registry``: the
 request engine's), which memoizes what is pure in it. These functions read a node only as
-a ``sim.request.Host`` and answer a node id; they never call the request engine back.
+a ``shardline.sim.request.Host`` and answer a node id; they never call the request engine back.
 """
 
 from __future__ import annotations
 
-from membership.snapshot import ClusterSnapshot
-from router import handoff
-from router.replica import ReplicaPolicy, choose_replica
-from sim.candidates import Serving, interned
-from sim.request import Host
+from shardline.membership.snapshot import ClusterSnapshot
+from shardline.router import handoff
+from shardline.router.replica import ReplicaPolicy, choose_replica
+from shardline.sim.candidates import Serving, interned
+from shardline.sim.request import Host
 
 POLICY = ReplicaPolicy()
 _limit = POLICY.limit
 
 
 def replicas_of(snapshot: ClusterSnapshot) -> dict[str, int]:
-    """Model key -> R from the catalog's workflow documents (as ``node.placement``)."""
+    """Model key -> R from the catalog's workflow documents (as
+    ``shardline.node.cluster.placement``)."""
     out: dict[str, int] = {}
     for key, doc in snapshot.workflows.items():
         manifest = doc.get("manifest")
@@ -35,10 +37,10 @@ def replicas_of(snapshot: ClusterSnapshot) -> dict[str, int]:
 def candidates(
     node: Host, key: str, owners: tuple[str, ...], registry: dict[tuple[str, ...], Serving]
 ) -> Serving:
-    """``router.handoff.serving_candidates`` as ``node.routing`` calls it, over the owners of
-    ``key`` on the node's current ring (memoized in ``node.cand`` while they have some: the
-    node drops entries when its ring, its replica counts, its view's members or anyone's
-    models change); interned in ``registry``."""
+    """``shardline.router.handoff.serving_candidates`` as ``shardline.node.cluster.routing`` calls
+    it, over the owners of ``key`` on the node's current ring (memoized in ``node.cand`` while they
+    have some: the node drops entries when its ring, its replica counts, its view's members or
+    anyone's models change); interned in ``registry``."""
     hit = node.cand.get(key)
     if hit is not None:
         return hit

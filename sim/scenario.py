@@ -3,8 +3,8 @@
 A scenario is a TOML file in ``sim/scenarios/`` (or anywhere, by path). Every table is
 optional except ``name``; defaults give a healthy 6-node cluster serving two objectives.
 Parsing validates everything and names the offending field (``faults[3].node``). Objective
-configs are validated with the real ``router.objectives.ObjectiveConfig``. ``with_overrides``
-shortens a run (tests) or scales its load without editing the file.
+configs are validated with the real ``shardline.router.objectives.ObjectiveConfig``.
+``with_overrides`` shortens a run (tests) or scales its load without editing the file.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from membership.swim_state import SwimConfig
-from router.objectives import ConfigError, ObjectiveConfig
-from sim import defaults
-from sim.faults import FAULT_OPS, FaultSpec, FaultSpecError
+from shardline.membership.swim_state import SwimConfig
+from shardline.router.objectives import ConfigError, ObjectiveConfig
+from shardline.sim import defaults
+from shardline.sim.faults import FAULT_OPS, FaultSpec, FaultSpecError
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 

@@ -1,13 +1,14 @@
 """The request path: simulated clients, ingress routing, forwarding, failover and answers.
 
-It follows ``node.routing.ClusterRouter`` and ``node.client`` step by step, calling the
-real pure cores for every decision: ``router.rules.evaluate`` (model and cell, with the
-objective config the ingress holds), ``Ring.owners``, ``router.handoff.serving_candidates``,
-``router.replica.choose_replica`` (serve here when a warm owner under the load limit),
-``router.forward.attempt_order`` and ``RETRYABLE`` (one failover to the next owner on
-UNAVAILABLE, a broken connection or overload, while time is left), and ``MAX_HOPS`` (an
-owner that does not hold the model passes the request on once). A client sends to a
-random node of the roster it last fetched and, on UNAVAILABLE, tries one other node.
+It follows ``shardline.node.cluster.routing.ClusterRouter`` and ``shardline.node.sdk.client`` step
+by step, calling the real pure cores for every decision: ``shardline.router.rules.evaluate`` (model
+and cell, with the objective config the ingress holds), ``Ring.owners``,
+``shardline.router.handoff.serving_candidates``, ``shardline.router.replica.choose_replica`` (serve
+here when a warm owner under the load limit), ``shardline.router.forward.attempt_order`` and
+``RETRYABLE`` (one failover to the next owner on UNAVAILABLE, a broken connection or overload, while
+time is left), and ``MAX_HOPS`` (an owner that does not hold the model passes the request on once).
+A client sends to a random node of the roster it last fetched and, on UNAVAILABLE, tries one other
+node.
 
 Outcomes whose timing is already fixed are settled without events: a forward across a cut
 link gets no answer, so the ingress's call ends DEADLINE_EXCEEDED at the deadline; an
@@ -16,12 +17,12 @@ answer's trip back is summed from the links' delays. Every request ends in exact
 safety checker.
 
 The path is one way, as on a real node: the client reaches an ingress, which decides
-(``route``: admission, ``router.rules.evaluate``), asks the router where
-(``sim.routing.serving_for`` and ``choose``: answers a node id, never calls back), and
-tries there (``_attempt``): the executor here (``sim.executor.Executor.offer``) or a peer
+(``route``: admission, ``shardline.router.rules.evaluate``), asks the router where
+(``shardline.sim.routing.serving_for`` and ``choose``: answers a node id, never calls back), and
+tries there (``_attempt``): the executor here (``shardline.sim.executor.Executor.offer``) or a peer
 (``_at_owner``, ``_serve_forward``); failures go to the next owner (``_failed``); the
 executor's batch comes back as ``executed``, which answers each client. Nodes are seen as
-``sim.request.Host``; the world gives the engine its parts once (``RequestWorld``) and
+``shardline.sim.request.Host``; the world gives the engine its parts once (``RequestWorld``) and
 the safety checker is told of routes and answers (``Checker``).
 """
 
@@ -32,18 +33,18 @@ from heapq import heappush
 from math import floor as _floor
 from typing import Protocol
 
-from router.decision import Decision
-from router.forward import MAX_HOPS, RETRYABLE
-from router.rules import RequestContext, evaluate
-from sim.candidates import Serving
-from sim.core import EventLoop, derive_rng
-from sim.executor import Executor
-from sim.metrics import FLUSH_VALUES, Metrics
-from sim.network import Network
-from sim.request import OK, STATUS_CODE, Host, ModelQueue, Request, make_request
-from sim.routing import candidates, choose, serving_for
-from sim.scenario import Scenario
-from sim.workload import Workload
+from shardline.router.decision import Decision
+from shardline.router.forward import MAX_HOPS, RETRYABLE
+from shardline.router.rules import RequestContext, evaluate
+from shardline.sim.candidates import Serving
+from shardline.sim.core import EventLoop, derive_rng
+from shardline.sim.executor import Executor
+from shardline.sim.metrics import FLUSH_VALUES, Metrics
+from shardline.sim.network import Network
+from shardline.sim.request import OK, STATUS_CODE, Host, ModelQueue, Request, make_request
+from shardline.sim.routing import candidates, choose, serving_for
+from shardline.sim.scenario import Scenario
+from shardline.sim.workload import Workload
 
 DEADLINE = "DEADLINE_EXCEEDED"
 UNAVAILABLE = "UNAVAILABLE"
@@ -51,7 +52,7 @@ OK_CODE = STATUS_CODE[OK]
 
 
 class Checker(Protocol):
-    """The safety checker as the request path reports to it (``sim.checks.Safety``)."""
+    """The safety checker as the request path reports to it (``shardline.sim.checks.Safety``)."""
 
     def routed(self, req: Request, via: Host, target: str) -> None:
         """``via`` sends ``req`` to ``target``, which is down or dead in ``via``'s view."""
@@ -61,7 +62,8 @@ class Checker(Protocol):
 
 
 class RequestWorld(Protocol):
-    """What the request engine takes from the world (``sim.world.World``) when it starts."""
+    """What the request engine takes from the world (``shardline.sim.world.World``) when it
+    starts."""
 
     @property
     def loop(self) -> EventLoop: ...
@@ -108,7 +110,9 @@ class RequestEngine:
         self.nodes = world.nodes
         self._down = world.down_since  # where sent to one of these: check (Safety.routed)
         self.client_nodes: list[Host] = []  # the node list the clients last fetched
-        self.interned: dict[tuple[str, ...], Serving] = {}  # candidate tuples (sim.candidates)
+        self.interned: dict[
+            tuple[str, ...], Serving
+        ] = {}  # candidate tuples (shardline.sim.candidates)
         self._next_rid = 0
         self.shadows_sent = 0
         self.routes = 0

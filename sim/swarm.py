@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from sim.core import derive_rng
-from sim.faults import FaultSpec
-from sim.scenario import DEFAULT_OBJECTIVES, CheckSpec, Scenario, parse_scenario
+from shardline.sim.core import derive_rng
+from shardline.sim.faults import FaultSpec
+from shardline.sim.scenario import DEFAULT_OBJECTIVES, CheckSpec, Scenario, parse_scenario
 
 FAULTS_FROM_S = 5.0
 HEAL_BY_S = 24.0

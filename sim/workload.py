@@ -14,8 +14,8 @@ import math
 
 import numpy as np
 
-from sim.core import derive_np
-from sim.scenario import Scenario
+from shardline.sim.core import derive_np
+from shardline.sim.scenario import Scenario
 
 CHUNK = 8192
 

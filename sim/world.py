@@ -21,23 +21,23 @@ import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from membership.registry import NodeRecord, NodeState
-from membership.swim_state import MemberChanged, MemberState, Send
-from router import handoff
-from router.objectives import ObjectiveConfig
-from router.ring import Ring, RingMember
-from sim.chaos import Chaos
-from sim.checks import SAMPLE_S, Liveness, Safety
-from sim.control import Process
-from sim.core import EventLoop, derive_rng
-from sim.etcd import EtcdDouble
-from sim.metrics import Metrics
-from sim.network import Network
-from sim.node import SimNode
-from sim.request import ObjectiveEntry
-from sim.scenario import Scenario
-from sim.serving import RequestEngine
-from sim.workload import Workload
+from shardline.membership.registry import NodeRecord, NodeState
+from shardline.membership.swim_state import MemberChanged, MemberState, Send
+from shardline.router import handoff
+from shardline.router.objectives import ObjectiveConfig
+from shardline.router.ring import Ring, RingMember
+from shardline.sim.chaos import Chaos
+from shardline.sim.checks import SAMPLE_S, Liveness, Safety
+from shardline.sim.control import Process
+from shardline.sim.core import EventLoop, derive_rng
+from shardline.sim.etcd import EtcdDouble
+from shardline.sim.metrics import Metrics
+from shardline.sim.network import Network
+from shardline.sim.node import SimNode
+from shardline.sim.request import ObjectiveEntry
+from shardline.sim.scenario import Scenario
+from shardline.sim.serving import RequestEngine
+from shardline.sim.workload import Workload
 
 WARMUP_S = 3.0
 _T = TypeVar("_T")

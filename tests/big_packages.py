@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from workflows.loader import sha256_file
+from shardline.workflows.loader import sha256_file
 
 BIG_WORKFLOW = '''
 """A generated workflow whose weights are one big linear layer (memory tests)."""
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workflows.sdk import Workflow, load_module
+from shardline.workflows.sdk import Workflow, load_module
 
 
 class Big(Workflow):

@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 from typing import Any
 
-from membership.etcd import EtcdEndpoint
-from node.etcd_process import EtcdServer, find_etcd, free_port
+from shardline.membership.etcd import EtcdEndpoint
+from shardline.node.ops.etcd_process import EtcdServer, find_etcd, free_port
 
 __all__ = ["EtcdServer", "TcpProxy", "find_etcd", "free_port"]
 

@@ -64,7 +64,7 @@ class NodeProcess:
             *prefix,
             sys.executable,
             "-m",
-            "node.cli",
+            "shardline",
             *command,
             *mode,
             "--port",

@@ -11,7 +11,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from workflows.manifest import MANIFEST_FILE, ManifestError, WorkflowManifest, load_manifest
+from shardline.workflows.manifest import (
+    MANIFEST_FILE,
+    ManifestError,
+    WorkflowManifest,
+    load_manifest,
+)
 
 _CHUNK_BYTES = 1 << 20
 

@@ -1,6 +1,6 @@
 """Loading workflow packages: verify the manifest and every digest, then import and build.
 
-`verify_package` (``workflows.integrity``, torch-free) reads the manifest and checks every
+`verify_package` (``shardline.workflows.integrity``, torch-free) reads the manifest and checks every
 pinned file (weights, data files) against its sha256 without importing any code;
 `load_package` does that first, then loads
 the weights with safetensors onto the chosen device, imports the entrypoint module by file
@@ -22,15 +22,15 @@ from types import ModuleType
 import torch
 from safetensors.torch import load_file as load_torch_file
 
-from workflows.integrity import (
+from shardline.workflows.integrity import (
     WorkflowLoadError,
     discover_packages,
     package_file,
     sha256_file,
     verify_package,
 )
-from workflows.manifest import WorkflowManifest
-from workflows.sdk import Workflow
+from shardline.workflows.manifest import WorkflowManifest
+from shardline.workflows.sdk import Workflow
 
 _module_lock = threading.Lock()
 _module_counter = itertools.count(2)
@@ -96,8 +96,19 @@ def import_entrypoint(package_dir: Path, manifest: WorkflowManifest) -> type[Wor
             spec.loader.exec_module(module)
         except Exception as exc:
             del sys.modules[name]
+            hint = ""
+            if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in (
+                "workflows",
+                "node",
+                "router",
+                "membership",
+            ):
+                hint = (
+                    f" (shardline installs under one import name: import "
+                    f"shardline.{exc.name}, e.g. `from shardline.workflows.sdk import Workflow`)"
+                )
             raise WorkflowLoadError(
-                package_dir, f"importing {manifest.entrypoint_file} failed: {exc!r}"
+                package_dir, f"importing {manifest.entrypoint_file} failed: {exc!r}{hint}"
             ) from exc
     cls = getattr(module, manifest.entrypoint_class, None)
     if cls is None:
@@ -109,7 +120,8 @@ def import_entrypoint(package_dir: Path, manifest: WorkflowManifest) -> type[Wor
     if not (isinstance(cls, type) and issubclass(cls, Workflow)) or cls is Workflow:
         raise WorkflowLoadError(
             package_dir,
-            f"entrypoint {manifest.entrypoint!r} is not a subclass of workflows.sdk.Workflow",
+            f"entrypoint {manifest.entrypoint!r} is not a subclass of "
+            "shardline.workflows.sdk.Workflow",
         )
     return cls
 

@@ -9,7 +9,7 @@ Tensor convention (used by `TensorSpec.check` and the whole request path): a num
 is a numpy array of exactly the declared dtype in native byte order; a string tensor is a
 numpy array of dtype `str_` (`'<U…'`); a scalar is a 0-d array. `check` also accepts a
 `list[str]` as a 1-d string tensor and a numpy scalar as a 0-d array. `InputError` lives
-here to keep this module torch-free; `workflows.sdk` re-exports it for workflow authors.
+here to keep this module torch-free; `shardline.workflows.sdk` re-exports it for workflow authors.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ build features; may raise `InputError`); `forward` once per batch, in a worker t
 `torch.inference_mode()`, on `self.device`; `postprocess` once per request (top-k,
 thresholds, business rules).
 
-Tensor convention (see `workflows.manifest`): inputs and outputs are numpy arrays; numeric
+Tensor convention (see `shardline.workflows.manifest`): inputs and outputs are numpy arrays; numeric
 ones have exactly the declared dtype, string ones have dtype `str_` (`'<U…'`, never object
 arrays), scalars are 0-d arrays. Inputs reach `preprocess` already validated against the
 manifest's input schema (names, dtypes, shapes: the node does it before queueing, and
@@ -14,7 +14,7 @@ manifest's input schema (names, dtypes, shapes: the node does it before queueing
 values (ranges, vocabularies, ids) — per-request work on the hot path stays small.
 
 Workflow modules are imported by file path (not as package members), so they must use
-absolute imports only (`from workflows.sdk import ...`).
+absolute imports only (`from shardline.workflows.sdk import ...`).
 """
 
 from __future__ import annotations
@@ -33,10 +33,12 @@ import torch
 from safetensors.numpy import load_file as _load_numpy_file
 from torch import nn
 
-from workflows.manifest import InputError as InputError  # re-exported for workflow authors
-from workflows.manifest import OutputError as OutputError
-from workflows.manifest import TensorSpec as TensorSpec
-from workflows.manifest import WorkflowManifest
+from shardline.workflows.manifest import (
+    InputError as InputError,  # re-exported for workflow authors
+)
+from shardline.workflows.manifest import OutputError as OutputError
+from shardline.workflows.manifest import TensorSpec as TensorSpec
+from shardline.workflows.manifest import WorkflowManifest
 
 Array: TypeAlias = npt.NDArray[Any]
 Inputs: TypeAlias = Mapping[str, Array]
@@ -45,7 +47,7 @@ T = TypeVar("T")
 
 
 class ContextLike(Protocol):
-    """Request context; the node passes `router.rules.RequestContext`, which has these."""
+    """Request context; the node passes `shardline.router.rules.RequestContext`, which has these."""
 
     @property
     def user_id(self) -> str: ...

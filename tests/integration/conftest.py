@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from shardline.workflows.loader import sha256_file
 from tests.procs import EXAMPLES, NodeProcess
-from workflows.loader import sha256_file
 
 SLOW_WORKFLOW = '''
 """A test workflow whose forward takes params.delay_s: a slow model, on purpose."""
@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from workflows.sdk import Workflow
+from shardline.workflows.sdk import Workflow
 
 
 class Slow(Workflow):

@@ -11,7 +11,7 @@ from grpclib.client import Channel
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-from node.codec import WireCodec
+from shardline.node.sdk.codec import WireCodec
 from tests.procs import REPO, NodeProcess
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ FRAUD_ARGS = [
 
 def shardline(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args],
+        [sys.executable, "-m", "shardline", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

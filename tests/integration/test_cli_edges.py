@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from membership.etcd import connect
-from node.catalog_ops import catalog, register_tree
-from node.client import DEFAULT_TARGET
-from node.localcluster import wait_ready
+from shardline.membership.etcd import connect
+from shardline.node.cluster.catalog_ops import catalog, register_tree
+from shardline.node.ops.localcluster import wait_ready
+from shardline.node.sdk.client import DEFAULT_TARGET
 from tests.etcd_server import EtcdServer, find_etcd
 from tests.procs import EXAMPLES, REPO, NodeProcess
 
@@ -44,7 +44,7 @@ def shardline(
     do not leak in (only ``env``'s)."""
     base = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
     return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args],
+        [sys.executable, "-m", "shardline", *args],
         cwd=cwd, capture_output=True, text=True, timeout=180, check=False,
         env={**base, "PYTHONPATH": str(REPO), **(env or {})},
     )  # fmt: skip
@@ -132,7 +132,7 @@ def test_tables_are_whole_at_80_columns_in_a_pipe(node: NodeProcess) -> None:
 def test_one_default_target_and_its_environment_override(node: NodeProcess) -> None:
     from click.testing import CliRunner
 
-    from node.cli import main
+    from shardline.node.ops.cli import main
 
     runner = CliRunner()
     commands = (["predict", "-h"], ["objectives", "-h"], ["status", "-h"],
@@ -151,7 +151,7 @@ def test_one_default_target_and_its_environment_override(node: NodeProcess) -> N
 
 LIGHT_CHECK = """
 import sys
-from node.cli import main
+from shardline.node.ops.cli import main
 try:
     main(sys.argv[1:], standalone_mode=False)
 finally:

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from membership.etcd import connect
-from node.catalog_ops import catalog, register_tree
-from node.client import Client, PredictError, SmartClient
-from node.localcluster import routing_table, wait_ready
+from shardline.membership.etcd import connect
+from shardline.node.cluster.catalog_ops import catalog, register_tree
+from shardline.node.ops.localcluster import routing_table, wait_ready
+from shardline.node.sdk.client import Client, PredictError, SmartClient
 from tests.etcd_server import EtcdServer, find_etcd
 from tests.integration.test_standalone_node import metric
 from tests.procs import EXAMPLES, REPO, NodeProcess
@@ -152,7 +152,7 @@ def test_cluster_metrics_and_readiness(cluster: dict[str, NodeProcess]) -> None:
 
 def test_status_shows_the_view_and_the_ring(cluster: dict[str, NodeProcess]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "node.cli", "status", "--target", cluster["node-2"].target],
+        [sys.executable, "-m", "shardline", "status", "--target", cluster["node-2"].target],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
         env={"COLUMNS": "200", "PATH": ""},
     )  # fmt: skip

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 from grpclib.const import Status
 
-from node.client import Client, PredictError
+from shardline.node.sdk.client import Client, PredictError
 from tests.integration.test_standalone_node import FRAUD, metric
 from tests.procs import NodeProcess
 

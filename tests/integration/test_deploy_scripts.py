@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from membership.etcd import connect
-from node.catalog_ops import catalog
-from node.certs import write_dev_pki
-from node.client import Client
-from node.localcluster import wait_ready
+from shardline.membership.etcd import connect
+from shardline.node.cluster.catalog_ops import catalog
+from shardline.node.ops.certs import write_dev_pki
+from shardline.node.ops.localcluster import wait_ready
+from shardline.node.sdk.client import Client
 from tests.etcd_server import EtcdServer, find_etcd, free_port
 from tests.procs import EXAMPLES, REPO
 

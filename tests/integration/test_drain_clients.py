@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from bench.drain_clients import FRAUD, local_cluster, report, run
-from node.client import (
+from shardline.node.sdk.client import (
     Client,
     PredictError,
     grpc_channel_options,

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from membership.etcd import connect, node_key
-from membership.registry import NodeRecord
-from node.localcluster import routing_table
+from shardline.membership.etcd import connect, node_key
+from shardline.membership.registry import NodeRecord
+from shardline.node.ops.localcluster import routing_table
 from tests.etcd_server import EtcdServer, find_etcd
 from tests.procs import REPO, NodeProcess, eventually
 
@@ -40,7 +40,7 @@ def etcd() -> Iterator[EtcdServer]:
 
 def serve_args(etcd: EtcdServer, node_id: str) -> list[str]:
     return [
-        sys.executable, "-m", "node.cli", "serve", "--etcd", f"127.0.0.1:{etcd.client_port}",
+        sys.executable, "-m", "shardline", "serve", "--etcd", f"127.0.0.1:{etcd.client_port}",
         "--cluster", CLUSTER, "--node-id", node_id, "--port", "0", "--cpu-threads", "1",
     ]  # fmt: skip
 

@@ -18,7 +18,7 @@ from typing import Any
 import aetcd
 import pytest
 
-from membership.catalog import (
+from shardline.membership.catalog import (
     OBJECTIVE,
     WORKFLOW,
     Catalog,
@@ -26,21 +26,21 @@ from membership.catalog import (
     CatalogError,
     NothingToRollBack,
 )
-from membership.etcd import (
+from shardline.membership.etcd import (
     ControlPlaneUnavailable,
     EtcdEndpoint,
     cluster_prefix,
     connect,
     node_key,
 )
-from membership.registry import (
+from shardline.membership.registry import (
     EXPIRY_MARGIN_S,
     NodeIdTaken,
     NodeRecord,
     NodeState,
     Registration,
 )
-from membership.snapshot import ClusterSnapshot, SnapshotWatcher, WatcherConfig
+from shardline.membership.snapshot import ClusterSnapshot, SnapshotWatcher, WatcherConfig
 from tests.etcd_server import EtcdServer, TcpProxy, find_etcd
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

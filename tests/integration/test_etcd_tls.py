@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from membership.etcd import ControlPlaneUnavailable, EtcdEndpoint, connect
-from node.catalog_ops import catalog, register_tree
-from node.certs import write_dev_pki
-from node.localcluster import routing_table
+from shardline.membership.etcd import ControlPlaneUnavailable, EtcdEndpoint, connect
+from shardline.node.cluster.catalog_ops import catalog, register_tree
+from shardline.node.ops.certs import write_dev_pki
+from shardline.node.ops.localcluster import routing_table
 from tests.etcd_server import EtcdServer, find_etcd
 from tests.procs import EXAMPLES, NodeProcess
 

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from membership.gossip import GossipAgent, split_address
-from membership.gossip_wire import decode, encode
-from membership.swim import LoadChanged, MemberChanged, MemberState, Message, SwimConfig
-from membership.swim_state import Ack, Ping
+from shardline.membership.gossip import GossipAgent, split_address
+from shardline.membership.gossip_wire import decode, encode
+from shardline.membership.swim import LoadChanged, MemberChanged, MemberState, Message, SwimConfig
+from shardline.membership.swim_state import Ack, Ping
 
 pytestmark = pytest.mark.integration
 

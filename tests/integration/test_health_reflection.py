@@ -26,9 +26,9 @@ from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest, ServerReflectionResponse
 
-from membership.etcd import connect
-from node.catalog_ops import catalog, register_tree
-from node.client import build_request
+from shardline.membership.etcd import connect
+from shardline.node.cluster.catalog_ops import catalog, register_tree
+from shardline.node.sdk.client import build_request
 from tests.etcd_server import EtcdServer, find_etcd
 from tests.integration.conftest import make_slow_package
 from tests.integration.test_cluster import FRAUD

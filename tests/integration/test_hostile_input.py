@@ -16,10 +16,10 @@ import time
 import grpc
 import pytest
 
-from node._proto.shardline.v1 import inference_pb2 as pb
-from node.client import Client, PredictError, build_request
-from node.errors import MAX_MESSAGE_CHARS
-from node.localcluster import routing_table
+from shardline.node._proto.shardline.v1 import inference_pb2 as pb
+from shardline.node.ops.localcluster import routing_table
+from shardline.node.sdk.client import Client, PredictError, build_request
+from shardline.node.sdk.errors import MAX_MESSAGE_CHARS
 from tests.etcd_server import find_etcd
 from tests.integration.test_cluster import FRAUD, cluster  # noqa: F401 - the fixture
 from tests.procs import NodeProcess

@@ -19,15 +19,15 @@ import torch
 from grpclib.const import Status
 from safetensors.torch import save_file
 
-from membership.etcd import connect
-from node._proto.shardline import v1
-from node.admin_client import AdminClient, AdminError
-from node.artifacts import pack
-from node.catalog_ops import catalog, workflow_doc
-from node.localcluster import routing_table, wait_ready
+from shardline.membership.etcd import connect
+from shardline.node._proto.shardline import v1
+from shardline.node.cluster.artifacts import pack
+from shardline.node.cluster.catalog_ops import catalog, workflow_doc
+from shardline.node.ops.localcluster import routing_table, wait_ready
+from shardline.node.sdk.admin_client import AdminClient, AdminError
+from shardline.workflows.loader import sha256_file
 from tests.etcd_server import EtcdServer, find_etcd
 from tests.procs import NodeProcess
-from workflows.loader import sha256_file
 
 pytestmark = [
     pytest.mark.integration,
@@ -40,7 +40,7 @@ TOKEN = "load-failure-test-token-0123456789"
 WORKFLOW = """
 import numpy as np
 
-from workflows.sdk import Workflow
+from shardline.workflows.sdk import Workflow
 
 
 class Doubler(Workflow):

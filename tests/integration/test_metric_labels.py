@@ -11,8 +11,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from node.client import build_request
-from node.request_head import UNKNOWN_OBJECTIVE
+from shardline.node.sdk.client import build_request
+from shardline.node.serving.request_head import UNKNOWN_OBJECTIVE
 from tests.integration.test_standalone_node import FRAUD, metric
 from tests.procs import NodeProcess
 

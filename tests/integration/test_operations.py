@@ -17,16 +17,16 @@ from pathlib import Path
 import pytest
 from grpclib.const import Status
 
-from membership.etcd import connect
-from node._proto.shardline import v1
-from node.admin_client import AdminClient, AdminError
-from node.catalog_ops import catalog, register_tree
-from node.client import Client, PredictError
-from node.localcluster import routing_table, wait_ready
+from shardline.membership.etcd import connect
+from shardline.node._proto.shardline import v1
+from shardline.node.cluster.catalog_ops import catalog, register_tree
+from shardline.node.ops.localcluster import routing_table, wait_ready
+from shardline.node.sdk.admin_client import AdminClient, AdminError
+from shardline.node.sdk.client import Client, PredictError
+from shardline.workflows.loader import sha256_file
 from tests.etcd_server import EtcdServer, find_etcd
 from tests.integration.test_cluster import FRAUD, RANKING, Counter
 from tests.procs import EXAMPLES, REPO, NodeProcess
-from workflows.loader import sha256_file
 
 pytestmark = [
     pytest.mark.integration,
@@ -84,7 +84,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def shardline(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args],
+        [sys.executable, "-m", "shardline", *args],
         cwd=REPO, capture_output=True, text=True, timeout=180, check=False,
         env={**os.environ, "SHARDLINE_ADMIN_TOKEN": TOKEN, "COLUMNS": "200"},
     )  # fmt: skip

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from grpclib.const import Status
 
-from node.client import Client, PredictError
-from node.predlog import PredictionRecord
+from shardline.node.observability.predlog import PredictionRecord
+from shardline.node.sdk.client import Client, PredictError
 from tests.integration.conftest import make_slow_package
 from tests.integration.test_standalone_node import FRAUD, metric
 from tests.procs import EXAMPLES, NodeProcess, eventually

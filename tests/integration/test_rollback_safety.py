@@ -19,17 +19,17 @@ from typing import Any
 import pytest
 from grpclib.const import Status
 
-from membership.etcd import connect
-from node._proto.shardline import v1
-from node.admin_client import AdminClient, AdminError
-from node.catalog_ops import catalog, register_tree
-from node.client import Client
-from node.localcluster import wait_ready
-from router.objectives import ObjectiveConfig
+from shardline.membership.etcd import connect
+from shardline.node._proto.shardline import v1
+from shardline.node.cluster.catalog_ops import catalog, register_tree
+from shardline.node.ops.localcluster import wait_ready
+from shardline.node.sdk.admin_client import AdminClient, AdminError
+from shardline.node.sdk.client import Client
+from shardline.router.objectives import ObjectiveConfig
+from shardline.workflows.loader import verify_package
 from tests.etcd_server import EtcdServer, find_etcd
 from tests.integration.test_cluster import FRAUD
 from tests.procs import EXAMPLES, NodeProcess
-from workflows.loader import verify_package
 
 pytestmark = [
     pytest.mark.integration,
@@ -222,7 +222,7 @@ async def test_a_gzip_compressed_admin_call_is_answered(node: Node) -> None:
     """Admin handlers read compressed requests too (grpclib refuses them: UNKNOWN)."""
     import grpc
 
-    from node.admin import bearer
+    from shardline.node.cluster.admin import bearer
 
     # Large enough that the client really compresses it.
     request = v1.ExplainRequest(

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from grpclib.const import Status
 
-from node.client import Client, PredictError, Prediction
-from router.objectives import load_objectives_dir
-from router.rules import RequestContext, evaluate
+from shardline.node.sdk.client import Client, PredictError, Prediction
+from shardline.router.objectives import load_objectives_dir
+from shardline.router.rules import RequestContext, evaluate
 from tests.procs import EXAMPLES, NodeProcess, eventually
 
 pytestmark = pytest.mark.integration

@@ -11,16 +11,16 @@ from grpclib.client import Channel, UnaryUnaryMethod
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from membership.etcd import connect
-from node._proto.shardline import v1
-from node._proto.shardline.v1 import peer_pb2
-from node.admin_client import AdminClient, AdminError
-from node.catalog_ops import catalog, register_tree
-from node.certs import write_dev_pki
-from node.client import Client, PredictError, build_request
-from node.codec import RawBytes, WireCodec
-from node.localcluster import routing_table, wait_ready
-from node.tls import TlsFiles, client_context
+from shardline.membership.etcd import connect
+from shardline.node._proto.shardline import v1
+from shardline.node._proto.shardline.v1 import peer_pb2
+from shardline.node.cluster.catalog_ops import catalog, register_tree
+from shardline.node.ops.certs import write_dev_pki
+from shardline.node.ops.localcluster import routing_table, wait_ready
+from shardline.node.sdk.admin_client import AdminClient, AdminError
+from shardline.node.sdk.client import Client, PredictError, build_request
+from shardline.node.sdk.codec import RawBytes, WireCodec
+from shardline.node.sdk.tls import TlsFiles, client_context
 from tests.etcd_server import EtcdServer, find_etcd
 from tests.integration.test_cluster import FRAUD
 from tests.procs import EXAMPLES, NodeProcess

@@ -13,9 +13,9 @@ import grpc
 import numpy as np
 import pytest
 
-from node import tensors
-from node._proto.shardline.v1 import inference_pb2 as pb
-from node.client import build_request, parse_response
+from shardline.node._proto.shardline.v1 import inference_pb2 as pb
+from shardline.node.sdk import tensors
+from shardline.node.sdk.client import build_request, parse_response
 from tests.integration.test_standalone_node import FRAUD, metric
 from tests.procs import NodeProcess, eventually
 

@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from node.client import Client, PredictError
-from node.localcluster import routing_table
+from shardline.node.ops.localcluster import routing_table
+from shardline.node.sdk.client import Client, PredictError
 
 FRAUD = {
     "amount": 912.5,

@@ -11,9 +11,9 @@ from pathlib import Path
 from click.testing import CliRunner
 from rich.console import Console
 
-from sim.cli import run_command, run_with_progress, sim
-from sim.report import fault_labels, node_order, write_report
-from sim.scenario import load_scenario
+from shardline.sim.cli import run_command, run_with_progress, sim
+from shardline.sim.report import fault_labels, node_order, write_report
+from shardline.sim.scenario import load_scenario
 
 TINY = """
 name = "tiny"
@@ -76,7 +76,7 @@ def test_click_group_runs_by_name_and_reports_bad_scenarios() -> None:
 
 def test_sim_help_works_through_the_main_cli() -> None:
     """`shardline sim -h` shows the simulator's help (it used to pass -h through)."""
-    from node.cli import main
+    from shardline.node.ops.cli import main
 
     runner = CliRunner()
     for args in (["sim", "-h"], ["sim", "--help"]):

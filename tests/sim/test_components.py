@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.replica import ReplicaPolicy, choose_replica, rendezvous
-from sim.core import EventLoop, derive_rng
-from sim.etcd import EtcdDouble
-from sim.network import Network
-from sim.scenario import NetworkSpec, ScenarioError, load_scenario, parse_scenario
+from shardline.router.replica import ReplicaPolicy, choose_replica, rendezvous
+from shardline.sim.core import EventLoop, derive_rng
+from shardline.sim.etcd import EtcdDouble
+from shardline.sim.network import Network
+from shardline.sim.scenario import NetworkSpec, ScenarioError, load_scenario, parse_scenario
 
 
 def test_event_loop_orders_by_time_then_scheduling() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from membership.swim import Send, Swim, SwimConfig
-from membership.swim_state import PushPull
-from router.ring import Ring, RingMember
+from shardline.membership.swim import Send, Swim, SwimConfig
+from shardline.membership.swim_state import PushPull
+from shardline.router.ring import Ring, RingMember
 
 
 def _push_pulls(effects: list[object]) -> int:

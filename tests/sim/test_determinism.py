@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sim.result import run_scenario
-from sim.scenario import Scenario, parse_scenario
+from shardline.sim.result import run_scenario
+from shardline.sim.scenario import Scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +48,7 @@ def test_trace_does_not_depend_on_the_process_hash_seed() -> None:
     """Set iteration order of strings changes with PYTHONHASHSEED; the trace must not."""
     code = (
         "from tests.sim.test_determinism import scenario\n"
-        "from sim.result import run_scenario\n"
+        "from shardline.sim.result import run_scenario\n"
         "print(run_scenario(scenario(), seed=7).trace_hash)\n"
     )
     hashes = set()

@@ -1,4 +1,4 @@
-"""The compiled cores (mypyc, ``membership.native``) give the same runs as plain Python.
+"""The compiled cores (mypyc, ``shardline.membership.native``) give the same runs as plain Python.
 
 Every shipped scenario (its first 40 virtual seconds) and the swarm-style determinism
 scenario run in two processes, one forced to plain Python (``SHARDLINE_NATIVE=0``), one on
@@ -14,19 +14,18 @@ from pathlib import Path
 
 import pytest
 
-import membership.native as native
+import shardline.membership.native as native
 
 ROOT = Path(__file__).resolve().parents[2]
 
 RUN = """
 import json, sys
-import membership.native, sim.serving
-from sim.result import run_scenario
-from sim.scenario import load_scenario, scenario_names
-assert membership.native.enabled() == (sys.argv[1] == "1"), membership.native.state()
-assert sim.serving.__file__.endswith(".py") != (sys.argv[1] == "1"), sim.serving.__file__
-out = {}
-for name in scenario_names():
+import shardline.membership.native, shardline.sim.serving
+from shardline.sim.result import run_scenario
+from shardline.sim.scenario import load_scenario, scenario_names
+assert shardline.membership.native.enabled() == (sys.argv[1] == "1"),
+shardline.membership.native.state() assert shardline.sim.serving.__file__.endswith(".py") !=
+(sys.argv[1] == "1"), shardline.sim.serving.__file__ out = {} for name in scenario_names():
     s = load_scenario(name)
     s = s.with_overrides(duration_s=min(s.duration_s, 40.0))
     r = run_scenario(s, seed=11)
@@ -52,7 +51,7 @@ def run_all(compiled: bool) -> dict[str, object]:
 
 @pytest.mark.skipif(
     native.state() != "fresh",
-    reason=f"compiled cores not built ({native.state()}): python -m sim.native build",
+    reason=f"compiled cores not built ({native.state()}): python -m shardline.sim.native build",
 )
 def test_compiled_cores_replay_every_scenario_identically() -> None:
     compiled = run_all(True)
@@ -83,7 +82,7 @@ def test_build_is_used_only_while_fresh(tmp_path: Path, monkeypatch: pytest.Monk
     assert native.state() == "stale: sim/gone.py removed since the build"
     write(sources=sources, abi=".cpython-39-x.so")
     assert native.state().startswith("stale: built for .cpython-39-x.so")
-    write(sources=sources, modules=["sim.core"])
+    write(sources=sources, modules=["shardline.sim.core"])
     assert native.state() == "stale: built from another module list"
     monkeypatch.setenv(native.ENV, "0")
     assert native.state() == "disabled"
@@ -92,10 +91,10 @@ def test_build_is_used_only_while_fresh(tmp_path: Path, monkeypatch: pytest.Monk
 def test_extend_puts_the_build_first_only_when_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
     path = ["src"]
     monkeypatch.setattr(native, "_enabled", False)
-    native.extend("sim", path)
+    native.extend("shardline.sim", path)
     assert path == ["src"]
     monkeypatch.setattr(native, "_enabled", True)
-    native.extend("node", path)  # not a compiled package
+    native.extend("shardline.node", path)  # not a compiled package
     assert path == ["src"]
-    native.extend("sim", path)
-    assert path == [str(native.NATIVE / "sim"), "src"]
+    native.extend("shardline.sim", path)
+    assert path == [str(native.NATIVE / "shardline" / "sim"), "src"]

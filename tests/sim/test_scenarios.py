@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import pytest
 
-from sim.result import run_scenario
-from sim.scenario import load_scenario, scenario_names
+from shardline.sim.result import run_scenario
+from shardline.sim.scenario import load_scenario, scenario_names
 
 SHORTER = {"churn_100_nodes": 60.0}
 

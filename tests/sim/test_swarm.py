@@ -11,8 +11,8 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim.result import run_scenario
-from sim.swarm import random_scenario, schedule_summary
+from shardline.sim.result import run_scenario
+from shardline.sim.swarm import random_scenario, schedule_summary
 
 EXAMPLES = int(os.environ.get("SHARDLINE_SIM_EXAMPLES", "8"))
 

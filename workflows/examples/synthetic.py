@@ -19,7 +19,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from workflows.sdk import hash_ids
+from shardline.workflows.sdk import hash_ids
 
 Array = npt.NDArray[Any]
 

@@ -1,7 +1,7 @@
 """Trains the example workflows on synthetic data and writes their artifacts.
 
-    python -m workflows.examples.train           # retrain, write weights/facts, sha256s, metrics
-    python -m workflows.examples.train --check   # retrain in memory, compare with what is committed
+    python -m shardline.workflows.examples.train          # retrain; write weights, facts, sha256s
+    python -m shardline.workflows.examples.train --check  # retrain in memory, compare (tolerances)
 
 Each package's own module supplies its features and model (so serving and training share
 one code path); `synthetic` supplies the data. Training is seeded and single-threaded, so on
@@ -42,14 +42,14 @@ from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 from torch import nn
 
-from workflows.examples import synthetic
-from workflows.examples.payment_fraud.v1 import workflow as fraud_v1
-from workflows.examples.payment_fraud.v2 import workflow as fraud_v2
-from workflows.examples.title_ranking.v1 import workflow as ranking_v1
-from workflows.examples.title_ranking.v2 import workflow as ranking_v2
-from workflows.loader import sha256_file
-from workflows.manifest import MANIFEST_FILE, load_manifest, rewrite_digests
-from workflows.sdk import Array, real_ids, standardize
+from shardline.workflows.examples import synthetic
+from shardline.workflows.examples.payment_fraud.v1 import workflow as fraud_v1
+from shardline.workflows.examples.payment_fraud.v2 import workflow as fraud_v2
+from shardline.workflows.examples.title_ranking.v1 import workflow as ranking_v1
+from shardline.workflows.examples.title_ranking.v2 import workflow as ranking_v2
+from shardline.workflows.loader import sha256_file
+from shardline.workflows.manifest import MANIFEST_FILE, load_manifest, rewrite_digests
+from shardline.workflows.sdk import Array, real_ids, standardize
 
 EXAMPLES_DIR = Path(__file__).resolve().parent
 FRAUD_SEED, FRAUD_TRAIN, FRAUD_CALIB = 11, 24_000, 8_000
@@ -449,7 +449,7 @@ def committed_metric(rel: str, weights: Mapping[str, torch.Tensor]) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m workflows.examples.train", description=__doc__.split("\n")[0]
+        prog="python -m shardline.workflows.examples.train", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
         "--check",

@@ -742,7 +742,7 @@ def test_prestop_hook_drains_a_real_node_without_the_secret(
     the hook exits 0."""
     import asyncio
 
-    from node.localcluster import routing_table, wait_ready
+    from shardline.node.ops.localcluster import routing_table, wait_ready
     from tests.etcd_server import EtcdServer, find_etcd, free_port
     from tests.procs import NodeProcess
 

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from membership._proto.shardline.gossip import v1 as gpb
-from membership.dissemination import message_size
-from membership.gossip_wire import GossipDecodeError, decode, encode
-from membership.swim import Send, Swim, SwimConfig
-from membership.swim_state import (
+from shardline.membership._proto.shardline.gossip import v1 as gpb
+from shardline.membership.dissemination import message_size
+from shardline.membership.gossip_wire import GossipDecodeError, decode, encode
+from shardline.membership.swim import Send, Swim, SwimConfig
+from shardline.membership.swim_state import (
     MAX_COUNTER,
     MAX_IN_FLIGHT,
     Ack,

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from membership.registry import NodeRecord, NodeState
-from membership.snapshot import ClusterSnapshot, KeyEvent
+from shardline.membership.registry import NodeRecord, NodeState
+from shardline.membership.snapshot import ClusterSnapshot, KeyEvent
 
 NODE_IDS = ("n0", "n1", "n2")
 KEYS = (

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from membership.swim import (
+from shardline.membership.swim import (
     Effect,
     LoadChanged,
     Member,
@@ -27,7 +27,7 @@ from membership.swim import (
     Swim,
     SwimConfig,
 )
-from membership.swim_state import Ack, PushPull, Suspicion, Update
+from shardline.membership.swim_state import Ack, PushPull, Suspicion, Update
 
 ALIVE, SUSPECT, DEAD, LEFT = (
     MemberState.ALIVE,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from membership.registry import NodeRecord, NodeState
-from membership.snapshot import ClusterSnapshot
-from membership.swim_state import Member, MemberState
-from membership.view import Liveness, build_view
+from shardline.membership.registry import NodeRecord, NodeState
+from shardline.membership.snapshot import ClusterSnapshot
+from shardline.membership.swim_state import Member, MemberState
+from shardline.membership.view import Liveness, build_view
 
 
 def record(node_id: str, state: NodeState = NodeState.ACTIVE) -> NodeRecord:

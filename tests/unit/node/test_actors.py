@@ -1,5 +1,5 @@
-"""Unit tests for node/actors.py and node/mailbox.py: the asyncio actor runtime (mailboxes,
-asks, supervision)."""
+"""Unit tests for node/serving/actors.py and node/serving/mailbox.py: the asyncio actor runtime
+(mailboxes, asks, supervision)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.actors import Actor, ActorSystem, AskTimeoutError, RestartPolicy
-from node.mailbox import (
+from shardline.node.serving.actors import Actor, ActorSystem, AskTimeoutError, RestartPolicy
+from shardline.node.serving.mailbox import (
     ActorError,
     ActorStoppedError,
     Envelope,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from node.admin_client import REPO, resolve_token, state_root
+from shardline.node.sdk.admin_client import REPO, resolve_token, state_root
 
 
 @pytest.fixture(autouse=True)

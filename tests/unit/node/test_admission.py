@@ -1,4 +1,5 @@
-"""Unit tests for node/admission.py: token buckets, per-objective admission, load shedding."""
+"""Unit tests for node/serving/admission.py: token buckets, per-objective admission, load
+shedding."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.admission import (
+from shardline.node.serving.admission import (
     AdmissionController,
     BatchCostModel,
     ObjectiveLimits,

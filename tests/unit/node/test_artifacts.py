@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from node.artifacts import ArtifactError, pack, unpack
+from shardline.node.cluster.artifacts import ArtifactError, pack, unpack
 from tests.procs import EXAMPLES
 
 

@@ -1,4 +1,4 @@
-"""Tests for node/certs.py: CA and node certificates, mutual TLS, the dev PKI on disk.
+"""Tests for node/ops/certs.py: CA and node certificates, mutual TLS, the dev PKI on disk.
 
 The handshakes run two ``ssl.SSLObject`` ends over in-memory BIOs: real TLS, no sockets.
 """
@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from node.certs import make_ca, make_node_cert, parse_san, write_dev_pki
+from shardline.node.ops.certs import make_ca, make_node_cert, parse_san, write_dev_pki
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ load inside the commands that need them).
 
 Running a client command (``predict``, ``objectives``) against a node is checked in
 tests/integration/test_cli_edges.py::test_client_commands_do_not_import_torch; it also
-needs ``node.client`` to stop importing ``node.service``.
+needs ``shardline.node.sdk.client`` to stop importing ``shardline.node.serving.service``.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from tests.procs import REPO
 
 CHECK = """
 import sys
-import node.cli
+import shardline.node.ops.cli
 args = sys.argv[1:]
 if args:
     try:
-        node.cli.main(args, standalone_mode=False)
+        shardline.node.ops.cli.main(args, standalone_mode=False)
     except SystemExit:
         pass
-print(sorted(m for m in ("torch", "matplotlib", "node.service", "node.runtime")
-             if m in sys.modules))
+HEAVY = ("torch", "matplotlib", "shardline.node.serving.service", "shardline.node.serving.runtime")
+print(sorted(m for m in HEAVY if m in sys.modules))
 """
 
 

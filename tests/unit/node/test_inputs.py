@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from node._proto.shardline.v1 import inference_pb2 as pb
-from node.errors import MAX_MESSAGE_CHARS, InvalidArgument, bounded, error_for_status
-from node.ingress import with_request_id
-from node.inputs import MAX_ATTRIBUTES, check_head
+from shardline.node._proto.shardline.v1 import inference_pb2 as pb
+from shardline.node.sdk.errors import MAX_MESSAGE_CHARS, InvalidArgument, bounded, error_for_status
+from shardline.node.serving.ingress import with_request_id
+from shardline.node.serving.inputs import MAX_ATTRIBUTES, check_head
 
 BIG = "z" * 1_000_000
 

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from node.actors import ActorRef, ActorSystem, AskTimeoutError
-from node.errors import DeadlineExceeded, Internal, InvalidArgument
-from node.mailbox import Envelope
-from node.model_actor import Job, JobResult, ModelActor
-from workflows.batching import BatchPolicy
-from workflows.devices import DeviceExecutors
-from workflows.loader import LoadedWorkflow
-from workflows.manifest import WorkflowManifest
-from workflows.sdk import InputError, StaticContext, Workflow
+from shardline.node.sdk.errors import DeadlineExceeded, Internal, InvalidArgument
+from shardline.node.serving.actors import ActorRef, ActorSystem, AskTimeoutError
+from shardline.node.serving.mailbox import Envelope
+from shardline.node.serving.model_actor import Job, JobResult, ModelActor
+from shardline.workflows.batching import BatchPolicy
+from shardline.workflows.devices import DeviceExecutors
+from shardline.workflows.loader import LoadedWorkflow
+from shardline.workflows.manifest import WorkflowManifest
+from shardline.workflows.sdk import InputError, StaticContext, Workflow
 
 MANIFEST = {
     "name": "doubler",

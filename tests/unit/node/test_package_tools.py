@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from node.package_tools import PackageError, rewrite_digests, verify_digests
+from shardline.node.ops.package_tools import PackageError, rewrite_digests, verify_digests
+from shardline.workflows.loader import sha256_file
 from tests.procs import EXAMPLES, REPO
-from workflows.loader import sha256_file
 
 FRAUD_V1 = EXAMPLES / "payment_fraud" / "v1"
 
 
 def shardline(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args],
+        [sys.executable, "-m", "shardline", *args],
         cwd=REPO, capture_output=True, text=True, timeout=180, check=False,
         env={**os.environ, "COLUMNS": "80"},
     )  # fmt: skip
@@ -97,7 +97,7 @@ def test_check_warns_when_there_is_no_example_request(tmp_path: Path) -> None:
     code = pkg / "workflow.py"
     code.write_text(
         code.read_text()
-        + "\nfrom workflows.sdk import Workflow as _Base\n"
+        + "\nfrom shardline.workflows.sdk import Workflow as _Base\n"
         + "FraudWorkflow.example_request = _Base.example_request  # type: ignore\n"
     )
     done = shardline("package", "check", str(pkg))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from membership.registry import NodeRecord, NodeState
-from membership.snapshot import ClusterSnapshot
-from membership.view import build_view
-from node.artifacts import artifact_path
-from node.placement import desired_models
-from node.routing import ring_of
+from shardline.membership.registry import NodeRecord, NodeState
+from shardline.membership.snapshot import ClusterSnapshot
+from shardline.membership.view import build_view
+from shardline.node.cluster.artifacts import artifact_path
+from shardline.node.cluster.placement import desired_models
+from shardline.node.cluster.routing import ring_of
 
 KEYS = [f"model_{i}@1" for i in range(40)]
 

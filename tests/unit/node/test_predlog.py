@@ -1,5 +1,5 @@
-"""Unit tests for node/predlog.py: sampling, the non-blocking buffer, the drain and the
-rotating JSON Lines sink. No sleeps: tests wait on events (with a safety timeout)."""
+"""Unit tests for node/observability/predlog.py: sampling, the non-blocking buffer, the drain and
+the rotating JSON Lines sink. No sleeps: tests wait on events (with a safety timeout)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from node.predlog import (
+from shardline.node.observability.predlog import (
     JsonlFileSink,
     PredictionLog,
     PredictionLogConfig,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from node import protogen
+from shardline.node.ops import protogen
 
 
 def test_generated_code_is_current() -> None:

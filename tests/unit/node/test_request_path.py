@@ -1,118 +1,95 @@
 """The request path goes one way: ingress → router → executor here (or a peer there).
 
-Two checks. The imports of ``node/`` (module level, ``TYPE_CHECKING`` and function-local
-alike) form no circle, and the parts of the path import only downstream: the ingress no
-router and no executor, a router no ingress, the executor neither. And a real request,
-standalone and through the cluster router (a one-node view: no sockets), reaches
-``Executor.execute`` by exactly those hops, with no frame of the ingress below a router's;
-a shadow copy runs on the executor without passing through the ingress again.
+Two checks. The parts of the path import only downstream (every import counts, module
+level, ``TYPE_CHECKING`` and function-local alike; circles are checked by
+``tests/unit/test_import_graph.py``): the ingress no router and no executor, a router no
+ingress, the executor neither. And a real request, standalone and through the cluster router
+(a one-node view: no sockets), reaches ``Executor.execute`` by exactly those hops, with no
+frame of the ingress below a router's; a shadow copy runs on the executor without passing
+through the ingress again.
 """
 
 from __future__ import annotations
 
-import ast
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import pytest
 
-from membership.registry import NodeRecord, NodeState
-from membership.snapshot import ClusterSnapshot
-from membership.view import Liveness, MembershipView, ViewMember
-from node._proto.shardline.v1 import inference_pb2 as pb
-from node._proto.shardline.v1 import peer_pb2
-from node.client import build_request
-from node.executor import Executor
-from node.node_config import NodeConfig
-from node.peers import PeerPool
-from node.routing import ClusterRouter
-from node.runtime import NodeRuntime
-from router.objectives import ObjectiveConfig
-from tests.procs import EXAMPLES, REPO
+from shardline.membership.registry import NodeRecord, NodeState
+from shardline.membership.snapshot import ClusterSnapshot
+from shardline.membership.view import Liveness, MembershipView, ViewMember
+from shardline.node._proto.shardline.v1 import inference_pb2 as pb
+from shardline.node._proto.shardline.v1 import peer_pb2
+from shardline.node.cluster.peers import PeerPool
+from shardline.node.cluster.routing import ClusterRouter
+from shardline.node.sdk.client import build_request
+from shardline.node.serving.executor import Executor
+from shardline.node.serving.node_config import NodeConfig
+from shardline.node.serving.runtime import NodeRuntime
+from shardline.router.objectives import ObjectiveConfig
+from tests.procs import EXAMPLES
+from tests.unit.test_import_graph import graph
 
-NODE = REPO / "node"
-KNOWN_CIRCLES = [{"node.cli", "node.cli_admin"}]  # the lead untangles the CLI's (issue 14)
+GRAPH = graph()
 V1, V2 = "payment_fraud@1", "payment_fraud@2"
 
 
-# -- imports -------------------------------------------------------------------------------
-
-
-def _imports(path: Path, package: str = "node") -> set[str]:
-    """Every module ``path`` imports (anywhere in the file), as dotted names."""
-    out: set[str] = set()
-    for n in ast.walk(ast.parse(path.read_text())):
-        if isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
-            out.add(n.module)
-            out.update(f"{n.module}.{a.name}" for a in n.names)
-        elif isinstance(n, ast.Import):
-            out.update(a.name for a in n.names)
-    return out
-
-
-def _graph() -> dict[str, set[str]]:
-    modules = {f"node.{p.stem}": p for p in NODE.glob("*.py") if p.stem != "__init__"}
-    return {m: (_imports(p) & modules.keys()) - {m} for m, p in modules.items()}
-
-
-def _circles(graph: dict[str, set[str]]) -> list[set[str]]:
-    """The strongly connected components with more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    out: list[set[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        for w in graph[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = set()
-            while True:
-                w = stack.pop()
-                component.add(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                out.append(component)
-
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    return out
-
-
-def test_node_modules_import_no_circle() -> None:
-    circles = [c for c in _circles(_graph()) if c not in KNOWN_CIRCLES]
-    assert circles == [], f"import circles in node/: {circles}"
+# -- imports (the whole graph, circles included: tests/unit/test_import_graph.py) -----------
 
 
 @pytest.mark.parametrize(
     ("module", "forbidden"),
     [
-        ("node.ingress", {"node.local_router", "node.routing", "node.peers", "node.executor"}),
-        ("node.local_router", {"node.ingress", "node.runtime", "node.routing"}),
-        ("node.routing", {"node.ingress", "node.runtime"}),
-        ("node.peers", {"node.ingress", "node.runtime", "node.routing", "node.executor"}),
         (
-            "node.executor",
-            {"node.ingress", "node.runtime", "node.routing", "node.local_router", "node.peers"},
+            "shardline.node.serving.ingress",
+            {
+                "shardline.node.serving.local_router",
+                "shardline.node.cluster.routing",
+                "shardline.node.cluster.peers",
+                "shardline.node.serving.executor",
+            },
+        ),
+        (
+            "shardline.node.serving.local_router",
+            {
+                "shardline.node.serving.ingress",
+                "shardline.node.serving.runtime",
+                "shardline.node.cluster.routing",
+            },
+        ),
+        (
+            "shardline.node.cluster.routing",
+            {"shardline.node.serving.ingress", "shardline.node.serving.runtime"},
+        ),
+        (
+            "shardline.node.cluster.peers",
+            {
+                "shardline.node.serving.ingress",
+                "shardline.node.serving.runtime",
+                "shardline.node.cluster.routing",
+                "shardline.node.serving.executor",
+            },
+        ),
+        (
+            "shardline.node.serving.executor",
+            {
+                "shardline.node.serving.ingress",
+                "shardline.node.serving.runtime",
+                "shardline.node.cluster.routing",
+                "shardline.node.serving.local_router",
+                "shardline.node.cluster.peers",
+            },
         ),
     ],
 )
 def test_request_path_imports_point_downstream(module: str, forbidden: set[str]) -> None:
-    imported = _imports(NODE / f"{module.split('.')[1]}.py")
+    imported = GRAPH[module]
     assert not imported & forbidden, f"{module} imports {sorted(imported & forbidden)}"
-    if module == "node.executor":  # it is told what to run: no rules, no ring
-        assert not {m for m in imported if m.startswith("router")}, sorted(imported)
+    if module == "shardline.node.serving.executor":  # it is told what to run: no rules, no ring
+        assert not {m for m in imported if m.startswith("shardline.router")}, sorted(imported)
 
 
 # -- a real request ------------------------------------------------------------------------
@@ -123,7 +100,7 @@ def _hops(frame: FrameType | None) -> list[str]:
     names: list[str] = []
     while frame is not None:
         name = frame.f_globals.get("__name__", "")
-        if name.startswith("node.") and (not names or names[-1] != name):
+        if name.startswith("shardline.node.") and (not names or names[-1] != name):
             names.append(name)
         frame = frame.f_back
     return names[::-1]
@@ -177,8 +154,12 @@ async def test_standalone_request_goes_one_way(calls: list[tuple[str, str, list[
     finally:
         await runtime.stop()
     assert (_answer(answer).model_key, _answer(answer).hops) == (V1, 0)
-    assert ("execute", V1, ["node.ingress", "node.local_router"]) in calls
-    assert ("run_shadow", V2, ["node.local_router"]) in calls
+    assert (
+        "execute",
+        V1,
+        ["shardline.node.serving.ingress", "shardline.node.serving.local_router"],
+    ) in calls
+    assert ("run_shadow", V2, ["shardline.node.serving.local_router"]) in calls
     assert len(calls) == 2, calls
 
 
@@ -201,7 +182,15 @@ async def test_cluster_request_goes_one_way(calls: list[tuple[str, str, list[str
         await runtime.stop()
     assert _answer(answer).model_key == V1
     assert _answer(forwarded).hops == 1
-    assert ("execute", V1, ["node.ingress", "node.routing"]) in calls
-    assert ("run_shadow", V2, ["node.local_router"]) in calls
-    assert ("execute", V1, ["node.routing"]) in calls  # a peer's Forward: no ingress here
+    assert (
+        "execute",
+        V1,
+        ["shardline.node.serving.ingress", "shardline.node.cluster.routing"],
+    ) in calls
+    assert ("run_shadow", V2, ["shardline.node.serving.local_router"]) in calls
+    assert (
+        "execute",
+        V1,
+        ["shardline.node.cluster.routing"],
+    ) in calls  # a peer's Forward: no ingress here
     assert len(calls) == 3, calls

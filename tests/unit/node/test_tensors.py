@@ -10,12 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from node import tensors
-from node._proto.shardline.v1 import inference_pb2 as pb
-from node.errors import InvalidArgument, clip
-from node.inputs import InputDecoder
+from shardline.node._proto.shardline.v1 import inference_pb2 as pb
+from shardline.node.sdk import tensors
+from shardline.node.sdk.errors import InvalidArgument, clip
+from shardline.node.serving.inputs import InputDecoder
+from shardline.workflows.manifest import load_manifest
 from tests.procs import EXAMPLES
-from workflows.manifest import load_manifest
 
 numeric = st.sampled_from(["<f4", "<f8", "<i4", "<i8", "?"])
 

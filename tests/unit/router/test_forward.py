@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.forward import AttemptFailed, attempt_order, call_with_failover
+from shardline.router.forward import AttemptFailed, attempt_order, call_with_failover
 
 
 def test_attempt_order_wraps_in_ring_order() -> None:

@@ -7,9 +7,9 @@ from types import MappingProxyType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from membership.registry import NodeRecord, NodeState
-from membership.view import Liveness, MembershipView, ViewMember
-from router.handoff import Phase, ring_of, serving_candidates, step
+from shardline.membership.registry import NodeRecord, NodeState
+from shardline.membership.view import Liveness, MembershipView, ViewMember
+from shardline.router.handoff import Phase, ring_of, serving_candidates, step
 
 KEYS = {f"m{i}@1": 2 for i in range(24)}
 

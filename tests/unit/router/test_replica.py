@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.replica import (
+from shardline.router.replica import (
     ReplicaPolicy,
     choose_replica,
     failover_order,

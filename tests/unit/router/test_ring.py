@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.ring import Ring, RingMember, key_moves, moved_keys
+from shardline.router.ring import Ring, RingMember, key_moves, moved_keys
 
 KEYS = [f"model_{i:04d}@v{1 + i % 3}" for i in range(2000)]
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.decision import Decision
-from router.objectives import (
+from shardline.router.decision import Decision
+from shardline.router.objectives import (
     MODEL_KEY_RE,
     OBJECTIVE_NAME_RE,
     Canary,
@@ -29,7 +29,7 @@ from router.objectives import (
     load_objective_file,
     load_objectives_dir,
 )
-from router.rules import OverrideNotAllowed, RequestContext, evaluate, stable_bucket
+from shardline.router.rules import OverrideNotAllowed, RequestContext, evaluate, stable_bucket
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "workflows" / "examples" / "objectives"
 USERS = [f"user-{i}" for i in range(10_000)]

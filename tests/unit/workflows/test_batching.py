@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workflows.batching import BatchPolicy
+from shardline.workflows.batching import BatchPolicy
 
 sizes = st.integers(min_value=1, max_value=4096)
 delays = st.floats(min_value=0.0, max_value=1000.0, allow_nan=False)

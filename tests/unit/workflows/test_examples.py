@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from workflows.examples import synthetic
-from workflows.loader import discover_packages, load_package
-from workflows.sdk import (
+from shardline.workflows.examples import synthetic
+from shardline.workflows.loader import discover_packages, load_package
+from shardline.workflows.sdk import (
     Array,
     ContextLike,
     InputError,

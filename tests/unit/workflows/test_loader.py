@@ -1,4 +1,5 @@
-"""Tests for workflows.loader: the examples load; broken packages fail with clear errors."""
+"""Tests for shardline.workflows.loader: the examples load; broken packages fail with clear
+errors."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from workflows import loader
-from workflows.loader import (
+from shardline.workflows import loader
+from shardline.workflows.loader import (
     LoadedWorkflow,
     WorkflowLoadError,
     discover_packages,
@@ -19,8 +20,8 @@ from workflows.loader import (
     sha256_file,
     verify_package,
 )
-from workflows.manifest import load_manifest
-from workflows.sdk import Workflow
+from shardline.workflows.manifest import load_manifest
+from shardline.workflows.sdk import Workflow
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "workflows" / "examples"
 FRAUD = EXAMPLES / "payment_fraud" / "v1"
@@ -154,7 +155,8 @@ def test_entrypoint_not_a_workflow(tmp_path: Path) -> None:
     with (pkg / "workflow.py").open("a") as fh:
         fh.write("\n\nclass NotAWorkflow:\n    pass\n")
     edit_toml(pkg, "workflow.py:FraudWorkflow", "workflow.py:NotAWorkflow")
-    with pytest.raises(WorkflowLoadError, match=r"is not a subclass of workflows\.sdk\.Workflow"):
+    not_a_workflow = r"is not a subclass of shardline\.workflows\.sdk\.Workflow"
+    with pytest.raises(WorkflowLoadError, match=not_a_workflow):
         load_package(pkg, device=CPU)
 
 
@@ -216,3 +218,11 @@ def test_loads_on_cuda() -> None:
         pytest.skip("no CUDA device")
     loaded = load_package(RANKING, device=torch.device("cuda:0"))
     assert next(iter(loaded.workflow.weights.values())).device.type == "cuda"
+
+
+def test_a_package_importing_the_old_sdk_name_is_told_the_new_one(tmp_path: Path) -> None:
+    pkg = copy_package(FRAUD, tmp_path)
+    (pkg / "workflow.py").write_text("from workflows.sdk import Workflow\n")
+    # In a checkout the folder's guard answers; installed, the loader's hint does: both name it.
+    with pytest.raises(WorkflowLoadError, match=r"import shardline\.workflows"):
+        load_package(pkg, device=CPU)

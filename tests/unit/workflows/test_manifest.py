@@ -1,4 +1,5 @@
-"""Tests for workflows.manifest: validation errors name the field, round trips, tensor checks."""
+"""Tests for shardline.workflows.manifest: validation errors name the field, round trips, tensor
+checks."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workflows.manifest import (
+from shardline.workflows.manifest import (
     DTYPES,
     BatchingConfig,
     FileRef,
@@ -23,7 +24,7 @@ from workflows.manifest import (
     WorkflowManifest,
     load_manifest,
 )
-from workflows.sdk import InputError as SdkInputError
+from shardline.workflows.sdk import InputError as SdkInputError
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "workflows" / "examples"
 SHA = "ab" * 32

@@ -21,8 +21,8 @@ PROBE = textwrap.dedent(
     import gc, sys
     from pathlib import Path
     from tests.big_packages import make_big_package
-    from workflows.loader import load_package
-    from workflows.sdk import example_batch, run_batch
+    from shardline.workflows.loader import load_package
+    from shardline.workflows.sdk import example_batch, run_batch
 
     def rss():
         with open("/proc/self/status") as f:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from workflows.manifest import load_manifest, rewrite_digests
-from workflows.sdk import (
+from shardline.workflows.manifest import load_manifest, rewrite_digests
+from shardline.workflows.sdk import (
     InputError,
     KeyIndex,
     StaticContext,

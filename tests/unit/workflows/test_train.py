@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 def run_check(**env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "workflows.examples.train", "--check"],
+        [sys.executable, "-m", "shardline.workflows.examples.train", "--check"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -46,7 +46,7 @@ def test_training_check_passes_on_any_cpu_kernels(capability: str) -> None:
 
 @pytest.mark.slow
 def test_training_check_fails_for_other_weights_and_tampered_files(tmp_path: Path) -> None:
-    from workflows.examples import train
+    from shardline.workflows.examples import train
 
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from workflows.manifest import WorkflowManifest
-from workflows.sdk import (
+from shardline.workflows.manifest import WorkflowManifest
+from shardline.workflows.sdk import (
     Array,
     ContextLike,
     Inputs,

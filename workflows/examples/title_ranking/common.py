@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from workflows.manifest import WorkflowManifest
-from workflows.sdk import (
+from shardline.workflows.manifest import WorkflowManifest
+from shardline.workflows.sdk import (
     Array,
     ContextLike,
     Inputs,

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from workflows.examples.payment_fraud.common import FraudWorkflowBase
-from workflows.sdk import Array, mlp, vocab_index
+from shardline.workflows.examples.payment_fraud.common import FraudWorkflowBase
+from shardline.workflows.sdk import Array, mlp, vocab_index
 
 HIDDEN = (64, 64)
 NUMERIC = (

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from workflows.examples.title_ranking.common import Prepared, TitleRankingBase
-from workflows.sdk import Array, load_module, mean_embedding, mlp, split_rows, to_numpy
+from shardline.workflows.examples.title_ranking.common import Prepared, TitleRankingBase
+from shardline.workflows.sdk import Array, load_module, mean_embedding, mlp, split_rows, to_numpy
 
 TOWER = (64, 32)
 

@@ -1,0 +1,235 @@
+"""Placement on one node: the I/O side of the handoff state machine (``shardline.router.handoff``).
+
+On every view or catalog change (one pass at a time) the node asks ``handoff.step`` what
+to do and does it: load and warm the workflows it owns (while ``joining``: its share of
+the ring it will be part of), unload those it lost once their other owners have them
+warm, and report its phase — ``ready`` (a joiner may turn active) or ``drained`` (a
+draining node may leave). A load that fails is recorded with its reason and what to do
+(``shardline status`` and ``deploy`` show it), logged, and retried with exponential backoff
+at most ``max_attempts`` times; then the node gives up on it until its catalog entry
+changes (a redeploy) or the node restarts. A failed load does not hold up a join.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from shardline.membership.snapshot import ClusterSnapshot
+from shardline.membership.view import MembershipView
+from shardline.node.cluster.artifacts import artifact_path
+from shardline.node.cluster.catalog_ops import WORKFLOW_METHODS
+from shardline.node.serving.executor import Executor
+from shardline.router import handoff
+from shardline.router.handoff import Phase
+
+log = logging.getLogger("shardline.placement")
+DEFAULT_REPLICAS = handoff.DEFAULT_REPLICAS
+
+
+def replicas_of(snapshot: ClusterSnapshot) -> dict[str, int]:
+    """Model key -> R from the catalog's workflow manifests (default 2)."""
+    out: dict[str, int] = {}
+    for key, doc in snapshot.workflows.items():
+        manifest = doc.get("manifest")
+        r = manifest.get("replicas", DEFAULT_REPLICAS) if isinstance(manifest, dict) else None
+        valid = isinstance(r, int) and not isinstance(r, bool) and r >= 1
+        out[key] = r if valid and isinstance(r, int) else DEFAULT_REPLICAS
+    return out
+
+
+def desired_models(node_id: str, view: MembershipView, snapshot: ClusterSnapshot) -> set[str]:
+    """The model keys ``node_id`` should hold in this view (pure)."""
+    return handoff.desired(node_id, view, replicas_of(snapshot))
+
+
+def describe_load_error(exc: BaseException) -> str:
+    """The reason a load failed, never empty: an abstract method the workflow leaves out is
+    named, and an exception without a message is described by its type and origin."""
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    origin = frames[-1] if frames else None
+    if (
+        isinstance(exc, NotImplementedError)
+        and origin is not None
+        and origin.name in WORKFLOW_METHODS
+    ):
+        why = (
+            "a node warms every model up with one request from example_request() "
+            "before it serves it"
+            if origin.name == "example_request"
+            else "every request runs through it"
+        )
+        return (
+            f"the workflow does not implement {origin.name}() (abstract in "
+            f"shardline.workflows.sdk.Workflow; {why}): add it to the package's workflow class"
+        )
+    text = str(exc).strip()
+    if text:  # builtin exceptions say little without their type ("'x'" for a KeyError)
+        return f"{type(exc).__name__}: {text}" if type(exc).__module__ == "builtins" else text
+    where = f" in {origin.name}() at {origin.filename}:{origin.lineno}" if origin else ""
+    return f"{type(exc).__name__} with no message, raised{where}"
+
+
+@dataclass
+class LoadFailure:
+    """A model key this node failed to load or warm: why, how often, and what is next."""
+
+    key: str
+    reason: str
+    attempts: int
+    max_attempts: int
+    retry_at: float | None
+    """Loop time of the next attempt; None once the node gave up."""
+    retry_in_s: float = 0.0
+    doc: str = ""
+    """The catalog entry that failed (a changed entry, a redeploy, is tried afresh)."""
+
+    @property
+    def message(self) -> str:
+        """The reason, the retry state, and what to do (``shardline status``, ``deploy``)."""
+        if self.retry_at is None:
+            state = f"gave up after {self.attempts} attempts"
+        else:
+            state = (
+                f"attempt {self.attempts} of {self.max_attempts}, "
+                f"retrying in {self.retry_in_s:.0f} s"
+            )
+        return (
+            f"{self.reason} ({state}); fix the package and deploy it as a new version, "
+            f"or remove it: shardline undeploy {self.key}"
+        )
+
+
+def _doc_id(doc: Any) -> str:
+    return json.dumps(doc, sort_keys=True, default=str)
+
+
+@dataclass
+class Placement:
+    executor: Executor
+    node_id: str
+    base_backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+    max_attempts: int = 4
+    """Loads of one catalog entry before giving up (1 + 2 + 4 s of backoff by default)."""
+    failures: dict[str, LoadFailure] = field(default_factory=dict)
+    view: MembershipView = field(default_factory=MembershipView)
+    snapshot: ClusterSnapshot = field(default_factory=ClusterSnapshot)
+    phase: Phase = Phase.GONE
+    load_seconds: dict[str, float] = field(default_factory=dict)
+    _dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    _phase_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    def on_view(self, view: MembershipView, snapshot: ClusterSnapshot) -> None:
+        self.view, self.snapshot = view, snapshot
+        self._dirty.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"placement-{self.node_id}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def wait_phase(self, *phases: Phase) -> Phase:
+        """Wait (on phase changes, no polling) until the phase is one of ``phases``."""
+        while self.phase not in phases:
+            event = self._phase_changed
+            await event.wait()
+        return self.phase
+
+    async def _loop(self) -> None:
+        while True:
+            retry = min(
+                (f.retry_at for f in self.failures.values() if f.retry_at is not None),
+                default=None,
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(retry):  # None: wait for the next change
+                    await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("placement pass failed")
+
+    def _set_phase(self, phase: Phase) -> None:
+        if phase is not self.phase:
+            log.info("%s: placement phase %s -> %s", self.node_id, self.phase, phase)
+            self.phase = phase
+            event, self._phase_changed = self._phase_changed, asyncio.Event()
+            event.set()
+
+    async def reconcile(self) -> Phase:
+        """Passes until nothing is left to do now; returns the phase reached."""
+        while True:
+            replicas = replicas_of(self.snapshot)
+            s = handoff.step(
+                self.node_id,
+                self.view,
+                replicas,
+                set(self.executor.models),
+                self.executor.in_flight,
+            )
+            loaded = await self._load(s.load)
+            for key in sorted(s.unload):
+                await self.executor.unload_workflow(key)
+            for key in list(self.failures):
+                if key not in s.load:
+                    del self.failures[key]
+            phase = s.phase
+            if phase is Phase.JOINING and all(k in self.failures for k in s.load - loaded):
+                phase = Phase.READY  # what failed is retried later; it does not block the join
+            if not (loaded or s.unload):
+                self._set_phase(phase)
+                return phase
+
+    async def _load(self, keys: frozenset[str]) -> set[str]:
+        loop = asyncio.get_running_loop()
+        done: set[str] = set()
+        for key in sorted(keys):
+            doc = dict(self.snapshot.workflows.get(key) or {})
+            failure = self.failures.get(key)
+            if failure is not None and failure.doc != _doc_id(doc):
+                log.info("%s: the catalog entry of %s changed; loading it afresh",
+                         self.node_id, key)  # fmt: skip
+                failure = None
+            if failure is not None and (failure.retry_at is None or failure.retry_at > loop.time()):
+                continue
+            try:
+                path = artifact_path(doc)
+                started = loop.time()
+                await self.executor.load_workflow(path, expect_key=key, warm=True)
+                self.load_seconds[key] = loop.time() - started
+                log.info("%s: loaded and warmed %s in %.2fs", self.node_id, key,
+                         self.load_seconds[key])  # fmt: skip
+                self.failures.pop(key, None)
+                done.add(key)
+            except Exception as exc:
+                attempts = failure.attempts + 1 if failure else 1
+                delay = min(self.max_backoff_s, self.base_backoff_s * 2 ** (attempts - 1))
+                give_up = attempts >= self.max_attempts
+                self.failures[key] = LoadFailure(
+                    key=key,
+                    reason=describe_load_error(exc),
+                    attempts=attempts,
+                    max_attempts=self.max_attempts,
+                    retry_at=None if give_up else loop.time() + delay,
+                    retry_in_s=delay,
+                    doc=_doc_id(doc),
+                )
+                if give_up:
+                    log.error("%s: loading %s failed: %s", self.node_id, key,
+                              self.failures[key].message)  # fmt: skip
+                else:
+                    log.warning("%s: loading %s failed: %s", self.node_id, key,
+                                self.failures[key].message)  # fmt: skip
+        return done

@@ -1,0 +1,52 @@
+"""The routing table a cluster node serves on ``Cluster.GetRoutingTable`` (``shardline status``,
+smart clients): the standalone part (``shardline.node.serving.describe``) plus the members with
+their state, liveness, load and warm models, the owners of every key and this node's load
+failures."""
+
+from __future__ import annotations
+
+from shardline.node._proto.shardline import v1
+from shardline.node.cluster.placement import Placement
+from shardline.node.cluster.routing import ClusterRouter
+from shardline.node.serving.describe import base_table
+from shardline.node.serving.runtime import NodeRuntime
+
+
+def describe_cluster(
+    runtime: NodeRuntime, router: ClusterRouter, placement: Placement | None = None
+) -> v1.RoutingTable:
+    table = base_table(runtime, "cluster")
+    state = router.state
+    view = state.view
+    table.revision = view.revision
+    table.dead = sorted(view.dead)
+    members = []
+    for node_id, m in sorted(view.members.items()):
+        r = m.record
+        here = node_id == runtime.config.node_id
+        members.append(
+            v1.MemberInfo(
+                node_id=node_id,
+                grpc_address=r.grpc_address,
+                gossip_address=r.gossip_address,
+                zone=r.zone,
+                capacity=r.capacity,
+                state=r.state.value,
+                liveness=m.liveness.value,
+                in_flight=runtime.in_flight if here else m.in_flight,
+                models=sorted(runtime.models) if here else list(m.models),
+                devices=list(r.devices),
+                version=r.version,
+            )
+        )
+    table.members = members
+    keys = sorted(set(state.replicas) | set(runtime.models))
+    table.placements = [
+        v1.ModelPlacement(
+            model_key=key, replicas=state.replicas.get(key, 2), owners=list(state.owners(key))
+        )
+        for key in keys
+    ]
+    if placement is not None:
+        table.load_failures = {k: f.message for k, f in placement.failures.items()}
+    return table

@@ -1,0 +1,164 @@
+"""Request inputs decoded and validated against a model's manifest, on the hot path.
+
+An ``InputDecoder`` is compiled once per loaded model from its manifest's input specs;
+``decode`` then checks each wire tensor's name, dtype and shape with plain comparisons
+and turns it into a zero-copy numpy view. Errors are ``InvalidArgument`` naming the
+field (``inputs.amount: expected float32 of shape [], got int64 of shape [3]``).
+
+``check_head`` bounds the identifiers of a request (objective, model override, request
+id, the context's fields and attributes) before any work is done for it, and the decoder
+bounds input names and dtypes before it looks them up: a client-supplied string is never
+longer than these limits in the node, and reaches a message only clipped (``errors.clip``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shardline.node.sdk import tensors
+from shardline.node.sdk.errors import InvalidArgument, check_length, clip
+from shardline.workflows.manifest import WorkflowManifest
+
+MAX_ELEMENTS = 50_000_000
+
+# Longest identifiers a request may carry (characters), checked before any work.
+MAX_OBJECTIVE_CHARS = 128
+MAX_MODEL_KEY_CHARS = 256  # model_override: "name@version"
+MAX_REQUEST_ID_CHARS = 128
+MAX_CONTEXT_CHARS = 256  # user_id, country, device, surface
+MAX_ATTRIBUTES = 64
+MAX_ATTRIBUTE_KEY_CHARS = 128
+MAX_ATTRIBUTE_VALUE_CHARS = 1024
+MAX_INPUT_NAME_CHARS = 128
+MAX_DTYPE_CHARS = 16  # the longest wire dtype is "float32": 7
+
+
+def check_head(head: Any) -> None:
+    """INVALID_ARGUMENT for a ``PredictRequest(Head)`` whose identifiers exceed the limits."""
+    c = head.context
+    if (  # the common case in one expression (on every request, twice when served here)
+        len(head.objective) <= MAX_OBJECTIVE_CHARS
+        and len(head.model_override) <= MAX_MODEL_KEY_CHARS
+        and len(head.request_id) <= MAX_REQUEST_ID_CHARS
+        and len(c.user_id) <= MAX_CONTEXT_CHARS
+        and len(c.country) <= MAX_CONTEXT_CHARS
+        and len(c.device) <= MAX_CONTEXT_CHARS
+        and len(c.surface) <= MAX_CONTEXT_CHARS
+        and not c.attributes
+    ):
+        return
+    check_length("objective", head.objective, MAX_OBJECTIVE_CHARS)
+    check_length("model_override", head.model_override, MAX_MODEL_KEY_CHARS)
+    check_length("request_id", head.request_id, MAX_REQUEST_ID_CHARS)
+    check_length("context.user_id", c.user_id, MAX_CONTEXT_CHARS)
+    check_length("context.country", c.country, MAX_CONTEXT_CHARS)
+    check_length("context.device", c.device, MAX_CONTEXT_CHARS)
+    check_length("context.surface", c.surface, MAX_CONTEXT_CHARS)
+    attributes = c.attributes
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise InvalidArgument(
+            "context.attributes", f"at most {MAX_ATTRIBUTES} entries, got {len(attributes)}"
+        )
+    for key, value in attributes.items():
+        check_length("context.attributes key", key, MAX_ATTRIBUTE_KEY_CHARS)
+        check_length(f"context.attributes[{clip(key)}]", value, MAX_ATTRIBUTE_VALUE_CHARS)
+
+
+def check_tensor_ids(t: Any) -> None:
+    """INVALID_ARGUMENT for a wire tensor whose name or dtype exceeds the limits."""
+    check_length("inputs[].name", t.name, MAX_INPUT_NAME_CHARS)
+    check_length(f"inputs.{t.name}.dtype", t.dtype, MAX_DTYPE_CHARS)
+
+
+def _fmt(shape: Iterable[int]) -> str:
+    return "[" + ", ".join("N" if d < 0 else str(d) for d in shape) + "]"
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    name: str
+    field: str
+    dtype: str
+    np_dtype: np.dtype[Any] | None
+    shape: tuple[int, ...]  # -1: any length
+    optional: bool
+    exact: bool  # no -1 dimension: the wire shape must equal ``shape``
+    nbytes: int  # with ``exact`` and a numeric dtype: the data size to expect
+
+    def shape_ok(self, shape: tuple[int, ...]) -> bool:
+        if self.exact:
+            return shape == self.shape
+        if len(shape) != len(self.shape):
+            return False
+        return all(want < 0 or want == got for want, got in zip(self.shape, shape, strict=True))
+
+
+def _compile(spec: Any) -> _Spec:
+    shape = tuple(spec.shape)
+    np_dtype = tensors.WIRE_DTYPES.get(spec.dtype)
+    exact = all(d >= 0 for d in shape)
+    nbytes = math.prod(shape) * np_dtype.itemsize if exact and np_dtype is not None else -1
+    return _Spec(
+        spec.name, f"inputs.{spec.name}", spec.dtype, np_dtype, shape, spec.optional, exact, nbytes
+    )
+
+
+class InputDecoder:
+    """Validates and decodes the inputs of one model key."""
+
+    def __init__(self, manifest: WorkflowManifest) -> None:
+        self.model_key = manifest.model_key
+        self._specs = {s.name: _compile(s) for s in manifest.inputs}
+        self._required = tuple(s.name for s in manifest.inputs if not s.optional)
+
+    def decode(self, wire_inputs: Iterable[Any]) -> dict[str, np.ndarray]:
+        specs = self._specs
+        out: dict[str, np.ndarray] = {}
+        for t in wire_inputs:
+            name = t.name
+            spec = specs.get(name)
+            if spec is None:
+                check_tensor_ids(t)
+                expected = ", ".join(specs) or "none"
+                raise InvalidArgument(
+                    f"inputs.{clip(name, quote=False)}",
+                    f"unknown input for {self.model_key}; expected {expected}",
+                )
+            if name in out:
+                raise InvalidArgument(spec.field, "given more than once")
+            shape = tuple(t.shape)
+            if t.dtype != spec.dtype or not spec.shape_ok(shape):
+                check_tensor_ids(t)
+                got = clip(t.dtype) if t.dtype else "?"
+                raise InvalidArgument(
+                    spec.field,
+                    f"expected {spec.dtype} of shape {_fmt(spec.shape[:16])}, "
+                    f"got {got} of shape {_fmt(shape[:16])}{'…' if len(shape) > 16 else ''}",
+                )
+            np_dtype = spec.np_dtype
+            data = t.data
+            if (
+                spec.exact  # the common case: fixed shape, numeric, packed bytes
+                and np_dtype is not None
+                and len(data) == spec.nbytes
+                and not t.HasField("contents")
+            ):
+                out[name] = np.frombuffer(data, dtype=np_dtype).reshape(shape)
+                continue
+            if math.prod(shape) > MAX_ELEMENTS:
+                raise InvalidArgument(
+                    spec.field, f"shape {_fmt(shape)} has more than {MAX_ELEMENTS} elements"
+                )
+            # Typed contents, strings, wildcard shapes, and every malformed tensor.
+            contents = t.contents if t.HasField("contents") else None
+            out[name] = tensors.decode(spec.field, t.dtype, shape, data, t.strings, contents)
+        if len(out) < len(self._required):
+            for name in self._required:
+                if name not in out:
+                    raise InvalidArgument(f"inputs.{name}", "required input is missing")
+        return out

@@ -1,0 +1,295 @@
+"""Mailboxes: the bounded queues in front of actors (`shardline.node.serving.actors`), and their
+errors.
+
+A :class:`Mailbox` is a bounded FIFO of :class:`Envelope` s (a message, its enqueue time,
+an optional deadline and, for an ``ask``, the reply future) with an async ``get`` and a
+close/drain protocol. A full mailbox rejects new messages with :class:`MailboxFullError`
+(backpressure, never an unbounded queue); a closed one with :class:`ActorStoppedError`.
+Envelopes handed out that expect a reply stay tracked as in flight until answered, so the
+supervisor can fail them when an actor crashes. A :class:`FairMailbox` shares one capacity
+among flows (e.g. the objectives calling one model) and takes their messages in turn.
+
+Imports: the standard library only (`shardline.node.serving.actors` builds on this module; it
+imports nothing of shardline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+__all__ = [
+    "ActorError",
+    "ActorStoppedError",
+    "Envelope",
+    "FairMailbox",
+    "Mailbox",
+    "MailboxFullError",
+]
+
+M = TypeVar("M")
+
+
+class ActorError(Exception):
+    """Base class of every error raised by the actor runtime."""
+
+
+class MailboxFullError(ActorError):
+    """The actor's mailbox is at capacity: the caller should shed load or retry later."""
+
+
+class ActorStoppedError(ActorError):
+    """The actor is stopped or stopping and accepts no more messages."""
+
+
+class Envelope(Generic[M]):
+    """A message in a mailbox, with its enqueue time, optional deadline and reply future."""
+
+    __slots__ = ("_reply", "deadline", "enqueued_at", "message")
+
+    def __init__(
+        self,
+        message: M,
+        *,
+        enqueued_at: float,
+        deadline: float | None = None,
+        reply: asyncio.Future[object] | None = None,
+    ) -> None:
+        self.message = message
+        self.enqueued_at = enqueued_at  # loop.time() when enqueued
+        self.deadline = deadline  # loop.time() deadline, if the asker gave one
+        self._reply = reply
+
+    def set_result(self, value: object) -> None:
+        """Resolve the reply; a no-op for a tell or an already resolved reply."""
+        if self._reply is not None and not self._reply.done():
+            self._reply.set_result(value)
+
+    def set_exception(self, exc: BaseException) -> None:
+        """Fail the reply; a no-op for a tell or an already resolved reply."""
+        if self._reply is not None and not self._reply.done():
+            self._reply.set_exception(exc)
+
+    @property
+    def done(self) -> bool:
+        """The reply is already resolved (e.g. the asker timed out): skip the message."""
+        return self._reply is not None and self._reply.done()
+
+    @property
+    def expects_reply(self) -> bool:
+        return self._reply is not None
+
+    def __repr__(self) -> str:
+        kind = "ask" if self.expects_reply else "tell"
+        return f"Envelope({kind}, {self.message!r}, done={self.done})"
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class Mailbox(Generic[M]):
+    """A bounded FIFO of envelopes with an async ``get`` and a close/drain protocol.
+
+    Envelopes handed out by ``get``/``get_nowait`` that expect a reply are tracked as in
+    flight until resolved, so the system can fail them if the actor crashes or is cancelled.
+    """
+
+    def __init__(self, capacity: int, *, name: str = "<unnamed>") -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"mailbox capacity must be an int >= 1, got {capacity!r}")
+        self.capacity = capacity
+        self.name = name
+        self._items: deque[Envelope[M]] = deque()
+        self._getters: list[asyncio.Future[None]] = []
+        self._in_flight: set[Envelope[M]] = set()
+        self._closed = False
+        self._close_reason: str | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put_nowait(self, env: Envelope[M]) -> None:
+        if self._closed:
+            raise ActorStoppedError(self._stopped_message())
+        if self.qsize() >= self.capacity:
+            # Envelopes whose askers gave up still take room; drop them before refusing.
+            self._drop_done()
+            if self.qsize() >= self.capacity:
+                raise MailboxFullError(
+                    f"overloaded: mailbox of actor {self.name!r} is full (capacity {self.capacity})"
+                )
+        self._push(env)
+        self._wake_getters()
+
+    async def get(self) -> Envelope[M]:
+        """Next envelope; raises :class:`ActorStoppedError` once closed and empty."""
+        while not self.qsize():
+            if self._closed:
+                raise ActorStoppedError(self._stopped_message())
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._getters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._getters:
+                    self._getters.remove(waiter)
+        return self._take(self._pop())
+
+    async def get_within(self, timeout_s: float) -> Envelope[M] | None:
+        """Next envelope if one is queued or arrives within ``timeout_s``, else ``None``;
+        raises :class:`ActorStoppedError` once closed and empty. Nothing is taken unless
+        it is returned, so a cancelled wait loses nothing."""
+        if not self.qsize():
+            if self._closed:
+                raise ActorStoppedError(self._stopped_message())
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._getters.append(waiter)
+            timer = loop.call_later(timeout_s, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                if waiter in self._getters:
+                    self._getters.remove(waiter)
+            if not self.qsize():
+                if self._closed:
+                    raise ActorStoppedError(self._stopped_message())
+                return None
+        return self._take(self._pop())
+
+    def get_nowait(self) -> Envelope[M] | None:
+        """Next envelope, or ``None`` when empty."""
+        return self._take(self._pop()) if self.qsize() else None
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def depth_ahead(self, flow: Hashable) -> int:
+        """How many queued envelopes would be handed out before one of ``flow`` put now
+        (FIFO: all of them, whatever the flow)."""
+        return len(self._items)
+
+    # Storage: a FIFO here; :class:`FairMailbox` keeps one queue per flow.
+    def _push(self, env: Envelope[M]) -> None:
+        self._items.append(env)
+
+    def _pop(self) -> Envelope[M]:
+        return self._items.popleft()
+
+    def _drop_done(self) -> None:
+        self._items = deque(e for e in self._items if not e.done)
+
+    def _clear(self) -> list[Envelope[M]]:
+        items, self._items = list(self._items), deque()
+        return items
+
+    def close(self, reason: str | None = None) -> None:
+        """Refuse further puts; gets still drain what is queued. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._close_reason = reason
+        self._wake_getters()
+
+    def fail_all(self, exc: BaseException) -> int:
+        """Remove every queued envelope, failing its reply with ``exc``; return the count."""
+        items = self._clear()
+        for env in items:
+            env.set_exception(exc)
+        return len(items)
+
+    def fail_in_flight(self, exc: BaseException) -> int:
+        """Fail envelopes taken from the mailbox but not yet answered; return the count."""
+        pending = [env for env in self._in_flight if not env.done]
+        self._in_flight.clear()
+        for env in pending:
+            env.set_exception(exc)
+        return len(pending)
+
+    def _take(self, env: Envelope[M]) -> Envelope[M]:
+        reply = env._reply
+        if reply is not None and not reply.done():
+            self._in_flight.add(env)
+            reply.add_done_callback(functools.partial(self._forget, env))
+        return env
+
+    def _forget(self, env: Envelope[M], _reply: asyncio.Future[object]) -> None:
+        self._in_flight.discard(env)
+
+    def _wake_getters(self) -> None:
+        for waiter in self._getters:
+            _resolve(waiter)
+        self._getters.clear()
+
+    def _stopped_message(self) -> str:
+        suffix = f": {self._close_reason}" if self._close_reason else ""
+        return f"actor {self.name!r} is stopped{suffix}"
+
+
+class FairMailbox(Mailbox[M]):
+    """A bounded mailbox shared fairly by flows (e.g. the objectives calling one model).
+
+    Each message belongs to a flow (``flow_of(message)``); envelopes queue per flow and
+    ``get`` takes one from each flow with queued work in turn (round robin), so a flow
+    that queues many messages delays another flow's next message by at most one of its
+    own per turn. The capacity bounds all flows together, as for :class:`Mailbox`.
+    """
+
+    def __init__(
+        self, capacity: int, flow_of: Callable[[M], Hashable], *, name: str = "<unnamed>"
+    ) -> None:
+        super().__init__(capacity, name=name)
+        self.flow_of = flow_of
+        self._flows: dict[Hashable, deque[Envelope[M]]] = {}  # insertion order = turn order
+        self._size = 0
+
+    def qsize(self) -> int:
+        return self._size
+
+    def flow_depths(self) -> dict[Hashable, int]:
+        return {flow: len(q) for flow, q in self._flows.items()}
+
+    def depth_ahead(self, flow: Hashable) -> int:
+        """Round robin: a new envelope of ``flow`` waits for its flow's queue and, from
+        each other flow, as many envelopes as that queue plus itself (or all it has)."""
+        own = self._flows.get(flow)
+        turns = (len(own) if own else 0) + 1
+        return sum(min(len(q), turns) for q in self._flows.values() if q is not own) + turns - 1
+
+    def _push(self, env: Envelope[M]) -> None:
+        flow = self.flow_of(env.message)
+        queue = self._flows.get(flow)
+        if queue is None:
+            queue = self._flows[flow] = deque()
+        queue.append(env)
+        self._size += 1
+
+    def _pop(self) -> Envelope[M]:
+        flow = next(iter(self._flows))  # the flow whose turn it is
+        queue = self._flows.pop(flow)
+        env = queue.popleft()
+        if queue:
+            self._flows[flow] = queue  # to the back of the turn order
+        self._size -= 1
+        return env
+
+    def _drop_done(self) -> None:
+        for flow in list(self._flows):
+            kept = deque(e for e in self._flows[flow] if not e.done)
+            if kept:
+                self._flows[flow] = kept
+            else:
+                del self._flows[flow]
+        self._size = sum(len(q) for q in self._flows.values())
+
+    def _clear(self) -> list[Envelope[M]]:
+        items = [env for q in self._flows.values() for env in q]
+        self._flows.clear()
+        self._size = 0
+        return items

@@ -1,0 +1,259 @@
+"""The model actor: one per loaded workflow, its mailbox is its batch queue.
+
+The actor takes requests off its bounded mailbox, closes a batch by the
+``BatchPolicy`` (max size or max delay since the first request was enqueued), drops
+requests whose asker gave up or whose deadline has passed, and hands the whole batch
+to its device's worker thread: per request ``preprocess``, one batched ``forward``
+under ``torch.inference_mode()``, per request ``postprocess``. A bad input fails only
+its own request (INVALID_ARGUMENT); a failing ``forward`` fails that batch's requests
+(INTERNAL) and the actor goes on with the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shardline.node.sdk.errors import DeadlineExceeded, Internal, InvalidArgument
+from shardline.node.serving.actors import Actor
+from shardline.node.serving.admission import BatchCostModel
+from shardline.node.serving.mailbox import Envelope, Mailbox
+from shardline.workflows.batching import BatchPolicy
+from shardline.workflows.devices import DeviceExecutors
+from shardline.workflows.loader import LoadedWorkflow
+from shardline.workflows.sdk import ContextLike, InputError
+
+log = logging.getLogger("shardline.model")
+
+
+def _reason(exc: BaseException | None) -> str:
+    """An exception as a client-facing reason, never empty (``NotImplementedError()`` has
+    no message; a cancelled batch has no exception)."""
+    if exc is None:
+        return "cancelled"
+    return str(exc) or type(exc).__name__
+
+
+@dataclass(slots=True)
+class Job:
+    """One request for a model actor (what goes in an ``Envelope``)."""
+
+    context: ContextLike
+    inputs: Mapping[str, Any]
+    synthetic: bool = False
+    flow: str = ""  # who asks (an objective, shadows, warm-up): the model's queue is fair
+    # across flows, so one objective's burst does not queue ahead of another's requests
+
+
+def job_flow(job: Job) -> str:
+    return job.flow
+
+
+@dataclass(slots=True)
+class Timing:
+    queue_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    compute_ms: float = 0.0
+    postprocess_ms: float = 0.0
+    batch_size: int = 0
+
+
+@dataclass(slots=True)
+class JobResult:
+    outputs: dict[str, np.ndarray]
+    timing: Timing = field(default_factory=Timing)
+
+
+@dataclass(slots=True)
+class _Slot:
+    """Per-request state while its batch runs on the worker thread."""
+
+    job: Job
+    timing: Timing
+    deadline: float | None = None  # loop.time() clock (time.monotonic)
+    features: Any = None
+    outcome: JobResult | BaseException | None = None
+
+
+BatchObserver = Callable[[str, int, float, float], None]
+"""Called once per batch: (model key, batch size, queue seconds of the oldest, seconds the
+batch took on the device worker)."""
+
+PIPELINE_DEPTH = 2  # batches handed to the device at once: one running, one ready
+PIPELINE_MAX_BATCH_S = 0.004  # ...while batches are this quick; slower ones go one at a time
+
+
+def _observe(cost: BatchCostModel, size: int, done: asyncio.Future[float]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        cost.observe(size, done.result())
+
+
+class ModelActor(Actor[Job]):
+    """Dynamic batching around one ``LoadedWorkflow``."""
+
+    def __init__(
+        self,
+        loaded: LoadedWorkflow,
+        executors: DeviceExecutors,
+        policy: BatchPolicy | None = None,
+        observer: BatchObserver | None = None,
+        cost: BatchCostModel | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.executors = executors
+        batching = loaded.manifest.batching
+        self.policy = policy or BatchPolicy(batching.max_batch_size, batching.max_delay_ms)
+        self.observer = observer
+        # Device time per batch, fitted as batches finish; shared with whoever passes it
+        # in (the node sheds by it), and kept across restarts of the actor.
+        self.cost = cost if cost is not None else BatchCostModel()
+
+    async def next_batch(self, mailbox: Mailbox[Job]) -> list[Envelope[Job]]:
+        """Block for a first request, take whatever is already queued (up to the max size),
+        then wait for more only while the policy keeps the batch open."""
+        first = await mailbox.get()
+        batch = [first]
+        limit = self.policy.max_batch_size
+        loop = asyncio.get_running_loop()
+        while len(batch) < limit:
+            env = mailbox.get_nowait()
+            if env is None:
+                wait = self.policy.wait_s(len(batch), first.enqueued_at, loop.time())
+                if wait <= 0:
+                    break
+                env = await mailbox.get_within(wait)
+                if env is None:
+                    break
+            batch.append(env)
+        return batch
+
+    async def run(self, mailbox: Mailbox[Job]) -> None:
+        """Batches flow through a two-deep pipeline: while the device runs batch N, the
+        actor closes batch N+1 and queues it on the device's worker, so the device never
+        waits for the event loop between batches. Results are delivered as each batch
+        completes. A failing batch fails its own requests only."""
+        loop = asyncio.get_running_loop()
+        running: collections.deque[asyncio.Future[float]] = collections.deque()
+        try:
+            while True:
+                # Pipelining pays when a batch is as quick as a trip through the loop; for
+                # a slow model a batch closed early only holds its requests back a whole
+                # batch and takes none that arrive meanwhile, so it waits for the device.
+                depth = PIPELINE_DEPTH if self._quick() else 1
+                while len(running) >= depth:
+                    await asyncio.wait({running[0]})
+                    running.popleft()
+                batch = await self.next_batch(mailbox)
+                now = loop.time()
+                live: list[Envelope[Job]] = []
+                for env in batch:
+                    if env.done:
+                        continue  # the asker timed out or went away
+                    if env.deadline is not None and now >= env.deadline:
+                        env.set_exception(DeadlineExceeded("deadline passed while queued"))
+                        continue
+                    live.append(env)
+                if not live:
+                    continue
+                slots = [
+                    _Slot(
+                        env.message,
+                        Timing(queue_ms=(now - env.enqueued_at) * 1000.0),
+                        env.deadline,
+                    )
+                    for env in live
+                ]
+                done = asyncio.ensure_future(
+                    self.executors.run(self.loaded.device, functools.partial(self._process, slots))
+                )
+                done.add_done_callback(functools.partial(self._deliver, live, slots))
+                done.add_done_callback(functools.partial(_observe, self.cost, len(slots)))
+                running.append(done)
+        finally:
+            if running:  # stopping: let what the device already has finish and answer
+                await asyncio.wait(set(running))
+
+    def _quick(self) -> bool:
+        """Whether a full batch is expected to take under ``PIPELINE_MAX_BATCH_S`` (or
+        nothing is known yet)."""
+        return self.cost.batch_seconds(self.policy.max_batch_size) < PIPELINE_MAX_BATCH_S
+
+    def _deliver(
+        self, live: list[Envelope[Job]], slots: list[_Slot], done: asyncio.Future[float]
+    ) -> None:
+        """Runs on the loop when a batch finished on the device."""
+        if done.cancelled() or done.exception() is not None:
+            exc = done.exception() if not done.cancelled() else None
+            log.error("%s: batch failed: %s", self.loaded.manifest.model_key, exc)
+            err = Internal(f"{self.loaded.manifest.model_key}: forward failed: {_reason(exc)}")
+            for env in live:
+                env.set_exception(err)
+            return
+        if self.observer is not None:
+            self.observer(
+                self.loaded.manifest.model_key,
+                len(slots),
+                max(s.timing.queue_ms for s in slots) / 1000.0,
+                done.result(),
+            )
+        for env, slot in zip(live, slots, strict=True):
+            if isinstance(slot.outcome, BaseException):
+                env.set_exception(slot.outcome)
+            else:
+                env.set_result(slot.outcome)
+
+    def _process(self, slots: list[_Slot]) -> float:
+        """Runs on the device worker thread, under ``torch.inference_mode()``; returns the
+        seconds the batch took there (the model's real service time, without loop delays)."""
+        started = time.perf_counter()
+        self._run_batch(slots)
+        return time.perf_counter() - started
+
+    def _run_batch(self, slots: list[_Slot]) -> None:
+        wf = self.loaded.workflow
+        good: list[_Slot] = []
+        for slot in slots:
+            if slot.deadline is not None and time.monotonic() >= slot.deadline:
+                slot.outcome = DeadlineExceeded("deadline passed while queued on the device")
+                continue  # shed before any work: the asker has given up
+            t0 = time.perf_counter()
+            try:
+                slot.features = wf.preprocess(slot.job.context, slot.job.inputs)
+                good.append(slot)
+            except InputError as exc:
+                slot.outcome = InvalidArgument(f"inputs.{exc.field}", exc.message)
+            except Exception as exc:
+                log.exception("%s: preprocess failed", self.loaded.manifest.model_key)
+                key = self.loaded.manifest.model_key
+                slot.outcome = Internal(f"{key}: preprocess: {_reason(exc)}")
+            slot.timing.preprocess_ms = (time.perf_counter() - t0) * 1000.0
+        if not good:
+            return
+        t0 = time.perf_counter()
+        raws = wf.forward([s.features for s in good])
+        compute_ms = (time.perf_counter() - t0) * 1000.0
+        if len(raws) != len(good):
+            raise RuntimeError(f"forward returned {len(raws)} results for {len(good)} requests")
+        for slot, raw in zip(good, raws, strict=True):
+            slot.timing.compute_ms = compute_ms
+            slot.timing.batch_size = len(good)
+            t0 = time.perf_counter()
+            try:
+                outputs = wf.postprocess(slot.job.context, slot.job.inputs, raw)
+                slot.outcome = JobResult(outputs, slot.timing)
+            except InputError as exc:
+                slot.outcome = InvalidArgument(f"inputs.{exc.field}", exc.message)
+            except Exception as exc:
+                log.exception("%s: postprocess failed", self.loaded.manifest.model_key)
+                key = self.loaded.manifest.model_key
+                slot.outcome = Internal(f"{key}: postprocess: {_reason(exc)}")
+            slot.timing.postprocess_ms = (time.perf_counter() - t0) * 1000.0
+            slot.features = None

@@ -1,0 +1,5 @@
+"""``python -m shardline``: the ``shardline`` command."""
+
+from shardline.node.ops.cli import main
+
+main()
