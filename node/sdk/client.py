@@ -129,7 +129,7 @@ def service_config() -> dict[str, Any]:
     """The standard gRPC service config for shardline clients (the shipped JSON file):
     round_robin, client-side health checking of ``shardline.v1.Inference``, and a retry
     policy for UNAVAILABLE on Inference and Cluster."""
-    text = resources.files("node").joinpath(SERVICE_CONFIG_FILE).read_text()
+    text = resources.files("shardline.node").joinpath(SERVICE_CONFIG_FILE).read_text()
     config: dict[str, Any] = json.loads(text)
     return config
 

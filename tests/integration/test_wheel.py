@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -21,6 +22,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+NOT_SOURCES = (".git", ".venv", ".native", ".state", "build", "dist", "*.egg-info", "__pycache__",
+               ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis")  # fmt: skip
 
 PROBE = textwrap.dedent(
     """
@@ -69,10 +72,13 @@ PROBE = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.integration
 def test_wheel_installs_under_one_name_and_runs_outside_the_repo(tmp_path: Path) -> None:
+    # Built from a copy: an in-tree build would leave build/ and *.egg-info in the checkout.
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(*NOT_SOURCES))
     dist = tmp_path / "dist"
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "-w", str(dist), str(REPO)],
+         "-w", str(dist), str(src)],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert build.returncode == 0, build.stdout + build.stderr
