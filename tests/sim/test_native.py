@@ -20,12 +20,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 RUN = """
 import json, sys
-import shardline.membership.native, shardline.sim.serving
+from shardline.membership import native
+from shardline.sim import serving
 from shardline.sim.result import run_scenario
 from shardline.sim.scenario import load_scenario, scenario_names
-assert shardline.membership.native.enabled() == (sys.argv[1] == "1"),
-shardline.membership.native.state() assert shardline.sim.serving.__file__.endswith(".py") !=
-(sys.argv[1] == "1"), shardline.sim.serving.__file__ out = {} for name in scenario_names():
+assert native.enabled() == (sys.argv[1] == "1"), native.state()
+assert serving.__file__.endswith(".py") != (sys.argv[1] == "1"), serving.__file__
+out = {}
+for name in scenario_names():
     s = load_scenario(name)
     s = s.with_overrides(duration_s=min(s.duration_s, 40.0))
     r = run_scenario(s, seed=11)
