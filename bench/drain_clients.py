@@ -40,17 +40,13 @@ from typing import Any
 import grpc
 import numpy as np
 
+from shardline import grpc_channel_options, grpc_target, service_config
 from shardline.membership.etcd import connect
 from shardline.node._proto.shardline import v1
 from shardline.node.cluster.catalog_ops import catalog, register_tree
 from shardline.node.ops.localcluster import wait_ready
 from shardline.node.sdk.admin_client import AdminClient
-from shardline.node.sdk.client import (
-    build_request,
-    grpc_channel_options,
-    grpc_target,
-    service_config,
-)
+from shardline.node.sdk.client import build_request
 from tests.etcd_server import EtcdServer
 from tests.procs import EXAMPLES, NodeProcess
 

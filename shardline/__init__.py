@@ -28,21 +28,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from shardline.node.sdk.client import (
-        Client,
-        PredictError,
-        Prediction,
-        SmartClient,
-        grpc_channel_options,
-        grpc_target,
-        service_config,
-    )
+    from shardline.node.sdk.client import Client, PredictError, Prediction, SmartClient
+    from shardline.node.sdk.targets import grpc_channel_options, grpc_target, service_config
 
 
 def __getattr__(name: str) -> Any:
     """The client SDK, imported on first use (``import shardline.sim`` stays light)."""
     if name in __all__:
-        from shardline.node.sdk import client
+        from shardline.node.sdk import client, targets
 
-        return getattr(client, name)
+        return getattr(client if hasattr(client, name) else targets, name)
     raise AttributeError(f"module 'shardline' has no attribute {name!r}")

@@ -18,7 +18,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from shardline.node._proto.shardline import v1
-from shardline.node.sdk.client import DEFAULT_TARGET, parse_target, transport_failure
+from shardline.node.sdk.targets import DEFAULT_TARGET, parse_target, transport_failure
 from shardline.node.sdk.tls import TlsFiles, client_context
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import pytest
 from shardline.membership.etcd import connect
 from shardline.node.cluster.catalog_ops import catalog, register_tree
 from shardline.node.ops.localcluster import wait_ready
-from shardline.node.sdk.client import DEFAULT_TARGET
+from shardline.node.sdk.targets import DEFAULT_TARGET
 from tests.etcd_server import EtcdServer, find_etcd
 from tests.procs import EXAMPLES, REPO, NodeProcess
 

@@ -20,14 +20,9 @@ import grpc
 import pytest
 
 from bench.drain_clients import FRAUD, local_cluster, report, run
-from shardline.node.sdk.client import (
-    Client,
-    PredictError,
-    grpc_channel_options,
-    grpc_target,
-    parse_targets,
-    service_config,
-)
+from shardline import grpc_channel_options, grpc_target, service_config
+from shardline.node.sdk.client import Client, PredictError
+from shardline.node.sdk.targets import parse_targets
 from tests.etcd_server import find_etcd
 from tests.procs import NodeProcess
 
