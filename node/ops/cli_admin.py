@@ -29,7 +29,7 @@ from shardline.node.sdk.admin_client import (
     resolve_token,
     unreachable,
 )
-from shardline.node.sdk.client import DEFAULT_TARGET, parse_target
+from shardline.node.sdk.targets import DEFAULT_TARGET, parse_target
 
 T = TypeVar("T")
 console = Console()

@@ -28,7 +28,7 @@ from grpclib.client import Channel
 from shardline.node._proto.shardline import v1
 from shardline.node.ops.etcd_process import EtcdServer, find_etcd
 from shardline.node.sdk.admin_client import TOKEN_FILE_NAME, state_root
-from shardline.node.sdk.client import parse_target
+from shardline.node.sdk.targets import parse_target
 from shardline.node.sdk.tls import TlsFiles, client_context
 
 REPO = Path(__file__).resolve().parents[2]
