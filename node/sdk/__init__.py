@@ -1,5 +1,5 @@
 """The client SDK and what clients share with nodes: ``client`` (``Client``,
-``SmartClient``, the standard gRPC service config), ``admin_client``, TLS settings, the wire
+``SmartClient``), ``targets`` (node addresses, the standard gRPC service config), ``admin_client``, TLS settings, the wire
 codec, tensor encoding, and the request errors with their gRPC statuses (``errors``). Light to
 import: no torch.
 
