@@ -8,6 +8,7 @@ sends SIGTERM and waits for the clean exit.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -126,15 +127,21 @@ class NodeProcess:
             return str(resp.read().decode())
 
 
-async def eventually(check: Callable[[], T | None], timeout_s: float = 10.0) -> T:
-    """Poll an observable of another process (metrics, files) until ``check`` returns
-    something other than None. For state this process cannot be notified of; in-process
-    code waits on events instead."""
+async def eventually(
+    check: Callable[[], T | Awaitable[T | None] | None],
+    timeout_s: float = 10.0,
+    every_s: float = 0.02,
+) -> T:
+    """Poll an observable of another process (metrics, files, a routing table over gRPC,
+    etcd) until ``check`` (plain or async) returns something other than None. For state this
+    process cannot be notified of; in-process code waits on events instead."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value is not None:
             return value
         if time.monotonic() > deadline:
             raise TimeoutError(f"condition not met within {timeout_s}s")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(every_s)

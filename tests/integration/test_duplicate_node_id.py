@@ -106,12 +106,7 @@ async def test_a_node_whose_record_disappears_registers_again(etcd: EtcdServer) 
             await client.close()
 
         # Another process's state: poll etcd and the node's log until both show it.
-        record = await stored_record(etcd, "node-3")
-        deadline = time.monotonic() + 30
-        while record is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-            record = await stored_record(etcd, "node-3")
-        assert record is not None, "\n".join(node.lines[-30:])
+        record = await eventually(lambda: stored_record(etcd, "node-3"), 30, every_s=0.05)
         assert record[0].pid == node.proc.pid and record[0].state.value == "active"
         assert record[1] == before[1], "the same lease, the record put back"
         await eventually(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from shardline.node.ops.localcluster import routing_table, wait_ready
 from shardline.node.sdk.admin_client import AdminClient, AdminError
 from shardline.workflows.loader import sha256_file
 from tests.etcd_server import EtcdServer, find_etcd
-from tests.procs import NodeProcess
+from tests.procs import NodeProcess, eventually
 
 pytestmark = [
     pytest.mark.integration,
@@ -113,14 +112,18 @@ class Node:
 
     async def failure(self, key: str, until: str, timeout_s: float = 60.0) -> str:
         """Poll the node's routing table (another process) until key's failure says ``until``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+
+        async def says() -> str | None:
             message = (await routing_table(self.target)).load_failures.get(key, "")
-            if until in message:
-                return message
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{key}: {message!r}\n" + "\n".join(self.proc.lines[-20:]))
-            await asyncio.sleep(0.1)
+            return message if until in message else None
+
+        try:
+            return await eventually(says, timeout_s, every_s=0.1)
+        except TimeoutError:
+            raise AssertionError(f"{key}: no failure saying {until!r}\n" + self.log()) from None
+
+    def log(self) -> str:
+        return "\n".join(self.proc.lines[-20:])
 
 
 @pytest.fixture(scope="module")
@@ -174,10 +177,10 @@ async def test_a_load_failure_says_why_and_what_to_do_and_retries_are_bounded(
     removed = await node.admin("undeploy", v1.UndeployRequest(model_key=key))
     assert removed.removed
 
-    deadline = time.monotonic() + 30  # the failure goes with its catalog entry
-    while key in (await routing_table(node.target)).load_failures:
-        assert time.monotonic() < deadline, "the failure stayed after the undeploy"
-        await asyncio.sleep(0.1)  # polling another process's state
+    async def gone() -> bool | None:  # the failure goes with its catalog entry
+        return True if key not in (await routing_table(node.target)).load_failures else None
+
+    await eventually(gone, 30, every_s=0.1)
 
 
 async def test_an_exception_without_a_message_is_described(node: Node, tmp_path: Path) -> None:
