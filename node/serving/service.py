@@ -9,8 +9,9 @@ status with a human, bounded message: ``RequestError`` maps to its status, anyth
 becomes INTERNAL with a reference into the node log — never a traceback.
 
 Requests compressed with ``grpc-encoding: gzip`` (or ``deflate``) are accepted: grpclib
-refuses any compressed message, so the handlers here receive theirs with ``recv_request``,
-which decompresses it within the same size limit (another encoding: UNIMPLEMENTED).
+refuses any compressed message, so the node server has every unary-request handler (these,
+Admin's and Health's) read its request with ``recv_request``, which decompresses it within
+the same size limit (another encoding: UNIMPLEMENTED).
 Answers go back uncompressed, which the gRPC protocol allows whatever the client asked for.
 """
 
@@ -139,14 +140,15 @@ class InferenceService:
         self.ingress = runtime.ingress
 
     async def predict(self, stream: Stream[bytes, bytes]) -> None:
-        raw = await recv_request(stream)
+        raw = await stream.recv_message()
+        assert raw is not None  # recv_request raises INVALID_ARGUMENT for a call without one
         remaining = stream.deadline.time_remaining() if stream.deadline else None
         client = client_of(stream)
         answer = await guarded(lambda: self.ingress.predict(raw, remaining, client), "Predict")
         await stream.send_message(answer)
 
     async def list_objectives(self, stream: Stream[Any, Any]) -> None:
-        await recv_request(stream)
+        await stream.recv_message()
         await stream.send_message(await guarded(self._list_objectives, "ListObjectives"))
 
     async def _list_objectives(self) -> v1.ListObjectivesResponse:
@@ -198,7 +200,8 @@ class PeerService:
         self.router = router
 
     async def forward(self, stream: Stream[bytes, bytes]) -> None:
-        raw = await recv_request(stream)
+        raw = await stream.recv_message()
+        assert raw is not None  # recv_request raises INVALID_ARGUMENT for a call without one
         started = time.perf_counter()
         remaining = stream.deadline.time_remaining() if stream.deadline else 10.0
 
@@ -228,7 +231,7 @@ class ClusterService:
         self.describe = describe
 
     async def get_routing_table(self, stream: Stream[Any, Any]) -> None:
-        await recv_request(stream)
+        await stream.recv_message()
 
         async def table() -> v1.RoutingTable:
             return self.describe()
