@@ -220,7 +220,8 @@ class Executor:
             request.ParseFromString(raw)
         except DecodeError:
             raise InvalidArgument("request", "not a valid shardline.v1.PredictRequest") from None
-        check_head(request)  # a forwarded request too: Peer.Forward takes any bytes
+        if context is None:  # forwarded: Peer.Forward takes any bytes (the ingress checked ours)
+            check_head(request)
         shadow = cell == "shadow"
         objective = objective_label(request.objective, self.objective_names)
         flow = SHADOW_FLOW if shadow else objective

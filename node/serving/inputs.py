@@ -41,7 +41,7 @@ MAX_DTYPE_CHARS = 16  # the longest wire dtype is "float32": 7
 def check_head(head: Any) -> None:
     """INVALID_ARGUMENT for a ``PredictRequest(Head)`` whose identifiers exceed the limits."""
     c = head.context
-    if (  # the common case in one expression (on every request, twice when served here)
+    if (  # the common case in one expression (on every request, at its ingress)
         len(head.objective) <= MAX_OBJECTIVE_CHARS
         and len(head.model_override) <= MAX_MODEL_KEY_CHARS
         and len(head.request_id) <= MAX_REQUEST_ID_CHARS
