@@ -37,7 +37,7 @@ from shardline.node.sdk.errors import (
     error_for_status,
 )
 from shardline.node.serving.executor import Executor
-from shardline.node.serving.inputs import MAX_MODEL_KEY_CHARS
+from shardline.node.serving.inputs import DEFAULT_HEAD_LIMITS
 from shardline.node.serving.local_router import Shadows
 from shardline.router import handoff
 from shardline.router.decision import Decision
@@ -243,8 +243,9 @@ class ClusterRouter:
     async def serve_forward(self, message: Any, timeout_s: float, started: float) -> bytes:
         """Answer a ``Peer.Forward``: run it here, or pass it on once more (hop limit 2)."""
         key, hops = message.model_key, message.hops
-        if len(key) > MAX_MODEL_KEY_CHARS or len(message.cell) > MAX_MODEL_KEY_CHARS:
-            raise InvalidArgument("model_key", f"longer than {MAX_MODEL_KEY_CHARS} characters")
+        limit = DEFAULT_HEAD_LIMITS.model_key_chars  # a peer's fields, bounded like a client's
+        if len(key) > limit or len(message.cell) > limit:
+            raise InvalidArgument("model_key", f"longer than {limit} characters")
         if key not in self.catalog_models and key not in self.executor.models:
             # Unavailable, not NOT_FOUND: during a deploy this node may apply the catalog
             # after the ingress did, and the ingress then tries another owner.

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ from shardline.node.ops.cli_admin import (
 )
 from shardline.node.sdk.admin_client import DEFAULT_PORT, unreachable
 from shardline.node.sdk.tls import TlsFiles
+from shardline.node.serving.inputs import DEFAULT_HEAD_LIMITS as HEAD_LIMITS
 
 if TYPE_CHECKING:
     from shardline.node.sdk.client import Prediction
@@ -203,6 +205,18 @@ def main(log_level: str) -> None:
     help="Seconds a leaving node (drain or SIGTERM) stays NOT_SERVING on health but keeps "
     "answering before it sends GOAWAY, so clients move away first [default: 2].",
 )
+@click.option(
+    "--max-context-chars", type=click.IntRange(1), default=HEAD_LIMITS.context_chars,
+    show_default=True, help="Longest user_id, country, device or surface a request may carry.",
+)  # fmt: skip
+@click.option(
+    "--max-attributes", type=click.IntRange(1), default=HEAD_LIMITS.attributes,
+    show_default=True, help="Most context attributes a request may carry.",
+)  # fmt: skip
+@click.option(
+    "--max-attribute-chars", type=click.IntRange(1), default=HEAD_LIMITS.attribute_value_chars,
+    show_default=True, help="Longest context attribute value a request may carry.",
+)  # fmt: skip
 def serve(
     standalone: bool,
     etcd: str | None,
@@ -231,6 +245,9 @@ def serve(
     predlog_dir: str | None,
     predlog_rate: float,
     drain_grace_s: float | None,
+    max_context_chars: int,
+    max_attributes: int,
+    max_attribute_chars: int,
 ) -> None:
     """Run a node until Ctrl-C (then it drains in-flight requests and exits)."""
     from shardline.membership.etcd import ControlPlaneUnavailable
@@ -244,6 +261,10 @@ def serve(
             metrics_port=metrics_port,
             cpu_threads=cpu_threads, predlog_dir=predlog_dir, predlog_rate=predlog_rate,
             tls=_server_tls(tls_ca, tls_cert, tls_key),
+            head_limits=replace(
+                HEAD_LIMITS, context_chars=max_context_chars, attributes=max_attributes,
+                attribute_value_chars=max_attribute_chars,
+            ),
         )  # fmt: skip
         if standalone:
             from shardline.node.serving.server import serve_standalone

@@ -221,7 +221,7 @@ class Executor:
         except DecodeError:
             raise InvalidArgument("request", "not a valid shardline.v1.PredictRequest") from None
         if context is None:  # forwarded: Peer.Forward takes any bytes (the ingress checked ours)
-            check_head(request)
+            check_head(request, self.config.head_limits)
         shadow = cell == "shadow"
         objective = objective_label(request.objective, self.objective_names)
         flow = SHADOW_FLOW if shadow else objective

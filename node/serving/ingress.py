@@ -139,7 +139,7 @@ class Ingress:
                 raise InvalidArgument(
                     "request", "not a valid shardline.v1.PredictRequest"
                 ) from None
-            check_head(head)
+            check_head(head, self.config.head_limits)
             objective = head.objective
             if objective in self.objectives:  # label values come only from the catalog
                 labels[0] = objective

@@ -26,47 +26,66 @@ from shardline.workflows.manifest import WorkflowManifest
 
 MAX_ELEMENTS = 50_000_000
 
-# Longest identifiers a request may carry (characters), checked before any work.
-MAX_OBJECTIVE_CHARS = 128
-MAX_MODEL_KEY_CHARS = 256  # model_override: "name@version"
-MAX_REQUEST_ID_CHARS = 128
-MAX_CONTEXT_CHARS = 256  # user_id, country, device, surface
-MAX_ATTRIBUTES = 64
-MAX_ATTRIBUTE_KEY_CHARS = 128
-MAX_ATTRIBUTE_VALUE_CHARS = 1024
+# Longest tensor identifiers (characters), checked before a name is looked up: input names
+# are bounded by the manifests that declare them, dtypes by the wire's vocabulary.
 MAX_INPUT_NAME_CHARS = 128
 MAX_DTYPE_CHARS = 16  # the longest wire dtype is "float32": 7
 
 
-def check_head(head: Any) -> None:
-    """INVALID_ARGUMENT for a ``PredictRequest(Head)`` whose identifiers exceed the limits."""
+@dataclass(frozen=True)
+class HeadLimits:
+    """Longest identifiers a request's head may carry (characters) and the most context
+    attributes, checked before any work (``check_head``). A node's are in
+    ``NodeConfig.head_limits``; ``shardline serve`` sets the context ones
+    (``--max-context-chars``, ``--max-attributes``, ``--max-attribute-chars``)."""
+
+    objective_chars: int = 128
+    model_key_chars: int = 256  # model_override: "name@version"
+    request_id_chars: int = 128
+    context_chars: int = 256  # user_id, country, device, surface
+    attributes: int = 64
+    attribute_key_chars: int = 128
+    attribute_value_chars: int = 1024
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"head limit {name} must be a positive integer, got {value!r}")
+
+
+DEFAULT_HEAD_LIMITS = HeadLimits()
+
+
+def check_head(head: Any, limits: HeadLimits = DEFAULT_HEAD_LIMITS) -> None:
+    """INVALID_ARGUMENT for a ``PredictRequest(Head)`` whose identifiers exceed ``limits``."""
     c = head.context
+    context_chars = limits.context_chars
     if (  # the common case in one expression (on every request, at its ingress)
-        len(head.objective) <= MAX_OBJECTIVE_CHARS
-        and len(head.model_override) <= MAX_MODEL_KEY_CHARS
-        and len(head.request_id) <= MAX_REQUEST_ID_CHARS
-        and len(c.user_id) <= MAX_CONTEXT_CHARS
-        and len(c.country) <= MAX_CONTEXT_CHARS
-        and len(c.device) <= MAX_CONTEXT_CHARS
-        and len(c.surface) <= MAX_CONTEXT_CHARS
+        len(head.objective) <= limits.objective_chars
+        and len(head.model_override) <= limits.model_key_chars
+        and len(head.request_id) <= limits.request_id_chars
+        and len(c.user_id) <= context_chars
+        and len(c.country) <= context_chars
+        and len(c.device) <= context_chars
+        and len(c.surface) <= context_chars
         and not c.attributes
     ):
         return
-    check_length("objective", head.objective, MAX_OBJECTIVE_CHARS)
-    check_length("model_override", head.model_override, MAX_MODEL_KEY_CHARS)
-    check_length("request_id", head.request_id, MAX_REQUEST_ID_CHARS)
-    check_length("context.user_id", c.user_id, MAX_CONTEXT_CHARS)
-    check_length("context.country", c.country, MAX_CONTEXT_CHARS)
-    check_length("context.device", c.device, MAX_CONTEXT_CHARS)
-    check_length("context.surface", c.surface, MAX_CONTEXT_CHARS)
+    check_length("objective", head.objective, limits.objective_chars)
+    check_length("model_override", head.model_override, limits.model_key_chars)
+    check_length("request_id", head.request_id, limits.request_id_chars)
+    check_length("context.user_id", c.user_id, context_chars)
+    check_length("context.country", c.country, context_chars)
+    check_length("context.device", c.device, context_chars)
+    check_length("context.surface", c.surface, context_chars)
     attributes = c.attributes
-    if len(attributes) > MAX_ATTRIBUTES:
+    if len(attributes) > limits.attributes:
         raise InvalidArgument(
-            "context.attributes", f"at most {MAX_ATTRIBUTES} entries, got {len(attributes)}"
+            "context.attributes", f"at most {limits.attributes} entries, got {len(attributes)}"
         )
     for key, value in attributes.items():
-        check_length("context.attributes key", key, MAX_ATTRIBUTE_KEY_CHARS)
-        check_length(f"context.attributes[{clip(key)}]", value, MAX_ATTRIBUTE_VALUE_CHARS)
+        check_length("context.attributes key", key, limits.attribute_key_chars)
+        check_length(f"context.attributes[{clip(key)}]", value, limits.attribute_value_chars)
 
 
 def check_tensor_ids(t: Any) -> None:

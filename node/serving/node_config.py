@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shardline.node.sdk.tls import TlsFiles
+from shardline.node.serving.inputs import DEFAULT_HEAD_LIMITS, HeadLimits
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class NodeConfig:
     predlog_rate: float = 0.01
     # TLS: the node's certificate, key and the cluster CA (None: plaintext).
     tls: TlsFiles | None = None
+    # Longest identifiers and most attributes a request's head may carry.
+    head_limits: HeadLimits = DEFAULT_HEAD_LIMITS
 
     def __post_init__(self) -> None:
         if not self.node_id:

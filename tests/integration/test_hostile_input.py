@@ -15,6 +15,7 @@ import time
 
 import grpc
 import pytest
+from grpclib.const import Status
 
 from shardline.node._proto.shardline.v1 import inference_pb2 as pb
 from shardline.node.ops.localcluster import routing_table
@@ -122,3 +123,26 @@ async def test_huge_names_get_a_short_error_and_leave_every_node_serving(
     print(f"{len(answered)} valid requests, slowest {max(answered) * 1000:.1f} ms")
     assert not failures, failures[:5]
     assert len(answered) >= 6
+
+
+async def test_the_context_limits_are_node_settings() -> None:
+    """`serve --max-context-chars/--max-attributes/--max-attribute-chars` set the bounds."""
+    node = NodeProcess.start(
+        ["--max-context-chars", "8", "--max-attributes", "1", "--max-attribute-chars", "4"],
+        metrics=False,
+    )
+    try:
+        async with Client(node.target) as client:
+            ok = await client.predict("payment_fraud", FRAUD, user_id="u" * 8)
+            assert ok.model_key.startswith("payment_fraud@")
+            for kwargs, field in (
+                ({"user_id": "u" * 9}, "context.user_id"),
+                ({"user_id": "u", "attributes": {"a": "1", "b": "2"}}, "context.attributes"),
+                ({"user_id": "u", "attributes": {"a": "12345"}}, "context.attributes['a']"),
+            ):
+                with pytest.raises(PredictError) as err:
+                    await client.predict("payment_fraud", FRAUD, **kwargs)
+                assert err.value.status is Status.INVALID_ARGUMENT, err.value
+                assert field in err.value.message, err.value.message
+    finally:
+        node.stop()

@@ -7,7 +7,9 @@ import pytest
 from shardline.node._proto.shardline.v1 import inference_pb2 as pb
 from shardline.node.sdk.errors import MAX_MESSAGE_CHARS, InvalidArgument, bounded, error_for_status
 from shardline.node.serving.ingress import with_request_id
-from shardline.node.serving.inputs import MAX_ATTRIBUTES, check_head
+from shardline.node.serving.inputs import DEFAULT_HEAD_LIMITS, HeadLimits, check_head
+
+MAX_ATTRIBUTES = DEFAULT_HEAD_LIMITS.attributes
 
 BIG = "z" * 1_000_000
 
@@ -64,3 +66,13 @@ def test_a_request_id_appended_to_the_bytes_is_read_back() -> None:
         assert request.objective == "o" and request.inputs[0].name == "x"
         ids.add(request_id)
     assert len(ids) == 3
+
+
+def test_head_limits_are_settings() -> None:
+    head = pb.PredictRequest(objective="fraud")
+    head.context.user_id = "u" * 300
+    with pytest.raises(InvalidArgument, match=r"context\.user_id"):
+        check_head(head)  # the default: 256 characters
+    check_head(head, HeadLimits(context_chars=512))
+    with pytest.raises(ValueError, match="context_chars must be a positive integer"):
+        HeadLimits(context_chars=0)
