@@ -53,7 +53,7 @@ def _nested(size: int) -> int:
 
 def update_size(update: Update) -> int:
     """Encoded size of one MemberUpdate message (without its own tag and length)."""
-    models = sum(_nested(len(m.encode())) for m in update.models)
+    load = update.load
     return (
         _str(update.node_id)
         + _str(update.address)
@@ -61,7 +61,9 @@ def update_size(update: Update) -> int:
         + 2  # state: never UNSPECIFIED, value < 128
         + _uint(update.load_seq)
         + _uint(update.in_flight)
-        + models
+        + _uint(load.resident_bytes)
+        + _uint(load.loaded_count)
+        + _uint(load.loaded_version)
         + _str(update.origin_id)
     )
 

@@ -19,12 +19,14 @@ import ipaddress
 import logging
 import random
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from shardline.membership.gossip_wire import GossipDecodeError, decode, encode
 from shardline.membership.swim import (
+    NO_LOAD,
     Effect,
+    Load,
     LoadChanged,
     Member,
     MemberChanged,
@@ -101,7 +103,7 @@ class GossipAgent:
         self._subscribers: list[Subscriber] = []
         self._load_subscribers: list[LoadSubscriber] = []
         self._seeds: dict[str, str] = {}
-        self._load: tuple[int, tuple[str, ...]] | None = None
+        self._load: tuple[int, Load] | None = None
         self._resolved: dict[str, tuple[str, int]] = {}
         self._resolving: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -188,11 +190,11 @@ class GossipAgent:
             self._dispatch(self._swim.set_seeds(self._seeds, self._now()))
             self._wake.set()
 
-    def set_local_load(self, in_flight: int, models: Sequence[str]) -> None:
+    def set_local_load(self, in_flight: int, load: Load = NO_LOAD) -> None:
         """Our load, gossiped with our alive record (raises ValueError when invalid)."""
         if self._swim is not None:
-            self._swim.set_local_load(in_flight, models)
-        self._load = (in_flight, tuple(models))
+            self._swim.set_local_load(in_flight, load)
+        self._load = (in_flight, load)
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback`` on every MemberChanged; returns the unsubscribe function."""

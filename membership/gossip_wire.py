@@ -2,7 +2,7 @@
 
 One datagram is one ``shardline.gossip.v1.Envelope`` (betterproto). ``decode`` is the
 trust boundary: anything that is too big, not parseable, for another cluster, missing a
-required field or carrying absurd values (negative in-flight counts, hundreds of models,
+required field or carrying absurd values (negative in-flight counts, absurd byte counts,
 over-long ids) raises ``GossipDecodeError`` with a one-line reason, and nothing else ever
 escapes it. What it returns is the core's plain dataclasses (``shardline.membership.swim_state``).
 """
@@ -16,13 +16,13 @@ import betterproto
 from shardline.membership._proto.shardline.gossip import v1 as gpb
 from shardline.membership.swim_state import (
     MAX_ADDRESS_CHARS,
+    MAX_BYTES,
     MAX_COUNTER,
     MAX_ID_CHARS,
     MAX_IN_FLIGHT,
-    MAX_MODEL_CHARS,
-    MAX_MODELS,
     Ack,
     Body,
+    Load,
     MemberState,
     Message,
     Nack,
@@ -60,7 +60,9 @@ def _update_to_pb(u: Update) -> gpb.MemberUpdate:
         state=_TO_PB[u.state],
         load_seq=u.load_seq,
         in_flight=u.in_flight,
-        models=list(u.models),
+        resident_bytes=u.load.resident_bytes,
+        loaded_count=u.load.loaded_count,
+        loaded_version=u.load.loaded_version,
         origin_id=u.origin_id,
     )
 
@@ -188,9 +190,14 @@ def _update(u: Any, name: str) -> Update:
     in_flight = u.in_flight
     if not isinstance(in_flight, int) or not 0 <= in_flight <= MAX_IN_FLIGHT:
         raise GossipDecodeError(f"{name}.in_flight {in_flight} is out of range")
-    if not isinstance(u.models, list) or len(u.models) > MAX_MODELS:
-        raise GossipDecodeError(f"{name} lists more than {MAX_MODELS} models")
-    models = tuple(_text(m, f"{name}.models", MAX_MODEL_CHARS) for m in u.models)
+    resident = u.resident_bytes
+    if not isinstance(resident, int) or not 0 <= resident <= MAX_BYTES:
+        raise GossipDecodeError(f"{name}.resident_bytes {resident} is out of range")
+    load = Load(
+        resident_bytes=resident,
+        loaded_count=_counter(u.loaded_count, f"{name}.loaded_count"),
+        loaded_version=_counter(u.loaded_version, f"{name}.loaded_version"),
+    )
     return Update(
         node_id=_text(u.node_id, f"{name}.node_id", MAX_ID_CHARS),
         address=_address(u.address, f"{name}.address"),
@@ -199,5 +206,5 @@ def _update(u: Any, name: str) -> Update:
         origin_id=_text(u.origin_id, f"{name}.origin_id", MAX_ID_CHARS),
         load_seq=_counter(u.load_seq, f"{name}.load_seq"),
         in_flight=in_flight,
-        models=models,
+        load=load,
     )

@@ -39,6 +39,7 @@ from shardline.membership.etcd import (
     unavailable_guard,
     watch_revisions,
 )
+from shardline.membership.loaded import LoadedSet
 from shardline.membership.registry import NodeRecord
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,22 @@ def _parse(key: str, value: bytes) -> tuple[str, str, Any] | None:
         return ("workflows", f"{parts[1]}@{parts[2]}", _json_object(value))
     if parts[0] == "objectives" and len(parts) == 2:
         return ("objectives", parts[1], _json_object(value))
+    if parts[0] == "loaded" and len(parts) == 2:
+        try:
+            loaded = LoadedSet.from_json(value)
+        except ValueError as exc:
+            log.warning("ignoring bad loaded-set record at %s: %s", key, exc)
+            return ("loaded", parts[1], None)
+        if loaded.node_id != parts[1]:
+            log.warning("ignoring loaded-set record at %s: it names node %s", key, loaded.node_id)
+            return ("loaded", parts[1], None)
+        return ("loaded", parts[1], loaded)
     return None
 
 
 def _section_key(key: str) -> tuple[str, str] | None:
     parts = key.split("/")
-    if parts[0] in ("nodes", "objectives") and len(parts) == 2:
+    if parts[0] in ("nodes", "objectives", "loaded") and len(parts) == 2:
         return (parts[0], parts[1])
     if parts[0] == "workflows" and len(parts) == 3:
         return ("workflows", f"{parts[1]}@{parts[2]}")
@@ -102,6 +113,8 @@ class ClusterSnapshot:
     """``"name@version"`` -> workflow manifest document."""
     objectives: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _EMPTY)
     """objective name -> current document ``{"revision", "config", "updated_at", "author"}``."""
+    loaded: Mapping[str, LoadedSet] = field(default_factory=lambda: _EMPTY)
+    """node id -> the models it holds (``shardline.membership.loaded``)."""
 
     def __hash__(self) -> int:  # consistent with ==: equal snapshots have equal revisions
         return hash(self.revision)
@@ -109,7 +122,12 @@ class ClusterSnapshot:
     @classmethod
     def from_kvs(cls, kvs: Iterable[tuple[str, bytes]], revision: int) -> ClusterSnapshot:
         """The snapshot of a full read at ``revision`` (keys relative to the cluster prefix)."""
-        sections: dict[str, dict[str, Any]] = {"nodes": {}, "workflows": {}, "objectives": {}}
+        sections: dict[str, dict[str, Any]] = {
+            "nodes": {},
+            "workflows": {},
+            "objectives": {},
+            "loaded": {},
+        }
         for key, value in kvs:
             parsed = _parse(key, value)
             if parsed is not None and parsed[2] is not None:
@@ -119,6 +137,7 @@ class ClusterSnapshot:
             nodes=MappingProxyType(sections["nodes"]),
             workflows=MappingProxyType(sections["workflows"]),
             objectives=MappingProxyType(sections["objectives"]),
+            loaded=MappingProxyType(sections["loaded"]),
         )
 
     def apply(self, events: Iterable[KeyEvent], revision: int | None = None) -> ClusterSnapshot:
@@ -158,6 +177,7 @@ class ClusterSnapshot:
                 if "objectives" in changed
                 else self.objectives
             ),
+            loaded=MappingProxyType(changed["loaded"]) if "loaded" in changed else self.loaded,
         )
 
 

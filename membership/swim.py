@@ -11,15 +11,15 @@ round-robin probing in a shuffled order, indirect probes through k relays (which
 the target stays silent), local health (probe period and timeout scale with missed nacks
 and refutations), suspicion timeouts that shrink with independent confirmations, buddy
 piggybacking (a suspected member hears about it first), incarnation-numbered refutation,
-periodic push-pull anti-entropy. Load (in-flight count, loaded models) rides on each
-member's records, ordered by a per-member load sequence number inside an incarnation.
+periodic push-pull anti-entropy. Load (in-flight count, a fixed-size ``Load`` summary)
+rides on each member's records, ordered by a per-member load sequence number inside an incarnation.
 The merge rules (which claim wins) live in ``shardline.membership.swim_merge``.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from shardline.membership.dissemination import (
@@ -33,11 +33,11 @@ from shardline.membership.swim_merge import MergeCore
 from shardline.membership.swim_state import (
     LIVE_STATES,
     MAX_IN_FLIGHT,
-    MAX_MODEL_CHARS,
-    MAX_MODELS,
+    NO_LOAD,
     Ack,
     Body,
     Effect,
+    Load,
     LoadChanged,
     Member,
     MemberChanged,
@@ -53,7 +53,9 @@ from shardline.membership.swim_state import (
 )
 
 __all__ = [
+    "NO_LOAD",
     "Effect",
+    "Load",
     "LoadChanged",
     "Member",
     "MemberChanged",
@@ -125,25 +127,18 @@ class Swim(MergeCore):
             self._join(now, out)
         return out
 
-    def set_local_load(self, in_flight: int, models: Sequence[str]) -> None:
-        """Publish this node's load; it rides on our own alive record (no incarnation bump)."""
+    def set_local_load(self, in_flight: int, load: Load = NO_LOAD) -> None:
+        """Publish this node's load; it rides on our own alive record (no incarnation bump).
+
+        The record has a fixed size whatever the node holds (``Load`` is a summary), so it
+        always fits a datagram with the node id and address, both bounded."""
         if not 0 <= in_flight <= MAX_IN_FLIGHT:
             raise ValueError(f"in_flight must be in 0..{MAX_IN_FLIGHT}, got {in_flight}")
-        keys = tuple(models)
-        if len(keys) > MAX_MODELS:
-            raise ValueError(f"at most {MAX_MODELS} models can be gossiped, got {len(keys)}")
-        for key in keys:
-            if not isinstance(key, str) or not 0 < len(key) <= MAX_MODEL_CHARS:
-                raise ValueError(f"model keys must be 1..{MAX_MODEL_CHARS} characters: {key!r}")
-        if (in_flight, keys) == (self._in_flight, self._models):
+        if not isinstance(load, Load):
+            raise TypeError(f"load must be a Load, got {load!r}")
+        if (in_flight, load) == (self._in_flight, self._load):
             return
-        record = replace(self._self_update(), in_flight=in_flight, models=keys)
-        if not self._fits_alone(record):
-            raise ValueError(
-                f"this node's record ({len(keys)} models) does not fit in one "
-                f"{self.config.max_packet_bytes}-byte gossip packet"
-            )
-        self._in_flight, self._models = in_flight, keys
+        self._in_flight, self._load = in_flight, load
         self._load_seq += 1
         self._refresh_self()
         self._queue.enqueue(self._self_update())

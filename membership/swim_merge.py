@@ -7,7 +7,7 @@ Precedence (SWIM paper, with incarnations owned by each member):
   DEAD(j)    overrides ALIVE/SUSPECT(i) for i <= j, anything for i < j;
   LEFT(j)    overrides ALIVE/SUSPECT/DEAD(i) for i <= j, anything for i < j.
 A claim about ourselves that is not our current alive record is refuted: we bump our
-incarnation past it and disseminate ALIVE. Load (in-flight, models) is ordered by
+incarnation past it and disseminate ALIVE. Load (in-flight, the load summary) is ordered by
 (incarnation, load_seq), independently of the state. Dead and left members are reaped
 after ``dead_reap_s``; a tombstone keeps their incarnation so stale records cannot
 resurrect them.
@@ -23,7 +23,9 @@ from dataclasses import replace
 from shardline.membership.dissemination import Disseminator
 from shardline.membership.swim_state import (
     LIVE_STATES,
+    NO_LOAD,
     Effect,
+    Load,
     LoadChanged,
     Member,
     MemberChanged,
@@ -64,7 +66,7 @@ class MergeCore:
         self._incarnation = incarnation
         self._load_seq = 0
         self._in_flight = 0
-        self._models: tuple[str, ...] = ()
+        self._load: Load = NO_LOAD
         self._left = False
         self._health = 0
         self._members: dict[str, Member] = {
@@ -92,7 +94,7 @@ class MergeCore:
             self.node_id,
             self._load_seq,
             self._in_flight,
-            self._models,
+            self._load,
         )
 
     def _refresh_self(self) -> None:
@@ -101,7 +103,7 @@ class MergeCore:
             me,
             incarnation=self._incarnation,
             in_flight=self._in_flight,
-            models=self._models,
+            load=self._load,
             load_seq=self._load_seq,
         )
 
@@ -118,7 +120,7 @@ class MergeCore:
             origin,
             member.load_seq,
             member.in_flight,
-            member.models,
+            member.load,
         )
 
     def _buddy_record(self, to_id: str | None) -> Update | None:
@@ -175,7 +177,7 @@ class MergeCore:
             return
         self._merge(cur, u, now, out)
         after = self._members[cur.node_id]
-        if (after.in_flight, after.models) != (cur.in_flight, cur.models):
+        if (after.in_flight, after.load) != (cur.in_flight, cur.load):
             out.append(LoadChanged(after))
 
     def _merge(self, cur: Member, u: Update, now: float, out: list[Effect]) -> None:
@@ -203,7 +205,7 @@ class MergeCore:
         m = member  # (direct construction: dataclasses.replace is slow on this hot path)
         return Member(
             m.node_id, m.address, m.incarnation, m.state, m.state_changed_at,
-            u.in_flight, u.models, u.load_seq,
+            u.in_flight, u.load, u.load_seq,
         )  # fmt: skip
 
     def _apply_new(self, u: Update, now: float, out: list[Effect]) -> None:
@@ -214,7 +216,7 @@ class MergeCore:
             return
         self._tombstones.pop(u.node_id, None)
         member = Member(
-            u.node_id, u.address, u.incarnation, ALIVE, now, u.in_flight, u.models, u.load_seq
+            u.node_id, u.address, u.incarnation, ALIVE, now, u.in_flight, u.load, u.load_seq
         )
         self._members[u.node_id] = member
         self._live_count = None
@@ -232,7 +234,7 @@ class MergeCore:
             u.state,
             now if u.state is not cur.state else cur.state_changed_at,
             cur.in_flight,
-            cur.models,
+            cur.load,
             cur.load_seq,
         )
         if newer or u.load_seq > cur.load_seq:

@@ -15,10 +15,9 @@ from enum import Enum
 # Bounds on what a gossip record may hold (the wire codec rejects anything beyond them).
 MAX_ID_CHARS = 128  # node ids, cluster names
 MAX_ADDRESS_CHARS = 255
-MAX_MODELS = 64
-MAX_MODEL_CHARS = 128
 MAX_IN_FLIGHT = 2**31 - 1
-MAX_COUNTER = 2**53  # incarnations, load sequence numbers
+MAX_COUNTER = 2**53  # incarnations, load sequence numbers, loaded-set versions
+MAX_BYTES = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -113,6 +112,35 @@ LIVE_STATES = frozenset({MemberState.ALIVE, MemberState.SUSPECT})
 
 
 @dataclass(frozen=True)
+class Load:
+    """The load summary a member gossips besides its in-flight count: fixed size, whatever
+    the number of models it holds.
+
+    Which models a node holds is *not* gossiped (a list grows with the catalog and a datagram
+    does not): each node publishes its loaded set in etcd under its lease
+    (``shardline.membership.loaded``) and gossips only the set's version, so a peer can tell
+    whether the copy it read from etcd is current.
+    """
+
+    resident_bytes: int = 0
+    """Bytes of model memory resident on the member."""
+    loaded_count: int = 0
+    """How many models are resident."""
+    loaded_version: int = 0
+    """Bumped on every change of the loaded set (the etcd record carries the same number)."""
+
+    def __post_init__(self) -> None:
+        for name in ("resident_bytes", "loaded_count", "loaded_version"):
+            value = getattr(self, name)
+            bound = MAX_BYTES if name == "resident_bytes" else MAX_COUNTER
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= bound:
+                raise ValueError(f"load.{name} must be an int in 0..{bound}, got {value!r}")
+
+
+NO_LOAD = Load()
+
+
+@dataclass(frozen=True)
 class Member:
     """One row of the membership table (``Swim.members()``)."""
 
@@ -122,7 +150,7 @@ class Member:
     state: MemberState
     state_changed_at: float
     in_flight: int = 0
-    models: tuple[str, ...] = ()
+    load: Load = NO_LOAD
     load_seq: int = 0
 
 
@@ -137,7 +165,7 @@ class Update:
     origin_id: str  # who claims it (the suspecter for SUSPECT, the member itself for ALIVE)
     load_seq: int = 0
     in_flight: int = 0
-    models: tuple[str, ...] = ()
+    load: Load = NO_LOAD
 
 
 # --- protocol messages (the core's view of ``shardline.gossip.v1``) ---------------------

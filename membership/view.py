@@ -2,7 +2,8 @@
 
 Pure and immutable. ``build_view`` merges the desired state (``ClusterSnapshot.nodes``:
 addresses, zone, capacity, joining/active/draining) with what gossip knows (liveness,
-in-flight requests, loaded model keys). A roster member gossip has not heard of yet is
+in-flight requests, a load summary) and with each member's loaded set, which comes from
+etcd (``shardline.membership.loaded``), not gossip. A roster member gossip has not heard of yet is
 kept with liveness ``unknown`` (it may have just joined); one gossip confirmed ``dead``
 or saw ``left`` is dropped until the roster and gossip agree it is back. Routing builds
 its ring from ``view.active()``.
@@ -15,9 +16,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
+from shardline.membership.loaded import LoadedSet
 from shardline.membership.registry import NodeRecord, NodeState
 from shardline.membership.snapshot import ClusterSnapshot
-from shardline.membership.swim_state import Member, MemberState
+from shardline.membership.swim_state import NO_LOAD, Load, Member, MemberState
 
 
 class Liveness(StrEnum):
@@ -31,7 +33,19 @@ class ViewMember:
     record: NodeRecord
     liveness: Liveness
     in_flight: int = 0
-    models: tuple[str, ...] = ()
+    models: frozenset[str] = frozenset()
+    """The model keys resident on the member (its etcd record; empty until it has one)."""
+    load: Load = NO_LOAD
+    """Its gossiped load summary (resident bytes, count, loaded-set version)."""
+    loaded: LoadedSet | None = None
+    """Its loaded-set record, whole (loading, counters, budget)."""
+
+    @property
+    def loaded_stale(self) -> bool:
+        """Gossip reports a newer loaded set than the etcd record we hold (a write in flight,
+        or etcd away): ``models`` may miss a model or list one already evicted."""
+        version = self.loaded.version if self.loaded is not None else 0
+        return self.load.loaded_version > version
 
     @property
     def node_id(self) -> str:
@@ -84,6 +98,8 @@ def build_view(
             liveness = Liveness.SUSPECT
         else:
             liveness = Liveness.ALIVE
-        in_flight, models = (g.in_flight, tuple(g.models)) if g is not None else (0, ())
-        members[node_id] = ViewMember(record, liveness, in_flight, models)
+        in_flight, load = (g.in_flight, g.load) if g is not None else (0, NO_LOAD)
+        loaded = snapshot.loaded.get(node_id)
+        models = loaded.keys if loaded is not None else frozenset()
+        members[node_id] = ViewMember(record, liveness, in_flight, models, load, loaded)
     return MembershipView(snapshot.revision, MappingProxyType(members), frozenset(dead))

@@ -19,6 +19,7 @@ import random
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+from shardline.membership.loaded import LoadedSet
 from shardline.membership.registry import NodeRecord, NodeState
 from shardline.membership.snapshot import ClusterSnapshot
 from shardline.sim.core import EventLoop, Handler
@@ -104,6 +105,8 @@ class ControlClient:
         self._reconnecting = False
         self._registered = False
         self.stopped = False
+        self.loaded: LoadedSet | None = None
+        self._publishing = False
 
     @property
     def _live(self) -> bool:
@@ -221,6 +224,8 @@ class ControlClient:
             self.lease_id = lease
             self.world.watch_lease(lease)
             self.world.loop.after(ttl / 3, self._keepalive, self.epoch)
+            if self.loaded is not None:  # the old lease took our loaded set with it
+                self.publish_loaded(self.loaded)
 
         self.world.etcd_call(self.node, grant_put, done)
 
@@ -271,6 +276,34 @@ class ControlClient:
                 self.world.loop.after(0.5, self._retry_state, (self.epoch, state))
 
         self.world.etcd_call(self.node, put, done)
+
+    def publish_loaded(self, loaded: LoadedSet) -> None:
+        """Put our loaded set under our lease (``shardline.membership.loaded``); only the
+        newest is retried while etcd is away, as ``LoadedPublisher`` does."""
+        self.loaded = loaded
+        if self._publishing or not self.lease_id:
+            return
+        self._publishing = True
+        data, lease, key = loaded.to_json(), self.lease_id, f"loaded/{self.node.node_id}"
+
+        def put(etcd: EtcdDouble) -> int | None:
+            return etcd.put(key, data, lease)
+
+        def done(revision: int | None) -> None:
+            self._publishing = False
+            if not self._live:
+                return
+            current = self.loaded
+            if revision is None:
+                self.world.loop.after(0.5, self._retry_loaded, self.epoch)
+            elif current is not None and current.version != loaded.version:
+                self.publish_loaded(current)
+
+        self.world.etcd_call(self.node, put, done)
+
+    def _retry_loaded(self, epoch: int) -> None:
+        if epoch == self.epoch and self._live and self.loaded is not None:
+            self.publish_loaded(self.loaded)
 
     def _retry_state(self, arg: tuple[int, NodeState]) -> None:
         epoch, state = arg

@@ -23,10 +23,11 @@ import random
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from shardline.membership.loaded import LoadedSet
 from shardline.membership.registry import NodeState
 from shardline.membership.snapshot import ClusterSnapshot
 from shardline.membership.swim import LoadChanged, MemberChanged, Send, Swim
-from shardline.membership.swim_state import Effect, Message, SwimConfig
+from shardline.membership.swim_state import Effect, Load, Message, SwimConfig
 from shardline.membership.view import MembershipView, build_view
 from shardline.router import handoff
 from shardline.router.handoff import Phase
@@ -84,6 +85,8 @@ class SimNode(Host):
         "_activating",
         "_leaving",
         "_load_queue",
+        "_loaded_seen",
+        "_loaded_version",
         "_loading",
         "_models_changed",
         "_placement_due",
@@ -145,6 +148,8 @@ class SimNode(Host):
         self._activating = False
         self._leaving = False
         self._reported: tuple[int, tuple[str, ...]] | None = None
+        self._loaded_version = 0
+        self._loaded_seen: Mapping[str, LoadedSet] = {}
         self._stop_by = math.inf
 
     # ------------------------------------------------------------------ lifecycle
@@ -277,7 +282,6 @@ class SimNode(Host):
             elif type(effect) is MemberChanged:
                 membership = True
                 member = effect.member
-                self.models_of[member.node_id] = member.models
                 self.in_flight_of[member.node_id] = member.in_flight
                 self.limits.clear()
                 world.member_changed(self, effect)
@@ -285,20 +289,14 @@ class SimNode(Host):
                 member = effect.member
                 self.in_flight_of[member.node_id] = member.in_flight
                 self.limits.clear()
-                old = self.models_of.get(member.node_id, ())
-                if old != member.models:
-                    self.models_of[member.node_id] = member.models
-                    for key in set(old).symmetric_difference(member.models):
-                        self.cand.pop(key, None)  # only these keys' candidates can change
-                    self._models_changed = True
-                    self._placement_soon()
         if membership:
             self.refresh()
         if self.up:
             self._schedule_timer()
 
     def _report(self, epoch: int) -> None:
-        """The load reporter: publish (in flight, warm models) when it changed."""
+        """The load reporter: gossip (in flight, load summary) and put the loaded set in etcd
+        when it changed (``shardline.node.cluster.cluster_node``)."""
         if epoch != self.epoch or not self.up:
             return
         interval = self.world.scenario.cluster.load_report_interval_s
@@ -307,14 +305,45 @@ class SimNode(Host):
             return
         current = (self.in_flight, tuple(sorted(self.executors)))
         if current != self._reported:
+            models_changed = self._reported is None or self._reported[1] != current[1]
             self._reported = current
-            self.swim.set_local_load(*current)
+            if models_changed:
+                self._loaded_version += 1
+                loaded = LoadedSet(
+                    self.node_id,
+                    self._loaded_version,
+                    {key: self.world.workflows[key].bytes for key in current[1]},
+                )
+                assert self.control is not None
+                self.control.publish_loaded(loaded)
+            summary = Load(
+                resident_bytes=sum(self.world.workflows[k].bytes for k in current[1]),
+                loaded_count=len(current[1]),
+                loaded_version=self._loaded_version,
+            )
+            self.swim.set_local_load(current[0], summary)
             self._schedule_timer()
 
     # ------------------------------------------------------------------ view and placement
 
     def on_snapshot(self, snapshot: ClusterSnapshot) -> None:
         self.snapshot = snapshot
+        if snapshot.loaded is not self._loaded_seen:  # who holds which model (etcd records)
+            old = self._loaded_seen
+            self._loaded_seen = snapshot.loaded
+            for node_id in old.keys() | snapshot.loaded.keys():
+                before, after = old.get(node_id), snapshot.loaded.get(node_id)
+                if before is after:
+                    continue
+                keys_before = before.keys if before is not None else frozenset()
+                keys_after = after.keys if after is not None else frozenset()
+                if keys_before == keys_after:
+                    continue
+                self.models_of[node_id] = tuple(sorted(keys_after))
+                for key in keys_before ^ keys_after:
+                    self.cand.pop(key, None)  # only these keys' candidates can change
+                self._models_changed = True
+                self._placement_soon()
         replicas = replicas_of(snapshot)
         if replicas != self.replicas:
             self.cand.clear()  # (owners depend on R)

@@ -66,6 +66,7 @@ class WorkflowSpec:
     max_delay_ms: float = 2.0
     queue_capacity: int = 256
     load_s: float = 1.5
+    bytes: int = 0  # memory a resident copy takes (the loaded sets in etcd report it)
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,9 @@ def _workflow(raw: Mapping[str, Any], where: str) -> WorkflowSpec:
     _number(raw, "queue_capacity", where, 1, 1_000_000)
     for key in ("base_ms", "per_item_ms", "jitter", "load_s"):
         _number(raw, key, where, 0, 600_000)
+    _number(raw, "bytes", where, 0, 2**50)
+    if "bytes" in raw:
+        raw = {**raw, "bytes": int(raw["bytes"])}
     return WorkflowSpec(**raw)
 
 

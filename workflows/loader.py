@@ -18,6 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 from safetensors.torch import load_file as load_torch_file
@@ -44,6 +45,19 @@ class LoadedWorkflow:
     workflow: Workflow
     package_dir: Path
     device: torch.device
+    footprint_bytes: int = 0
+    """Bytes its weights take once loaded (distinct tensor storages: held once, not twice)."""
+
+
+def tensor_bytes(tensors: Any) -> int:
+    """The bytes of the distinct storages behind a mapping (or sequence) of tensors."""
+    values = tensors.values() if isinstance(tensors, dict) else tensors
+    seen: dict[int, int] = {}
+    for t in values:
+        if isinstance(t, torch.Tensor):
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -150,7 +164,11 @@ def load_package(package_dir: Path, device: torch.device | None = None) -> Loade
             package_dir, f"{manifest.entrypoint_class}(...) raised {exc!r}"
         ) from exc
     return LoadedWorkflow(
-        manifest=manifest, workflow=workflow, package_dir=package_dir, device=chosen
+        manifest=manifest,
+        workflow=workflow,
+        package_dir=package_dir,
+        device=chosen,
+        footprint_bytes=tensor_bytes(weights),
     )
 
 

@@ -198,6 +198,27 @@ class BatchingConfig:
             )
 
 
+MAX_MEMORY_BYTES = 2**50  # 1 PiB: anything larger is a typo
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """The memory a loaded model takes (``[memory]``): placement and the node's budget count
+    it. Left out, ``host_bytes`` is estimated from the weights file's size (what a load
+    costs: weights are held once) and replaced by the measured footprint after a load."""
+
+    host_bytes: int | None = None
+    device_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("host_bytes", "device_bytes"):
+            value = getattr(self, name)
+            if name == "host_bytes" and value is None:
+                continue
+            if not _is_int(value) or not 0 <= value <= MAX_MEMORY_BYTES:
+                raise ManifestError(name, f"must be an integer of bytes >= 0, got {value!r}")
+
+
 @dataclass(frozen=True)
 class FileRef:
     """A file inside the package pinned by its sha256 digest (lowercase hex)."""
@@ -271,6 +292,9 @@ class WorkflowManifest:
     files: tuple[FileRef, ...] = ()
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     params: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    pinned: bool = False
+    """Keep it resident on all its owners (never loaded lazily, never evicted)."""
 
     def __post_init__(self) -> None:
         for key, regex in (("name", _NAME_RE), ("version", _VERSION_RE)):
@@ -286,6 +310,8 @@ class WorkflowManifest:
             raise ManifestError("device", f"must be one of {list(DEVICES)}, got {self.device!r}")
         if not _is_int(self.replicas) or self.replicas < 1:
             raise ManifestError("replicas", f"must be an integer >= 1, got {self.replicas!r}")
+        if not isinstance(self.pinned, bool):
+            raise ManifestError("pinned", f"must be true or false, got {self.pinned!r}")
         object.__setattr__(self, "files", tuple(self.files))
         seen = {self.weights.path}
         for i, ref in enumerate(self.files):
@@ -349,6 +375,8 @@ class WorkflowManifest:
             "inputs": [{**asdict(spec), "shape": list(spec.shape)} for spec in self.inputs],
             "outputs": [{**asdict(spec), "shape": list(spec.shape)} for spec in self.outputs],
             "params": _thaw(self.params),
+            "pinned": self.pinned,
+            "memory": {k: v for k, v in asdict(self.memory).items() if v is not None},
         }
 
     @classmethod
@@ -407,6 +435,7 @@ def _parse_manifest(d: Mapping[str, Any]) -> WorkflowManifest:
         if key not in top:
             raise ManifestError(key, "required")
     top["batching"] = _entry(BatchingConfig, top.get("batching", {}), "batching", ())
+    top["memory"] = _entry(MemoryConfig, top.get("memory", {}), "memory", ())
     top["weights"] = _entry(FileRef, top["weights"], "weights", ("path", "sha256"))
     files = _array(top.get("files", []), "files")
     top["files"] = tuple(

@@ -95,7 +95,22 @@ def workflow_doc(package_dir: Path) -> tuple[WorkflowManifest, dict[str, Any]]:
     return manifest, {
         "artifact_uri": package_dir.resolve().as_uri(),
         "manifest": manifest.to_dict(),
+        "footprint_bytes": declared_footprint(package_dir, manifest),
     }
+
+
+def declared_footprint(package_dir: Path, manifest: WorkflowManifest) -> int:
+    """The bytes a load of the package takes, as placement counts them before any load:
+    ``[memory] host_bytes`` when the manifest declares it, else the weights file's size."""
+    if manifest.memory.host_bytes is not None:
+        return manifest.memory.host_bytes
+    return (package_dir / manifest.weights.path).stat().st_size
+
+
+def footprint_of(doc: Mapping[str, Any]) -> int:
+    """The footprint a catalog entry declares (0 for an entry written before it did)."""
+    value = doc.get("footprint_bytes", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 async def register_tree(

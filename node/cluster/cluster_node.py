@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shardline.membership.loaded import LoadedSet
 from shardline.membership.registry import NodeState
 from shardline.membership.snapshot import ClusterSnapshot
 from shardline.membership.view import MembershipView
@@ -108,6 +109,9 @@ class ClusterNode:
         self._objectives_revision = -1
         self._objective_revisions: dict[str, object] = {}
         self._reporter: asyncio.Task[None] | None = None
+        self._loaded: LoadedSet | None = None
+        self.budget_bytes = 0
+        self.runtime.executor.watch(self._report_load)
 
     def readiness(self) -> tuple[bool, str]:
         """/readyz: registered, active, not draining, and the owned workflows warm."""
@@ -205,13 +209,22 @@ class ClusterNode:
         self.drained.set()
 
     def _report_load(self) -> None:
-        assert self.membership is not None
-        self.membership.report_load(self.runtime.in_flight, tuple(sorted(self.runtime.models)))
+        """Gossip the load summary; the loaded set goes to etcd when its version changed."""
+        if self.membership is None or self.membership.registration is None:
+            return
+        executor = self.runtime.executor
+        loaded = self._loaded
+        if loaded is None or loaded.version != executor.loaded_version:
+            loaded = self._loaded = executor.loaded_set(self.config.node_id, self.budget_bytes)
+        self.membership.report_load(executor.in_flight, loaded)
 
     async def _report_loop(self) -> None:
-        last: tuple[int, tuple[str, ...]] | None = None
+        """The in-flight count changes with every request: sampled every interval (a change
+        of the loaded set is reported at once, by the executor's watcher)."""
+        last: tuple[int, int] | None = None
+        executor = self.runtime.executor
         while True:
-            current = (self.runtime.in_flight, tuple(sorted(self.runtime.models)))
+            current = (executor.in_flight, executor.loaded_version)
             if current != last:
                 self._report_load()
                 last = current

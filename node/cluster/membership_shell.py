@@ -3,8 +3,9 @@
 ``ClusterMembership`` connects to etcd, watches the cluster prefix (``SnapshotWatcher``),
 registers this node under a lease (``Registration``), runs a gossip agent seeded from
 the roster, and publishes a new immutable ``MembershipView`` to its subscribers whenever
-the roster, a member's liveness or a member's load changes. The node's load (requests
-in flight, loaded model keys) goes out with its gossip.
+the roster, a member's liveness or a member's load changes. The node's load summary
+(requests in flight, resident bytes, the version of its loaded set) goes out with its
+gossip; the loaded set itself goes to etcd (``LoadedPublisher``), under the roster lease.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import aetcd
 
 from shardline.membership.etcd import EtcdEndpoint, connect
 from shardline.membership.gossip import GossipAgent
+from shardline.membership.loaded import LoadedPublisher, LoadedSet
 from shardline.membership.registry import NodeRecord, NodeState, Registration
 from shardline.membership.snapshot import ClusterSnapshot, SnapshotWatcher
-from shardline.membership.swim_state import SwimConfig
+from shardline.membership.swim_state import Load, SwimConfig
 from shardline.membership.view import MembershipView, build_view
 
 log = logging.getLogger("shardline.cluster")
@@ -94,6 +96,7 @@ class ClusterMembership:
         self.client: aetcd.Client | None = None
         self.watcher = SnapshotWatcher(self._client_factory, config.cluster)
         self.registration: Registration | None = None
+        self.publisher: LoadedPublisher | None = None
         self.view = MembershipView()
         self._subscribers: list[ViewSubscriber] = []
         self._changed = asyncio.Event()
@@ -138,6 +141,10 @@ class ClusterMembership:
             self.client = None
             raise
         self.registration = registration
+        self.publisher = LoadedPublisher(
+            self.client, self.config.cluster, self.node_id, lambda: registration.lease_id
+        )
+        self.publisher.start()
         self._refresh()  # seed gossip now that the id is ours
         await self.wait_for(lambda v: self.node_id in v.members, timeout_s=10)
 
@@ -164,14 +171,24 @@ class ClusterMembership:
             timeout_s=10,
         )
 
-    def report_load(self, in_flight: int, models: tuple[str, ...]) -> None:
-        self.gossip.set_local_load(in_flight, models)
+    def report_load(self, in_flight: int, loaded: LoadedSet) -> None:
+        """Gossip the summary; publish the loaded set to etcd when its version changed."""
+        summary = Load(
+            resident_bytes=loaded.resident_bytes,
+            loaded_count=len(loaded.models),
+            loaded_version=loaded.version,
+        )
+        self.gossip.set_local_load(in_flight, summary)
+        if self.publisher is not None:
+            self.publisher.publish(loaded)
 
     def _refresh(self) -> None:
         snapshot = self.watcher.current
         # No gossip before this node holds its id: a duplicate refused at registration must
         # not have spoken to the cluster under the live holder's name.
         registered = self.registration is not None
+        if registered and self.publisher is not None and self.node_id not in snapshot.loaded:
+            self.publisher.lease_changed()  # our record went with an old lease: put it back
         if registered and snapshot.revision != self._seeded_revision:  # roster changes with it
             self._seeded_revision = snapshot.revision
             self.gossip.set_seeds(
@@ -204,6 +221,8 @@ class ClusterMembership:
         return self.view
 
     async def stop(self, graceful: bool = True) -> None:
+        if self.publisher is not None:
+            await self.publisher.stop()
         if self.registration is not None:
             try:
                 if graceful:

@@ -34,7 +34,7 @@ def describe_cluster(
                 state=r.state.value,
                 liveness=m.liveness.value,
                 in_flight=runtime.in_flight if here else m.in_flight,
-                models=sorted(runtime.models) if here else list(m.models),
+                models=sorted(runtime.models) if here else sorted(m.models),
                 devices=list(r.devices),
                 version=r.version,
             )

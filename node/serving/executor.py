@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from shardline.membership.loaded import LoadedSet
 from shardline.node._proto.shardline.v1 import inference_pb2 as pb
 from shardline.node.observability.metrics import NodeMetrics
 from shardline.node.observability.predlog import (
@@ -77,6 +78,14 @@ class Executor:
         self.models: dict[str, LoadedModel] = {}
         self.in_flight = 0
         """Requests executing on this node's model actors (what gossip reports as load)."""
+        self.busy: dict[str, int] = {}
+        """Model key -> its requests in flight here (a busy model is never evicted)."""
+        self.loaded_version = 0
+        """Bumped whenever ``models`` or ``loading`` changes (the loaded set's version)."""
+        self.loading: set[str] = set()
+        self.loads_total = 0
+        self.evictions_total = 0
+        self._watchers: list[Callable[[], None]] = []
         self.objective_names: frozenset[str] = frozenset()
         """The catalog's objective names: the only values an objective label may take."""
         self.predlog: PredictionLog | None = None
@@ -129,6 +138,8 @@ class Executor:
                 self.metrics.loads.labels(key, "error").inc()
                 raise
         self.models[key] = model
+        self.loads_total += 1
+        self.changed()
         self.metrics.loads.labels(key, "ok").inc()
         self.metrics.load_seconds.labels(key).observe(time.perf_counter() - began)
         log.info("loaded %s on %s from %s", key, loaded.device, package_dir)
@@ -139,9 +150,40 @@ class Executor:
         model = self.models.pop(key, None)
         if model is None:
             return
+        self.changed()
         await self.system.stop(model.ref, drain=True, timeout_s=timeout_s)
         self.metrics.unloads.labels(key).inc()
         log.info("unloaded %s", key)
+
+    def footprint(self, key: str) -> int:
+        """Bytes a resident model takes (measured at load; 0 when not resident)."""
+        model = self.models.get(key)
+        return model.loaded.footprint_bytes if model is not None else 0
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever the loaded set changes (keep it quick)."""
+        self._watchers.append(callback)
+
+    def changed(self) -> None:
+        """The loaded set changed: a new version, and the watchers are told."""
+        self.loaded_version += 1
+        for callback in list(self._watchers):
+            try:
+                callback()
+            except Exception:
+                log.exception("loaded-set watcher failed")
+
+    def loaded_set(self, node_id: str, budget_bytes: int = 0) -> LoadedSet:
+        """What this node holds, as published in etcd (``shardline.membership.loaded``)."""
+        return LoadedSet(
+            node_id=node_id,
+            version=self.loaded_version,
+            models={key: m.loaded.footprint_bytes for key, m in self.models.items()},
+            loading=frozenset(self.loading),
+            loads=self.loads_total,
+            evictions=self.evictions_total,
+            budget_bytes=budget_bytes,
+        )
 
     # -- objectives' names and log rates -----------------------------------------------------
 
@@ -229,10 +271,17 @@ class Executor:
         inputs = model.inputs.decode(request.inputs)
         job = Job(context or context_of(request), inputs, request.synthetic or shadow, flow)
         self.in_flight += 1
+        busy = self.busy
+        busy[model_key] = busy.get(model_key, 0) + 1
         try:
             result = await self._ask(model, job, timeout_s)
         finally:
             self.in_flight -= 1
+            left = busy[model_key] - 1
+            if left:
+                busy[model_key] = left
+            else:
+                del busy[model_key]
         if self.predlog is not None and self.predlog.sampled(request.objective, request.request_id):
             self._log_prediction(request, job, model_key, cell, result, started)
         return request, result

@@ -14,7 +14,7 @@ import pytest
 from shardline.membership.gossip import GossipAgent, split_address
 from shardline.membership.gossip_wire import decode, encode
 from shardline.membership.swim import LoadChanged, MemberChanged, MemberState, Message, SwimConfig
-from shardline.membership.swim_state import Ack, Ping
+from shardline.membership.swim_state import Ack, Load, Ping
 
 pytestmark = pytest.mark.integration
 
@@ -80,9 +80,9 @@ async def test_agents_converge_and_share_load(agents: dict[str, GossipAgent]) ->
 
     for observer in ("a", "c"):
         agents[observer].subscribe_load(on_load(observer))
-    agents["b"].set_local_load(5, ["fraud@1"])
+    agents["b"].set_local_load(5, Load(resident_bytes=123, loaded_count=1, loaded_version=3))
     await asyncio.wait_for(everywhere.wait(), 5.0)
-    assert agents["c"].members()["b"].models == ("fraud@1",)
+    assert agents["c"].members()["b"].load == Load(123, 1, 3)
 
 
 async def test_aborted_agent_is_confirmed_dead_by_the_others(

@@ -17,6 +17,7 @@ from shardline.membership.swim_state import (
     MAX_COUNTER,
     MAX_IN_FLIGHT,
     Ack,
+    Load,
     MemberState,
     Message,
     Nack,
@@ -50,7 +51,12 @@ updates = st.builds(
     origin_id=ids,
     load_seq=counters,
     in_flight=st.integers(0, MAX_IN_FLIGHT),
-    models=st.lists(ids, max_size=5).map(tuple),
+    load=st.builds(
+        Load,
+        resident_bytes=st.integers(0, 2**63 - 1),
+        loaded_count=counters,
+        loaded_version=counters,
+    ),
 )
 bodies = st.one_of(
     st.builds(Ping, seqs, ids),
@@ -70,7 +76,7 @@ messages = st.builds(
 
 
 def sample_message() -> Message:
-    me = Update("n1", "127.0.0.1:7001", 3, MemberState.ALIVE, "n1", 9, 4, ("fraud@2", "rank@1"))
+    me = Update("n1", "127.0.0.1:7001", 3, MemberState.ALIVE, "n1", 9, 4, Load(2048, 2, 5))
     return Message(CLUSTER, "n1", "127.0.0.1:7001", Ping(77, "n2"), (me,))
 
 
@@ -87,7 +93,8 @@ def test_round_trip_and_exact_size(msg: Message) -> None:
 def test_messages_the_core_builds_fit_in_a_packet_and_decode() -> None:
     config = SwimConfig(cluster=CLUSTER)
     swim = Swim("n000", "10.0.0.1:7946", config, random.Random(1), 0.0)
-    swim.set_local_load(12, [f"objective_{i:02d}@{i}" for i in range(30)])
+    # The largest summary there is: a node with every count at its maximum.
+    swim.set_local_load(12, Load(2**63 - 1, MAX_COUNTER, MAX_COUNTER))
     crowd = [
         Update(
             f"n{i:03d}",
@@ -97,7 +104,7 @@ def test_messages_the_core_builds_fit_in_a_packet_and_decode() -> None:
             f"n{i:03d}",
             i,
             i * 3,
-            tuple(f"model_{j}@{i}" for j in range(i % 12)),
+            Load(resident_bytes=i << 40, loaded_count=i * 100, loaded_version=i * 7),
         )
         for i in range(1, 300)
     ]
@@ -202,8 +209,8 @@ def upd(**fields: object) -> gpb.MemberUpdate:
         (env(sender_id="bad\nid"), "unprintable"),
         (env(ping=gpb.Ping(seq=1)), "ping.target_id is missing"),
         (env(updates=[upd(in_flight=-1)]), r"updates\[0\].in_flight -1 is out of range"),
-        (env(updates=[upd(models=[f"m{i}@1" for i in range(65)])]), "more than 64 models"),
-        (env(updates=[upd(models=["ok@1", ""])]), "models is missing"),
+        (env(updates=[upd(loaded_version=2**60)]), "loaded_version is out of range"),
+        (env(updates=[upd(loaded_count=2**60)]), "loaded_count is out of range"),
         (env(updates=[upd(node_id="n" * 200)]), "node_id is longer than 128"),
         (env(updates=[upd(state=gpb.MemberState.UNSPECIFIED)]), "state 0 is not"),
         (env(updates=[upd(incarnation=2**60)]), "incarnation is out of range"),

@@ -27,7 +27,7 @@ from shardline.membership.swim import (
     Swim,
     SwimConfig,
 )
-from shardline.membership.swim_state import Ack, PushPull, Suspicion, Update
+from shardline.membership.swim_state import Ack, Load, PushPull, Suspicion, Update
 
 ALIVE, SUSPECT, DEAD, LEFT = (
     MemberState.ALIVE,
@@ -180,7 +180,7 @@ class Net:
     def tables(self) -> dict[str, dict[str, tuple[str, int, int, tuple[str, ...]]]]:
         return {
             nid: {
-                m.node_id: (m.state.value, m.incarnation, m.in_flight, m.models)
+                m.node_id: (m.state.value, m.incarnation, m.in_flight, m.load)
                 for m in swim.members().values()
             }
             for nid, swim in sorted(self.nodes.items())
@@ -313,12 +313,13 @@ def test_load_update_reaches_all_within_lambda_log_n_periods() -> None:
     net.run_until(5.0)
     assert converged(net)
     start = net.now
-    net.nodes["n07"].set_local_load(42, ["fraud@3", "ranking@9"])
+    net.nodes["n07"].set_local_load(
+        42, Load(resident_bytes=10_000, loaded_count=2, loaded_version=7)
+    )
 
     def everyone_knows() -> bool:
         return all(
-            net.member(o, "n07").in_flight == 42
-            and net.member(o, "n07").models == ("fraud@3", "ranking@9")
+            net.member(o, "n07").in_flight == 42 and net.member(o, "n07").load.loaded_version == 7
             for o in net.live()
         )
 
@@ -337,18 +338,20 @@ def test_newer_load_wins_and_set_local_load_validates() -> None:
     net = Net(3, seed=32)
     net.run_until(3.0)
     for k in range(1, 6):
-        net.nodes["n01"].set_local_load(k, [f"m@{k}"])
+        net.nodes["n01"].set_local_load(k, Load(loaded_count=k, loaded_version=k))
         net.run_until(net.now + 0.2)
     net.run_until(net.now + 5.0)
     for observer in net.live():
         assert net.member(observer, "n01").in_flight == 5
     swim = net.nodes["n01"]
+    for observer in net.live():
+        assert net.member(observer, "n01").load.loaded_version == 5
     with pytest.raises(ValueError, match="in_flight"):
-        swim.set_local_load(-1, [])
-    with pytest.raises(ValueError, match="models"):
-        swim.set_local_load(1, [f"m{i}@1" for i in range(100)])
-    with pytest.raises(ValueError, match="does not fit"):
-        swim.set_local_load(1, [f"{'x' * 100}@{i}" for i in range(30)])
+        swim.set_local_load(-1)
+    with pytest.raises(ValueError, match="loaded_count"):
+        Load(loaded_count=-1)
+    with pytest.raises(TypeError, match="Load"):
+        swim.set_local_load(1, ["m@1"])  # type: ignore[arg-type]
 
 
 def test_push_pull_heals_a_member_that_missed_updates() -> None:
@@ -364,7 +367,7 @@ def test_push_pull_heals_a_member_that_missed_updates() -> None:
 
     net = Net(6, seed=41, drop=deaf_n04)
     net.run_until(window[0])
-    net.nodes["n01"].set_local_load(7, ["a@1"])
+    net.nodes["n01"].set_local_load(7, Load(loaded_count=1, loaded_version=1))
     net.run_until(window[1])
     assert net.member("n02", "n01").in_flight == 7
     assert net.member("n04", "n01").in_flight == 0, "n04 missed the update"

@@ -6,7 +6,7 @@ from types import MappingProxyType
 
 from shardline.membership.registry import NodeRecord, NodeState
 from shardline.membership.snapshot import ClusterSnapshot
-from shardline.membership.swim_state import Member, MemberState
+from shardline.membership.swim_state import Load, Member, MemberState
 from shardline.membership.view import Liveness, build_view
 
 
@@ -17,7 +17,7 @@ def record(node_id: str, state: NodeState = NodeState.ACTIVE) -> NodeRecord:
 
 def member(node_id: str, state: MemberState, in_flight: int = 0) -> Member:
     n = int(node_id[-1])
-    return Member(node_id, f"127.0.0.1:{7500 + n}", 1, state, 0.0, in_flight, ("m@1",))
+    return Member(node_id, f"127.0.0.1:{7500 + n}", 1, state, 0.0, in_flight, Load(loaded_count=1))
 
 
 def snapshot(*records: NodeRecord) -> ClusterSnapshot:
@@ -36,7 +36,7 @@ def test_dead_and_left_members_are_dropped_suspects_kept() -> None:
     assert set(view.members) == {"n1", "n2", "n3"}
     assert view.dead == frozenset({"n4", "n5"})
     assert view.members["n1"].liveness is Liveness.ALIVE  # self, before gossip knows it
-    assert view.members["n2"].in_flight == 4 and view.members["n2"].models == ("m@1",)
+    assert view.members["n2"].in_flight == 4
     assert view.members["n3"].liveness is Liveness.SUSPECT
     assert view.revision == 7
 

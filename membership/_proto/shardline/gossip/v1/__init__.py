@@ -33,13 +33,22 @@ class MemberUpdate(betterproto.Message):
     in_flight: int = betterproto.int64_field(6)
     """Requests in flight on the member (>= 0)."""
 
-    models: List[str] = betterproto.string_field(7)
-    """Model keys ("name@version") loaded on the member."""
-
     origin_id: str = betterproto.string_field(8)
     """
     Who made this claim: the member itself for alive/left, the suspecting or
      confirming member for suspect/dead (Lifeguard counts distinct suspecters).
+    """
+
+    resident_bytes: int = betterproto.uint64_field(9)
+    """Bytes of model memory resident on the member."""
+
+    loaded_count: int = betterproto.uint64_field(10)
+    """How many models are resident."""
+
+    loaded_version: int = betterproto.uint64_field(11)
+    """
+    Version of the member's loaded set (bumped on every change; its etcd
+     record carries the same number, so a peer knows when its copy is stale).
     """
 
 
