@@ -30,11 +30,11 @@ order of last use and keys with equal times keep the order they were used in (a 
 to the one added or touched first).
 
 Cost: `touch`, `add`, `remove`, `resize` and `last_used` are O(1) (an ordered dict);
-`plan` and `reclaim` are O(1) when the room is already free and otherwise
-O(min(|pinned| + |busy|, resident) + evicted + skipped), where skipped counts the pinned
-or busy keys older than the last one evicted: they never walk the whole LRU to evict a
-few. `idle` walks only the keys it returns (plus pinned or busy ones among them);
-`lru_order` copies the order (for status).
+`plan` and `reclaim` are O(|loading|) when the room is already free and otherwise
+O(|loading| + min(|pinned| + |busy|, resident) + evicted + skipped), where skipped counts
+the pinned or busy keys older than the last one evicted: they never walk the whole LRU to
+evict a few, and decide `NoRoom` without walking it at all. `idle` walks the LRU only up
+to the first key used too recently; `lru_order` copies the order (for status).
 """
 
 from __future__ import annotations
