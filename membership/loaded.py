@@ -27,15 +27,10 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-import aetcd
-
-from shardline.membership.etcd import (
-    cluster_prefix,
-    is_unavailable,
-    unavailable_guard,
-    validate_segment,
-)
+if TYPE_CHECKING:  # the pure core is imported by the CLI: no etcd client before it is used
+    import aetcd
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +42,8 @@ _EMPTY: Mapping[str, int] = MappingProxyType({})
 
 
 def loaded_key(cluster: str, node_id: str) -> bytes:
+    from shardline.membership.etcd import cluster_prefix, validate_segment
+
     return cluster_prefix(cluster) + f"{SECTION}/{validate_segment('node id', node_id)}".encode()
 
 
@@ -187,6 +184,8 @@ class LoadedPublisher:
                 await task
 
     async def _run(self) -> None:
+        from shardline.membership.etcd import is_unavailable, unavailable_guard
+
         backoff_s = 0.05
         while True:
             await self._wake.wait()

@@ -340,6 +340,9 @@ class ObjectiveConfig(_Plain):
     shadows: tuple[ShadowTarget, ...] = ()
     limits: Limits | None = None
     prediction_log_rate: float | None = None  # share of requests logged (node default if unset)
+    warm: bool = False
+    """Pin the models it answers with (default, rules, cells, canary; not shadows) resident on
+    all their owners: never loaded lazily, never evicted (a high-traffic objective)."""
     _keys: frozenset[str] = field(init=False, repr=False, compare=False, hash=False)
     # The decision for every user that falls through to the default when there are no
     # shadows (nothing in it then depends on the user): built once, shared (it is frozen).
@@ -353,6 +356,8 @@ class ObjectiveConfig(_Plain):
             raise ConfigError("description", "must be a string")
         if not isinstance(self.allow_override, bool):
             raise ConfigError("allow_override", "must be true or false")
+        if not isinstance(self.warm, bool):
+            raise ConfigError("warm", "must be true or false")
         rate = self.prediction_log_rate
         if rate is not None:
             if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
@@ -403,6 +408,12 @@ class ObjectiveConfig(_Plain):
     def model_keys(self) -> frozenset[str]:
         """Every model key referenced: default, rules, cells, canary and shadows."""
         return self._keys
+
+    def pinned_keys(self) -> frozenset[str]:
+        """The model keys a ``warm`` objective pins (its answers' models, not shadows)."""
+        if not self.warm:
+            return frozenset()
+        return self._keys - {s.model for s in self.shadows}
 
 
 def load_objective_file(path: Path) -> ObjectiveConfig:

@@ -262,7 +262,7 @@ class AdminService(v1.AdminBase):  # type: ignore[misc]
             )
         if force:
             return
-        cold = sorted(config.model_keys() - self._warm_models())
+        cold = sorted(k for k in config.model_keys() - self._warm_models() if not self._lazy(k))
         if cold:
             failures = {k: f.message for k, f in self.node.placement.failures.items() if k in cold}
             detail = "; ".join(f"{k}: {e}" for k, e in failures.items())
@@ -272,6 +272,26 @@ class AdminService(v1.AdminBase):  # type: ignore[misc]
                 + (f" (load failed: {detail})" if detail else "")
                 + "; the current routing stays in place (--force to override)",
             )
+
+    def _lazy(self, key: str) -> bool:
+        """Is ``key`` loadable on first use: placed on an owner whose resident models fill its
+        budget (so it stays lazy there), though it fits the budget, with no failed load here?"""
+        node = self.node
+        if key in node.placement.failures:
+            return False
+        placement = node.placement
+        if key in placement.lazy:
+            return True
+        size = placement.residence.declared_bytes(key)
+        state = node.router.state
+        for owner in state.owners(key):
+            member = state.view.members.get(owner)
+            loaded = member.loaded if member is not None else None
+            if loaded is None or not loaded.budget_bytes or size > loaded.budget_bytes:
+                continue
+            if loaded.resident_bytes + size > loaded.budget_bytes:
+                return True
+        return False
 
     def _warm_models(self) -> set[str]:
         view = self.node.router.state.view

@@ -29,10 +29,11 @@ from shardline.membership.registry import NodeState
 from shardline.membership.snapshot import ClusterSnapshot
 from shardline.membership.view import MembershipView
 from shardline.node.cluster.admin import AdminService
-from shardline.node.cluster.artifacts import DirectoryStore
+from shardline.node.cluster.artifacts import DirectoryStore, artifact_path
 from shardline.node.cluster.membership_shell import ClusterConfig, ClusterMembership
 from shardline.node.cluster.peers import PeerPool
 from shardline.node.cluster.placement import Placement
+from shardline.node.cluster.residence import Residence
 from shardline.node.cluster.routing import ClusterRouter
 from shardline.node.cluster.routing_table import describe_cluster
 from shardline.node.serving.node_config import NodeConfig
@@ -85,9 +86,20 @@ class ClusterNode:
         self.runtime = NodeRuntime(config)
         self.runtime.ingress.starting = True
         self.peers = PeerPool(config.tls)
-        self.router = ClusterRouter(self.runtime.executor, self.runtime.shadows, self.peers)
+        self.budget_bytes = config.memory_budget
+        self.residence = Residence(
+            self.runtime.executor,
+            self.budget_bytes,
+            config.max_resident_models,
+            path_of=self._artifact_of,
+            doc_of=lambda key: self.placement.snapshot.workflows.get(key),
+            pinned=lambda: self.placement.pinned(),
+        )
+        self.router = ClusterRouter(
+            self.runtime.executor, self.runtime.shadows, self.peers, residence=self.residence
+        )
         self.runtime.use_router(self.router)
-        self.placement = Placement(self.runtime.executor, config.node_id)
+        self.placement = Placement(self.runtime.executor, config.node_id, self.residence)
         self.server = NodeServer(
             self.runtime,
             [
@@ -110,8 +122,13 @@ class ClusterNode:
         self._objective_revisions: dict[str, object] = {}
         self._reporter: asyncio.Task[None] | None = None
         self._loaded: LoadedSet | None = None
-        self.budget_bytes = 0
         self.runtime.executor.watch(self._report_load)
+
+    def _artifact_of(self, key: str) -> Path:
+        doc = self.placement.snapshot.workflows.get(key)
+        if doc is None:
+            raise ValueError(f"{key} is not in the catalog")
+        return artifact_path(dict(doc))
 
     def readiness(self) -> tuple[bool, str]:
         """/readyz: registered, active, not draining, and the owned workflows warm."""

@@ -3,7 +3,11 @@
 On every view or catalog change (one pass at a time) the node asks ``handoff.step`` what
 to do and does it: load and warm the workflows it owns (while ``joining``: its share of
 the ring it will be part of), unload those it lost once their other owners have them
-warm, and report its phase — ``ready`` (a joiner may turn active) or ``drained`` (a
+warm, and report its phase. Owning is not holding: of the models it owns, a pass loads
+(through ``shardline.node.cluster.residence``) the pinned ones (evicting others if it
+must), the ones a node that loses them holds warm (their warmth moves with them), and
+any others only while they fit in free room; the rest stay *lazy*, loaded by their first
+request. The phase — ``ready`` (a joiner may turn active) or ``drained`` (a
 draining node may leave). A load that fails is recorded with its reason and what to do
 (``shardline status`` and ``deploy`` show it), logged, and retried with exponential backoff
 at most ``max_attempts`` times; then the node gives up on it until its catalog entry
@@ -22,11 +26,12 @@ from typing import Any
 
 from shardline.membership.snapshot import ClusterSnapshot
 from shardline.membership.view import MembershipView
-from shardline.node.cluster.artifacts import artifact_path
 from shardline.node.cluster.catalog_ops import WORKFLOW_METHODS
+from shardline.node.cluster.residence import Residence
 from shardline.node.serving.executor import Executor
 from shardline.router import handoff
 from shardline.router.handoff import Phase
+from shardline.router.objectives import ObjectiveConfig
 
 log = logging.getLogger("shardline.placement")
 DEFAULT_REPLICAS = handoff.DEFAULT_REPLICAS
@@ -113,6 +118,7 @@ def _doc_id(doc: Any) -> str:
 class Placement:
     executor: Executor
     node_id: str
+    residence: Residence
     base_backoff_s: float = 1.0
     max_backoff_s: float = 60.0
     max_attempts: int = 4
@@ -122,6 +128,10 @@ class Placement:
     snapshot: ClusterSnapshot = field(default_factory=ClusterSnapshot)
     phase: Phase = Phase.GONE
     load_seconds: dict[str, float] = field(default_factory=dict)
+    lazy: frozenset[str] = frozenset()
+    """Models placed here that are not resident and load on their first request."""
+    _may_evict: frozenset[str] = frozenset()
+    _pinned: tuple[ClusterSnapshot | None, frozenset[str]] = (None, frozenset())
     _dirty: asyncio.Event = field(default_factory=asyncio.Event)
     _phase_changed: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -179,23 +189,73 @@ class Placement:
                 set(self.executor.models),
                 self.executor.in_flight,
             )
-            loaded = await self._load(s.load)
+            eager, self.lazy = self._eager(s.load)
+            loaded = await self._load(eager)
             for key in sorted(s.unload):
-                await self.executor.unload_workflow(key)
+                await self.residence.unload(key)
             for key in list(self.failures):
                 if key not in s.load:
                     del self.failures[key]
             phase = s.phase
-            if phase is Phase.JOINING and all(k in self.failures for k in s.load - loaded):
-                phase = Phase.READY  # what failed is retried later; it does not block the join
+            waiting = s.load - loaded - self.lazy
+            if phase is Phase.JOINING and all(k in self.failures for k in waiting):
+                # What failed is retried later and lazy models load on first use: neither
+                # blocks the join.
+                phase = Phase.READY
             if not (loaded or s.unload):
                 self._set_phase(phase)
                 return phase
 
-    async def _load(self, keys: frozenset[str]) -> set[str]:
+    def pinned(self) -> frozenset[str]:
+        """Model keys pinned resident: ``pinned = true`` manifests and ``warm`` objectives."""
+        snapshot = self.snapshot
+        if self._pinned[0] is snapshot:
+            return self._pinned[1]
+        keys: set[str] = set()
+        for key, doc in snapshot.workflows.items():
+            manifest = doc.get("manifest")
+            if isinstance(manifest, dict) and manifest.get("pinned") is True:
+                keys.add(key)
+        for name, doc in snapshot.objectives.items():
+            config = doc.get("config")
+            if isinstance(config, dict) and config.get("warm") is True:
+                try:
+                    keys |= ObjectiveConfig.from_dict(config).pinned_keys()
+                except Exception:  # an invalid objective is logged where it is applied
+                    log.debug("objective %s: config not readable for pins", name)
+        self._pinned = (snapshot, frozenset(keys))
+        return self._pinned[1]
+
+    def _eager(self, keys: frozenset[str]) -> tuple[list[str], frozenset[str]]:
+        """Which of the models to load now, in order, and which stay lazy: pinned ones
+        first, then the ones a node that loses them holds warm (both may evict), then the
+        rest while they fit in free room."""
+        if not keys:
+            return [], frozenset()
+        pinned = self.pinned()
+        view = self.view
+        me = view.members.get(self.node_id)
+        extra = (self.node_id,) if me is not None and me.state.value == "joining" else ()
+        future = handoff.ring_of(view, extra)
+        replicas = replicas_of(self.snapshot)
+        handed: set[str] = set()
+        for node_id, member in view.members.items():
+            if node_id == self.node_id:
+                continue
+            for key in keys & member.models:
+                owners = future.owners(key, replicas.get(key, DEFAULT_REPLICAS))
+                if node_id not in owners:
+                    handed.add(key)
+        first = sorted(keys & pinned) + sorted(handed - pinned)
+        self._may_evict = frozenset(first)
+        rest = sorted(keys - pinned - handed)
+        eager = first + [k for k in rest if self.residence.fits_free(k)]
+        return eager, frozenset(keys) - frozenset(eager)
+
+    async def _load(self, keys: list[str]) -> set[str]:
         loop = asyncio.get_running_loop()
         done: set[str] = set()
-        for key in sorted(keys):
+        for key in keys:
             doc = dict(self.snapshot.workflows.get(key) or {})
             failure = self.failures.get(key)
             if failure is not None and failure.doc != _doc_id(doc):
@@ -204,10 +264,12 @@ class Placement:
                 failure = None
             if failure is not None and (failure.retry_at is None or failure.retry_at > loop.time()):
                 continue
+            if key not in self._may_evict and not self.residence.fits_free(key):
+                self.lazy |= {key}  # the free room went to an earlier one: lazy after all
+                continue
             try:
-                path = artifact_path(doc)
                 started = loop.time()
-                await self.executor.load_workflow(path, expect_key=key, warm=True)
+                await self.residence.load(key)
                 self.load_seconds[key] = loop.time() - started
                 log.info("%s: loaded and warmed %s in %.2fs", self.node_id, key,
                          self.load_seconds[key])  # fmt: skip
@@ -219,7 +281,7 @@ class Placement:
                 give_up = attempts >= self.max_attempts
                 self.failures[key] = LoadFailure(
                     key=key,
-                    reason=describe_load_error(exc),
+                    reason=describe_load_error(exc.__cause__ or exc),
                     attempts=attempts,
                     max_attempts=self.max_attempts,
                     retry_at=None if give_up else loop.time() + delay,

@@ -29,6 +29,7 @@ from shardline.membership.snapshot import ClusterSnapshot
 from shardline.membership.view import MembershipView
 from shardline.node.cluster.peers import PeerPool
 from shardline.node.cluster.placement import replicas_of
+from shardline.node.cluster.residence import Residence
 from shardline.node.sdk.errors import (
     InvalidArgument,
     Overloaded,
@@ -72,7 +73,10 @@ class ClusterRouter:
         *,
         rng: random.Random | None = None,
         policy: ReplicaPolicy | None = None,
+        residence: Residence | None = None,
     ) -> None:
+        self.residence = residence
+        """Loads a model placed here on its first request (None: only resident ones serve)."""
         self.executor = executor
         self.shadows = shadows
         self.metrics = executor.metrics
@@ -180,6 +184,7 @@ class ClusterRouter:
             remaining = deadline - loop.time()
             if node_id == self.node_id:
                 try:
+                    await self._resident(key, remaining)
                     return await self.executor.execute(
                         raw, key, cell, hops=hops - 1, timeout_s=remaining, started=started,
                         context=context,
@@ -218,6 +223,18 @@ class ClusterRouter:
             return answer, "failover"
         return answer, "served" if tried[0] == self.node_id else "forwarded"
 
+    async def _resident(self, key: str, timeout_s: float) -> None:
+        """Make sure ``key`` is resident here: a model placed here but evicted or never
+        loaded is loaded now, the request waiting for it (``Residence.ensure``)."""
+        residence = self.residence
+        if residence is None:
+            return
+        if key in self.executor.models:
+            residence.touch(key)
+            return
+        if key in self.catalog_models:
+            await residence.ensure(key, timeout_s)
+
     def _shadow(self, key: str, context: RequestContext, raw: bytes) -> None:
         owners = self.serving(key, self.state.owners(key))
         shadows = self.shadows
@@ -252,7 +269,8 @@ class ClusterRouter:
             raise Unavailable(f"model {clip(key)} is not in the catalog of {self.node_id}")
         if hops > MAX_HOPS:
             raise Unavailable(f"{key}: hop limit of {MAX_HOPS} exceeded")
-        if key in self.executor.models:
+        if key in self.executor.models or self.node_id in self.state.owners(key):
+            await self._resident(key, timeout_s)  # placed here: a cold start loads it
             return await self.executor.execute(
                 message.request, key, message.cell, hops=hops, timeout_s=timeout_s,
                 started=started,

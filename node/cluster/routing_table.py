@@ -20,10 +20,12 @@ def describe_cluster(
     view = state.view
     table.revision = view.revision
     table.dead = sorted(view.dead)
+    budget = placement.residence.budget_bytes if placement is not None else 0
     members = []
     for node_id, m in sorted(view.members.items()):
         r = m.record
         here = node_id == runtime.config.node_id
+        loaded = runtime.executor.loaded_set(node_id, budget) if here else m.loaded
         members.append(
             v1.MemberInfo(
                 node_id=node_id,
@@ -37,13 +39,26 @@ def describe_cluster(
                 models=sorted(runtime.models) if here else sorted(m.models),
                 devices=list(r.devices),
                 version=r.version,
+                resident_bytes=loaded.resident_bytes if loaded else 0,
+                budget_bytes=loaded.budget_bytes if loaded else 0,
+                loading=sorted(loaded.loading) if loaded else [],
+                loads=loaded.loads if loaded else 0,
+                evictions=loaded.evictions if loaded else 0,
             )
         )
     table.members = members
     keys = sorted(set(state.replicas) | set(runtime.models))
+    pinned = placement.pinned() if placement is not None else frozenset()
     table.placements = [
         v1.ModelPlacement(
-            model_key=key, replicas=state.replicas.get(key, 2), owners=list(state.owners(key))
+            model_key=key,
+            replicas=state.replicas.get(key, 2),
+            owners=list(state.owners(key)),
+            footprint_bytes=(
+                runtime.executor.footprint(key)
+                or (placement.residence.declared_bytes(key) if placement is not None else 0)
+            ),
+            pinned=key in pinned,
         )
         for key in keys
     ]

@@ -185,6 +185,35 @@ class NodeMetrics:
             "shardline_model_load_seconds", "Time to load and warm a workflow.",
             ["model_key"], LOAD_BUCKETS_S,
         )  # fmt: skip
+        # Residency: lazy loads and the LRU under the memory budget.
+        self.cold_loads = counter(
+            "shardline_cold_loads_total",
+            "Loads a request waited for (the model was placed here but not resident), by "
+            "outcome (ok, error, no_room).",
+            ["outcome"],
+        )
+        self.cold_wait_seconds = histogram(
+            "shardline_cold_wait_seconds",
+            "How long a request waited for its model to load (cold start), by outcome.",
+            ["outcome"], LOAD_BUCKETS_S,
+        )  # fmt: skip
+        self.evictions = counter(
+            "shardline_model_evictions_total",
+            "Resident models unloaded to make room (least recently used first).",
+            [],
+        )
+        self.resident_bytes = Gauge(
+            "shardline_resident_model_bytes", "Bytes of the models resident on this node.",
+            registry=r,
+        )  # fmt: skip
+        self.resident_models = Gauge(
+            "shardline_resident_models", "Models resident on this node.", registry=r
+        )
+        self.memory_budget_bytes = Gauge(
+            "shardline_memory_budget_bytes",
+            "This node's model memory budget (--memory-budget).",
+            registry=r,
+        )
         # Membership and control plane.
         self.gossip_packets = counter(
             "shardline_gossip_packets_total",

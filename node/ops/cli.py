@@ -36,6 +36,7 @@ from shardline.node.ops.cli_admin import (
 from shardline.node.sdk.admin_client import DEFAULT_PORT, unreachable
 from shardline.node.sdk.tls import TlsFiles
 from shardline.node.serving.inputs import DEFAULT_HEAD_LIMITS as HEAD_LIMITS
+from shardline.node.serving.node_config import DEFAULT_MAX_RESIDENT_MODELS, parse_bytes
 
 if TYPE_CHECKING:
     from shardline.node.sdk.client import Prediction
@@ -217,6 +218,16 @@ def main(log_level: str) -> None:
     "--max-attribute-chars", type=click.IntRange(1), default=HEAD_LIMITS.attribute_value_chars,
     show_default=True, help="Longest context attribute value a request may carry.",
 )  # fmt: skip
+@click.option(
+    "--memory-budget", default=None, metavar="SIZE",
+    help="Cluster mode: memory the models resident on this node may take (e.g. 2G, 512M); "
+    "least recently used models are evicted to make room, the others load on first use "
+    "[default: half of the machine's (or cgroup's) memory].",
+)  # fmt: skip
+@click.option(
+    "--max-resident-models", type=click.IntRange(1), default=DEFAULT_MAX_RESIDENT_MODELS,
+    show_default=True, help="Cluster mode: the most models resident on this node at once.",
+)  # fmt: skip
 def serve(
     standalone: bool,
     etcd: str | None,
@@ -248,6 +259,8 @@ def serve(
     max_context_chars: int,
     max_attributes: int,
     max_attribute_chars: int,
+    memory_budget: str | None,
+    max_resident_models: int,
 ) -> None:
     """Run a node until Ctrl-C (then it drains in-flight requests and exits)."""
     from shardline.membership.etcd import ControlPlaneUnavailable
@@ -265,6 +278,8 @@ def serve(
                 HEAD_LIMITS, context_chars=max_context_chars, attributes=max_attributes,
                 attribute_value_chars=max_attribute_chars,
             ),
+            memory_budget_bytes=parse_bytes(memory_budget) if memory_budget else None,
+            max_resident_models=max_resident_models,
         )  # fmt: skip
         if standalone:
             from shardline.node.serving.server import serve_standalone

@@ -6,10 +6,55 @@ Its own module so that every part of the request path can read it without import
 
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
+from shardline.membership.loaded import MAX_RECORD_BYTES
 from shardline.node.sdk.tls import TlsFiles
 from shardline.node.serving.inputs import DEFAULT_HEAD_LIMITS, HeadLimits
+
+DEFAULT_MAX_RESIDENT_MODELS = 4096
+# A loaded-set record lists each resident key (at most 128 characters) with its bytes: this
+# many always fit one record (``shardline.membership.loaded.MAX_RECORD_BYTES``).
+MAX_RESIDENT_MODELS_LIMIT = MAX_RECORD_BYTES // 160
+DEFAULT_BUDGET_SHARE = 0.5
+
+
+def machine_memory_bytes() -> int:
+    """The memory this process may use: the cgroup's limit when there is one, else the
+    machine's (``MemTotal``)."""
+    total = 0
+    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/meminfo") as f:
+        total = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal"))
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            text = Path(path).read_text().strip()
+            if text != "max" and 0 < int(text) < (total or 2**62):
+                total = int(text)
+    return total or 8 * 2**30
+
+
+def default_memory_budget() -> int:
+    """Half of ``machine_memory_bytes``: room for the process, requests and the page cache."""
+    return int(machine_memory_bytes() * DEFAULT_BUDGET_SHARE)
+
+
+def parse_bytes(text: str) -> int:
+    """``"2G"``, ``"512M"``, ``"1.5GiB"``, ``"100000"`` -> bytes (binary units); ValueError."""
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    raw = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = raw, ""
+    if raw and raw[-1] in units:
+        number, unit = raw[:-1], raw[-1]
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (e.g. 2G, 512M, 1048576)") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"a size must be > 0, got {text!r}")
+    return int(value * units[unit])
 
 
 @dataclass(frozen=True)
@@ -38,8 +83,27 @@ class NodeConfig:
     tls: TlsFiles | None = None
     # Longest identifiers and most attributes a request's head may carry.
     head_limits: HeadLimits = DEFAULT_HEAD_LIMITS
+    # Model memory: the budget resident models may take (None: half the machine's memory,
+    # ``default_memory_budget``) and the most models resident at once.
+    memory_budget_bytes: int | None = None
+    max_resident_models: int = DEFAULT_MAX_RESIDENT_MODELS
+
+    @property
+    def memory_budget(self) -> int:
+        """The budget in force: the configured one, or the machine's default."""
+        if self.memory_budget_bytes is not None:
+            return self.memory_budget_bytes
+        return default_memory_budget()
 
     def __post_init__(self) -> None:
+        if self.memory_budget_bytes is not None and self.memory_budget_bytes < 1:
+            raise ValueError(f"memory budget must be > 0 bytes, got {self.memory_budget_bytes}")
+        if not 1 <= self.max_resident_models <= MAX_RESIDENT_MODELS_LIMIT:
+            raise ValueError(
+                f"max resident models must be in 1..{MAX_RESIDENT_MODELS_LIMIT} (the node's "
+                f"loaded-set record in etcd must fit {MAX_RECORD_BYTES} bytes), got "
+                f"{self.max_resident_models}"
+            )
         if not self.node_id:
             raise ValueError("node_id must not be empty")
         if not 0 <= self.port <= 65535:

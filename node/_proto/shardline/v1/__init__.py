@@ -166,8 +166,25 @@ class MemberInfo(betterproto.Message):
 
     in_flight: int = betterproto.uint32_field(8)
     models: List[str] = betterproto.string_field(9)
+    """Model keys resident (loaded and warm) on the member."""
+
     devices: List[str] = betterproto.string_field(10)
     version: str = betterproto.string_field(11)
+    resident_bytes: int = betterproto.uint64_field(12)
+    """
+    Bytes the resident models take, and the member's model memory budget.
+    """
+
+    budget_bytes: int = betterproto.uint64_field(13)
+    loading: List[str] = betterproto.string_field(14)
+    """Model keys loading on the member now."""
+
+    loads: int = betterproto.uint64_field(15)
+    """
+    Loads completed and models evicted (to make room) since the member started.
+    """
+
+    evictions: int = betterproto.uint64_field(16)
 
 
 @dataclass(eq=False, repr=False)
@@ -176,6 +193,16 @@ class ModelPlacement(betterproto.Message):
     replicas: int = betterproto.uint32_field(2)
     owners: List[str] = betterproto.string_field(3)
     """Owner node ids, primary first."""
+
+    footprint_bytes: int = betterproto.uint64_field(4)
+    """
+    Bytes a resident copy takes (declared at deploy, measured after a load).
+    """
+
+    pinned: bool = betterproto.bool_field(5)
+    """
+    Resident on all its owners, never evicted (pinned manifest or warm objective).
+    """
 
 
 @dataclass(eq=False, repr=False)

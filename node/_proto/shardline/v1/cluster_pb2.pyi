@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class MemberInfo(_message.Message):
-    __slots__ = ("node_id", "grpc_address", "gossip_address", "zone", "capacity", "state", "liveness", "in_flight", "models", "devices", "version")
+    __slots__ = ("node_id", "grpc_address", "gossip_address", "zone", "capacity", "state", "liveness", "in_flight", "models", "devices", "version", "resident_bytes", "budget_bytes", "loading", "loads", "evictions")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,11 @@ class MemberInfo(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOADING_FIELD_NUMBER: _ClassVar[int]
+    LOADS_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     grpc_address: str
     gossip_address: str
@@ -30,17 +35,26 @@ class MemberInfo(_message.Message):
     models: _containers.RepeatedScalarFieldContainer[str]
     devices: _containers.RepeatedScalarFieldContainer[str]
     version: str
-    def __init__(self, node_id: _Optional[str] = ..., grpc_address: _Optional[str] = ..., gossip_address: _Optional[str] = ..., zone: _Optional[str] = ..., capacity: _Optional[float] = ..., state: _Optional[str] = ..., liveness: _Optional[str] = ..., in_flight: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ...) -> None: ...
+    resident_bytes: int
+    budget_bytes: int
+    loading: _containers.RepeatedScalarFieldContainer[str]
+    loads: int
+    evictions: int
+    def __init__(self, node_id: _Optional[str] = ..., grpc_address: _Optional[str] = ..., gossip_address: _Optional[str] = ..., zone: _Optional[str] = ..., capacity: _Optional[float] = ..., state: _Optional[str] = ..., liveness: _Optional[str] = ..., in_flight: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., resident_bytes: _Optional[int] = ..., budget_bytes: _Optional[int] = ..., loading: _Optional[_Iterable[str]] = ..., loads: _Optional[int] = ..., evictions: _Optional[int] = ...) -> None: ...
 
 class ModelPlacement(_message.Message):
-    __slots__ = ("model_key", "replicas", "owners")
+    __slots__ = ("model_key", "replicas", "owners", "footprint_bytes", "pinned")
     MODEL_KEY_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     OWNERS_FIELD_NUMBER: _ClassVar[int]
+    FOOTPRINT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
     model_key: str
     replicas: int
     owners: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_key: _Optional[str] = ..., replicas: _Optional[int] = ..., owners: _Optional[_Iterable[str]] = ...) -> None: ...
+    footprint_bytes: int
+    pinned: bool
+    def __init__(self, model_key: _Optional[str] = ..., replicas: _Optional[int] = ..., owners: _Optional[_Iterable[str]] = ..., footprint_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ...) -> None: ...
 
 class GetRoutingTableRequest(_message.Message):
     __slots__ = ()
