@@ -122,11 +122,23 @@ def ready(tables: list[v1.RoutingTable], n: int) -> str | None:
         active = [m for m in t.members if m.state == "active"]
         if len(active) < n:
             return f"{t.node_id} sees {len(active)}/{n} active members"
+    members = {m.node_id: m for m in tables[0].members}
     warm = {m.node_id: set(m.models) for m in tables[0].members}
     for p in tables[0].placements:
-        if not p.owners or not all(p.model_key in warm.get(o, set()) for o in p.owners):
+        if not p.owners or not all(
+            p.model_key in warm.get(o, set()) or lazy_on(members.get(o), p) for o in p.owners
+        ):
             return f"{p.model_key} is not yet warm on its owners {list(p.owners)}"
     return None
+
+
+def lazy_on(member: v1.MemberInfo | None, placement: v1.ModelPlacement) -> bool:
+    """Is the model lazy on this owner: not pinned, it fits the owner's budget, but the
+    models resident there fill it (so it loads on its first request, evicting others)?"""
+    if member is None or placement.pinned or not member.budget_bytes:
+        return False
+    size, budget = int(placement.footprint_bytes), int(member.budget_bytes)
+    return size <= budget < int(member.resident_bytes) + size
 
 
 async def wait_ready(
