@@ -34,7 +34,7 @@ top 64 bits of the md5, with an exact comparison for the rare key whose top bits
 point), and each key then walks a few points in Python. A key whose walk finds no room
 within ``8 * owners + 64`` points (a hot key with many copies, or a full neighbourhood)
 ranks every node by its ring order at once in numpy. 100 000 models on 1 000 nodes take
-about 15 µs per model (`bench/placement_balance.py`).
+about 5 µs per model (`bench/placement_balance.py`).
 
 Pure: no clock, no I/O, no random state; md5, never the salted built-in ``hash()``.
 """
@@ -107,9 +107,7 @@ class ModelNeed:
         if not _is_int(self.bytes) or self.bytes < 0:
             raise ValueError(f"bytes of {self.key!r} must be an int >= 0, got {self.bytes!r}")
         if not _is_int(self.replicas) or self.replicas < 1:
-            raise ValueError(
-                f"replicas of {self.key!r} must be an int >= 1, got {self.replicas!r}"
-            )
+            raise ValueError(f"replicas of {self.key!r} must be an int >= 1, got {self.replicas!r}")
         if not _is_int(self.copies) or self.copies < 0:
             raise ValueError(f"copies of {self.key!r} must be an int >= 0, got {self.copies!r}")
         if not _is_number(self.rate) or not math.isfinite(self.rate) or self.rate < 0:

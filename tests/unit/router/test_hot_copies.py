@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -56,7 +57,11 @@ def test_a_break_in_the_heat_restarts_the_timer() -> None:
 def test_one_step_at_a_time_with_cooldown_up_to_the_maximum() -> None:
     policy = HotPolicy(max_copies=3)
     states = run(policy, HotState(), ticks(0, 200, 0.5), in_flight=50.0)
-    steps = [s for s, prev in zip(states, [HotState(), *states]) if s.copies != prev.copies]
+    steps = [
+        s
+        for s, prev in zip(states, [HotState(), *states[:-1]], strict=True)
+        if s.copies != prev.copies
+    ]
     assert [s.copies for s in steps] == [1, 2, 3]  # +1 each time, stops at max_copies
     times = [s.changed_at for s in steps]
     # 5 s of heat; then each step needs the 10 s cooldown and a fresh 5 s of heat (its
@@ -93,7 +98,7 @@ def test_lowered_maximum_steps_down_one_per_cooldown() -> None:
     states = run(policy, HotState(copies=4), ticks(0, 40), in_flight=2.0)
     copies = [s.copies for s in states]
     assert copies[0] == 3 and copies[-1] == 1
-    assert all(a - b in (0, 1) for a, b in zip(copies, copies[1:]))
+    assert all(a - b in (0, 1) for a, b in itertools.pairwise(copies))
 
 
 observations = st.tuples(
@@ -131,8 +136,8 @@ def test_a_steady_load_never_goes_up_then_down(
         assert abs(state.copies - seen[-1]) <= 1
         assert 0 <= state.copies <= policy.max_copies
         seen.append(state.copies)
-    ups = any(b > a for a, b in zip(seen, seen[1:]))
-    downs = any(b < a for a, b in zip(seen, seen[1:]))
+    ups = any(b > a for a, b in itertools.pairwise(seen))
+    downs = any(b < a for a, b in itertools.pairwise(seen))
     assert not (ups and downs), seen
 
 
