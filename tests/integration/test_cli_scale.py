@@ -143,9 +143,21 @@ def test_deploy_a_directory_then_status(cluster: Cluster, tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["placements"]) == 10
 
-    # --objective: unknown names are one line
+    # --objective: the models its config routes to; an unknown name is one line
     done = shardline("status", "--target", cluster.target, "--objective", "nope")
     assert done.returncode == 2 and "unknown objective 'nope'" in done.stderr
+    config = tmp_path / "tiny_obj.toml"
+    config.write_text('name = "tiny_obj"\ndefault = "tiny_0005@1"\n'
+                      '[canary]\nmodel = "tiny_0007@1"\npercent = 5.0\n')  # fmt: skip
+    done = shardline("objective", "set", str(config), "--force", "--target", cluster.target)
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 60
+    while True:  # the target applies the new objective from etcd: poll the CLI, bounded
+        done = shardline("status", "--target", cluster.target, "--objective", "tiny_obj")
+        if done.returncode == 0 or time.monotonic() > deadline:
+            break
+    assert done.returncode == 0, done.stderr
+    assert set(re.findall(r"tiny_\d{4}@1", done.stdout)) == {"tiny_0005@1", "tiny_0007@1"}
 
 
 def test_a_broken_or_oversized_package_fails_the_deploy(cluster: Cluster, tmp_path: Path) -> None:
