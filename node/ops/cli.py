@@ -28,6 +28,7 @@ from rich.text import Text
 from shardline.node.ops.cli_admin import (
     cluster_option,
     fail,
+    human_bytes,
     print_table,
     register_admin_commands,
     state_dir_option,
@@ -545,22 +546,51 @@ def list_objectives(target: str) -> None:
     print_table(("objective", "default model", "models", "inputs"), rows)
 
 
+STATUS_MODEL_ROWS = 50
+"""Without a filter, ``shardline status`` lists every model up to this many (else counts)."""
+
+
 @main.command()
 @target_option
 @click.option("--json", "as_json", is_flag=True, help="Print the routing table as JSON.")
-def status(target: str, as_json: bool) -> None:
-    """The cluster as one node sees it: members, load, and which node owns which model."""
-    from shardline.node.ops.localcluster import routing_table
+@click.option(
+    "--model", "model_pattern", default=None, metavar="PATTERN",
+    help="Show the models whose key matches PATTERN (shell-style: 'fraud_*@2').",
+)  # fmt: skip
+@click.option(
+    "--objective", "objective_name", default=None, metavar="NAME",
+    help="Show the models objective NAME routes to (default, rules, cells, canary, shadows).",
+)  # fmt: skip
+def status(
+    target: str, as_json: bool, model_pattern: str | None, objective_name: str | None
+) -> None:
+    """The cluster as one node sees it: one line per node (state, load, resident models and
+    memory against its budget, loads and evictions), then the models: every one when there
+    are at most 50, else counts (placed, resident copies, lazy, loading) — list some with
+    --model PATTERN or --objective NAME. Load failures of every node follow."""
+    from shardline.node.ops.cli_admin import TableReader
+
+    async def fetch() -> tuple[Any, dict[str, Any]]:
+        reader = TableReader()
+        try:
+            table = await reader.table(target)
+            own = await reader.own_tables([m.grpc_address for m in table.members])
+            return table, own
+        finally:
+            reader.close()
 
     try:
-        table = asyncio.run(routing_table(target, timeout_s=5.0))
+        table, own = asyncio.run(fetch())
     except GRPCError as exc:
         fail(f"{exc.status.name} from {target}: {exc.message or ''}", 2)
     except TRANSPORT_ERRORS as exc:
         fail(unreachable(target, exc), 3)
     except ValueError as exc:  # TLS files named by the environment
         fail(f"error: {exc}", 2)
+    keys = _status_filter(table, model_pattern, objective_name)
     if as_json:
+        if keys is not None:
+            table.placements = [p for p in table.placements if p.model_key in keys]
         print(table.to_json())
         return
     console.print(
@@ -571,44 +601,124 @@ def status(target: str, as_json: bool) -> None:
         ),
         soft_wrap=True,
     )
-    applied = asyncio.run(_applied_revisions([m.grpc_address for m in table.members]))
-    if table.members:
+    members = _fresh_members(table, own)
+    if members:
         print_table(
-            ("node", "state", "zone", "liveness", "in-flight", "revision", "loaded models",
-             "address"),
+            ("node", "state", "zone", "liveness", "in-flight", "revision", "resident",
+             "memory / budget", "loading", "loads", "evictions", "address"),
             [
                 (
                     m.node_id, m.state, m.zone or "-", m.liveness, str(m.in_flight),
-                    applied.get(m.grpc_address, "?"), ", ".join(m.models) or "-",
-                    m.grpc_address,
+                    str(own[m.grpc_address].revision) if own.get(m.grpc_address)
+                    else "unreachable",
+                    str(len(m.models)),
+                    f"{human_bytes(m.resident_bytes)} / "
+                    + (human_bytes(m.budget_bytes) if m.budget_bytes else "-"),
+                    str(len(m.loading)), str(m.loads), str(m.evictions), m.grpc_address,
                 )
-                for m in table.members
+                for m in members
             ],
         )  # fmt: skip
-    print_table(
-        ("model key", "replicas", "owners (primary first)"),
-        [
-            (p.model_key, str(p.replicas),
-             ", ".join(p.owners) if p.owners else Text("none", style="red"))
-            for p in table.placements
-        ],
-    )  # fmt: skip
-    for key, error in sorted(table.load_failures.items()):
-        console.print(Text.assemble(("load failed ", "red"), f"{key}: {error}"), soft_wrap=True)
+    resident: dict[str, list[str]] = {}
+    loading: dict[str, list[str]] = {}
+    for m in members:
+        for key in m.models:
+            resident.setdefault(key, []).append(m.node_id)
+        for key in m.loading:
+            loading.setdefault(key, []).append(m.node_id)
+    if not members:  # standalone: the node alone holds what it loaded
+        for key in table.loaded_models:
+            resident.setdefault(key, []).append(table.node_id)
+    placements = [p for p in table.placements if keys is None or p.model_key in keys]
+    if keys is not None or len(placements) <= STATUS_MODEL_ROWS:
+        if not placements:
+            console.print("no model matches", soft_wrap=True)
+        else:
+            print_table(
+                ("model key", "replicas", "owners (primary first)", "resident on",
+                 "footprint", "pinned"),
+                [
+                    (
+                        p.model_key, str(p.replicas),
+                        ", ".join(p.owners) if p.owners else Text("none", style="red"),
+                        ", ".join(resident.get(p.model_key, []))
+                        + (" (loading: " + ", ".join(loading[p.model_key]) + ")"
+                           if p.model_key in loading else "")
+                        or "- (lazy)",
+                        human_bytes(p.footprint_bytes) if p.footprint_bytes else "-",
+                        "yes" if p.pinned else "no",
+                    )
+                    for p in placements
+                ],
+            )  # fmt: skip
+    else:
+        placed = sum(1 for p in placements if p.owners)
+        lazy = sum(1 for p in placements if p.owners and p.model_key not in resident)
+        console.print(
+            Text(
+                f"{len(placements)} models: {placed} placed, "
+                f"{sum(len(v) for v in resident.values())} resident copies, "
+                f"{lazy} lazy (placed, resident nowhere), {len(loading)} loading, "
+                f"{len(placements) - placed} without owners. List them with --model PATTERN "
+                "(e.g. --model 'name_*') or --objective NAME."
+            ),
+            soft_wrap=True,
+        )
+    failures = _all_load_failures(table, own)
+    for key, node_id, error in failures:
+        if keys is None or key in keys:
+            console.print(
+                Text.assemble(("load failed ", "red"), f"{key} on {node_id}: {error}"),
+                soft_wrap=True,
+            )
 
 
-async def _applied_revisions(targets: list[str]) -> dict[str, str]:
-    """The catalog revision each node has applied (so an operator sees a change land)."""
-    from shardline.node.ops.localcluster import routing_table
+def _status_filter(
+    table: Any, pattern: str | None, objective_name: str | None
+) -> frozenset[str] | None:
+    """The model keys ``--model`` and ``--objective`` select (both: those both select);
+    None without a filter."""
+    import fnmatch
 
-    async def one(target: str) -> str:
+    from shardline.router.objectives import ConfigError, ObjectiveConfig
+
+    if pattern is None and objective_name is None:
+        return None
+    keys = {p.model_key for p in table.placements} | set(table.loaded_models)
+    if pattern is not None:
+        keys = {k for k in keys if fnmatch.fnmatchcase(k, pattern)}
+    if objective_name is not None:
+        raw = table.objectives_json.get(objective_name)
+        if raw is None:
+            known = ", ".join(sorted(table.objectives_json)) or "none"
+            fail(f"unknown objective {objective_name!r}; known: {known}", 2)
         try:
-            return str((await routing_table(target, timeout_s=2.0)).revision)
-        except (*TRANSPORT_ERRORS, GRPCError, ValueError):
-            return "unreachable"
+            routed = ObjectiveConfig.from_dict(json.loads(raw)).model_keys()
+        except (ConfigError, ValueError) as exc:
+            fail(f"objective {objective_name}: the node's config is not readable: {exc}", 2)
+        keys &= routed
+    return frozenset(keys)
 
-    answers = await asyncio.gather(*(one(t) for t in targets))
-    return dict(zip(targets, answers, strict=True))
+
+def _fresh_members(table: Any, own: dict[str, Any]) -> list[Any]:
+    """Each member as it describes itself (its own table: its resident set now), else as
+    the answering node sees it."""
+    out = []
+    for m in table.members:
+        mine = own.get(m.grpc_address)
+        fresh = [x for x in mine.members if x.node_id == m.node_id] if mine is not None else []
+        out.append(fresh[0] if fresh else m)
+    return out
+
+
+def _all_load_failures(table: Any, own: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(key, node, why) for every load failure any node reports, sorted."""
+    found = {(k, table.node_id, v) for k, v in table.load_failures.items()}
+    for m in table.members:
+        mine = own.get(m.grpc_address)
+        if mine is not None:
+            found |= {(k, m.node_id, v) for k, v in mine.load_failures.items()}
+    return sorted(found)
 
 
 @main.command()

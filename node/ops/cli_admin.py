@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import time
 import tomllib
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -36,6 +40,10 @@ console = Console()
 err = Console(stderr=True)
 EXAMPLES_OBJECTIVES = Path(__file__).resolve().parents[2] / "workflows/examples/objectives"
 NETWORK_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    *NETWORK_ERRORS, StreamTerminatedError, ProtocolError,
+)  # fmt: skip
+POLL_ERRORS: tuple[type[BaseException], ...] = (*TRANSPORT_ERRORS, GRPCError)
 
 
 def _check_target(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -262,85 +270,441 @@ def node_remove(
     console.print(f"{node_id}: {'removed' if reply.removed else 'no record'}")
 
 
+def human_bytes(n: int) -> str:
+    """``n`` bytes in binary units, as ``--memory-budget`` takes them: 512 B, 3.2 KiB, 2.0 GiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+class TableReader:
+    """``Cluster.GetRoutingTable`` of any node, one channel per address for the whole
+    command (a poll loop asks every member each round; it must not dial each time)."""
+
+    def __init__(self, timeout_s: float = 5.0) -> None:
+        from shardline.node.sdk.tls import TlsFiles
+
+        self.timeout_s = timeout_s
+        self._tls = TlsFiles.from_env()
+        self._channels: dict[str, Any] = {}
+
+    async def table(self, address: str) -> v1.RoutingTable:
+        from grpclib.client import Channel
+
+        from shardline.node.sdk.tls import client_context
+
+        channel = self._channels.get(address)
+        if channel is None:
+            host, port = parse_target(address)
+            ssl_context = client_context(self._tls) if self._tls is not None else None
+            channel = self._channels[address] = Channel(host, port, ssl=ssl_context)
+        table: v1.RoutingTable = await v1.ClusterStub(channel).get_routing_table(
+            v1.GetRoutingTableRequest(), timeout=self.timeout_s
+        )
+        return table
+
+    async def own_tables(self, addresses: Sequence[str]) -> dict[str, v1.RoutingTable | None]:
+        """Each address's own table, asked concurrently; None where it did not answer."""
+
+        async def one(address: str) -> v1.RoutingTable | None:
+            try:
+                return await self.table(address)
+            except POLL_ERRORS:
+                return None  # a node leaving, or down: the others still answer
+
+        answers = await asyncio.gather(*(one(a) for a in addresses))
+        return dict(zip(addresses, answers, strict=True))
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+
+class _Progress:
+    """Progress of a long phase: a rich bar on a terminal, else a line every ``step``
+    items (never a line per package: a deploy of 1 000 packages prints a dozen lines)."""
+
+    def __init__(self, what: str, total: int) -> None:
+        self.what, self.total, self.done = what, total, 0
+        self.step = max(1, math.ceil(total / 10))
+        self.started = time.monotonic()
+        self._bar: Any = None
+        if console.is_terminal and total > 1:
+            from rich.progress import Progress
+
+            self._bar = Progress(console=console, transient=False)
+            self._bar.start()
+            self._task = self._bar.add_task(what, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        before, self.done = self.done, self.done + n
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done)
+        elif self.total > 1 and (
+            self.done // self.step != before // self.step or self.done == self.total
+        ):
+            console.print(
+                f"{self.what}: {self.done}/{self.total} ({time.monotonic() - self.started:.1f}s)",
+                soft_wrap=True,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+@dataclass
+class _Package:
+    """One package of a deploy: where it is, its key, and what became of it."""
+
+    path: Path
+    key: str
+    footprint: int
+    """The declared footprint (``[memory] host_bytes``, else the weights file's size)."""
+    revision: int = 0
+    outcome: str = ""
+    """"" while pending, then warm, lazy, loading (at the timeout) or failed."""
+    failures: dict[str, str] = field(default_factory=dict)
+    """Node id ("" for the package as a whole) -> why it failed there."""
+
+
+# Upload refusals that concern one package (the others still go): anything else (no
+# token, node down) stops the deploy, as every package would meet it.
+_PER_PACKAGE = frozenset({"INVALID_ARGUMENT", "FAILED_PRECONDITION", "ALREADY_EXISTS",
+                          "RESOURCE_EXHAUSTED", "OUT_OF_RANGE"})  # fmt: skip
+IDLE_ROUNDS = 5
+"""Rounds (>= 1 s) an owner that applied a deploy must be seen loading nothing before a
+model it neither holds nor loads counts as lazy there although its bytes would fit (a node
+keeps it lazy for a reason the routing table does not show, e.g. --max-resident-models)."""
+
+
+def _owner_state(
+    key: str, pinned: bool, footprint: int, member: v1.MemberInfo, idle_rounds: int
+) -> str:
+    """What ``key`` is on one owner: resident, loading, lazy (loads on first request),
+    too_big (can never fit this owner's budget) or waiting (the owner should load it now)."""
+    if key in member.models:
+        return "resident"
+    if key in member.loading:
+        return "loading"
+    budget = member.budget_bytes
+    if budget and footprint > budget:
+        return "too_big"
+    if pinned:
+        return "waiting"  # a pinned model is loaded at once, evicting others
+    if budget and member.resident_bytes + footprint > budget:
+        return "lazy"
+    return "lazy" if idle_rounds >= IDLE_ROUNDS else "waiting"
+
+
+class _Follow:
+    """Poll the cluster until every deployed package is loadable or failed (see
+    ``deploy``): each round reads the target's table (placements) and every member's
+    own table (its resident set, loads and load failures) once, at most every 0.2 s."""
+
+    def __init__(self, target: str, packages: list[_Package], reader: TableReader) -> None:
+        self.target = target
+        self.packages = packages
+        self.reader = reader
+        self.idle: dict[str, int] = {}
+        self.detail: dict[str, str] = {}
+
+    async def run(self, timeout_s: float, progress: _Progress) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            started = time.monotonic()
+            await self.round()
+            pending = [p for p in self.packages if not p.outcome]
+            progress.advance(len(self.packages) - len(pending) - progress.done)
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
+        for p in pending:
+            if self.detail.get(p.key) == "loading":
+                p.outcome = "loading"  # loadable: on its way in; not a failure
+            else:
+                why = self.detail.get(p.key, "no answer")
+                p.outcome = "failed"
+                p.failures[""] = f"not warm on its owners after {timeout_s:.0f}s ({why})"
+
+    async def round(self) -> None:
+        table = await self.reader.table(self.target)
+        own = await self.reader.own_tables([m.grpc_address for m in table.members])
+        members: dict[str, v1.MemberInfo] = {}
+        failures: dict[str, dict[str, str]] = {}  # key -> node -> why
+        revision: dict[str, int] = {}
+        for m in table.members:
+            mine = own.get(m.grpc_address)
+            fresh = (
+                next((x for x in mine.members if x.node_id == m.node_id), None) if mine else None
+            )
+            members[m.node_id] = fresh or m
+            if mine is not None:
+                revision[m.node_id] = mine.revision
+                for key, why in mine.load_failures.items():
+                    failures.setdefault(key, {})[m.node_id] = why
+        oldest = min((p.revision for p in self.packages if not p.outcome), default=0)
+        for node_id, m in members.items():
+            busy = bool(m.loading) or revision.get(node_id, 0) < oldest
+            self.idle[node_id] = 0 if busy else self.idle.get(node_id, 0) + 1
+        placements = {p.model_key: p for p in table.placements}
+        for package in self.packages:
+            if not package.outcome:
+                self._judge(package, placements.get(package.key), members, failures, revision)
+
+    def _judge(
+        self,
+        package: _Package,
+        placement: v1.ModelPlacement | None,
+        members: dict[str, v1.MemberInfo],
+        failures: dict[str, dict[str, str]],
+        revision: dict[str, int],
+    ) -> None:
+        key = package.key
+        if key in failures:
+            package.outcome, package.failures = "failed", dict(failures[key])
+            return
+        if placement is None or not placement.owners:
+            self.detail[key] = "not placed on any node yet"
+            return
+        footprint = placement.footprint_bytes or package.footprint
+        states: dict[str, str] = {}
+        for owner in placement.owners:
+            member = members.get(owner)
+            if member is None:
+                states[owner] = "waiting"
+                continue
+            idle = self.idle.get(owner, 0) if revision.get(owner, 0) >= package.revision else 0
+            states[owner] = _owner_state(key, placement.pinned, footprint, member, idle)
+        if all(s == "too_big" for s in states.values()):
+            budgets = ", ".join(
+                f"{o} {human_bytes(members[o].budget_bytes)}" for o in placement.owners
+            )
+            package.outcome = "failed"
+            package.failures[""] = (
+                f"it needs {human_bytes(footprint)} ({footprint} bytes) and fits no owner's "
+                f"memory budget ({budgets})"
+            )
+            return
+        usable = {o: s for o, s in states.items() if s != "too_big"}
+        self.detail[key] = ", ".join(f"{o}: {s}" for o, s in sorted(states.items()))
+        if all(s == "resident" for s in usable.values()):
+            package.outcome = "warm"
+        elif all(s in ("resident", "lazy") for s in usable.values()):
+            package.outcome = "lazy"
+        elif all(s in ("resident", "lazy", "loading") for s in usable.values()):
+            self.detail[key] = "loading"
+
+
+def _discover(path: Path) -> list[Path]:
+    """``path`` itself when it holds a workflow.toml, else every package found below it."""
+    from shardline.workflows.integrity import discover_packages
+    from shardline.workflows.manifest import MANIFEST_FILE
+
+    return [path] if (path / MANIFEST_FILE).is_file() else discover_packages(path)
+
+
+def _verify_all(paths: list[Path]) -> tuple[list[_Package], list[str]]:
+    """Every package checked locally (manifest, digests) before anything is sent."""
+    from shardline.node.cluster.catalog_ops import declared_footprint
+    from shardline.node.ops.package_tools import PackageError, verify_digests
+
+    packages: list[_Package] = []
+    problems: list[str] = []
+    seen: dict[str, Path] = {}
+    for path in paths:
+        try:
+            manifest = verify_digests(path)
+            footprint = declared_footprint(path, manifest)
+        except (PackageError, OSError) as exc:
+            problems.append(f"invalid package {path}: {exc}")
+            continue
+        key = manifest.model_key
+        if key in seen:
+            problems.append(f"{path} and {seen[key]} are both {key}")
+            continue
+        seen[key] = path
+        packages.append(_Package(path, key, footprint))
+    return packages, problems
+
+
 @click.command()
-@click.argument("package_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @target_option
 @token_option
 @cluster_option
 @state_dir_option
 @click.option("--timeout", "timeout_s", default=120.0, show_default=True,
-              help="How long to wait for the owners to load and warm it.")  # fmt: skip
+              help="How long to wait for every deployed model to be loadable.")  # fmt: skip
+@click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Uploads in flight at once (over one connection).")  # fmt: skip
 def deploy(
-    package_dir: Path,
+    path: Path,
     target: str,
     token: str | None,
     cluster_name: str,
     state_dir: Path | None,
     timeout_s: float,
+    parallel: int,
 ) -> None:
-    """Validate PACKAGE_DIR, store it in the artifact store, register it, and wait until
-    its owners have it warm (exit 1 with each node's reason if they cannot load it).
+    """Deploy PATH: one workflow package, or every package found below PATH (a directory
+    without workflow.toml). Each is validated here, stored in the artifact store and
+    registered; then the command waits until each is loadable: placed, and on every owner
+    resident (warm), or lazy (it loads on its first request: the owner's memory budget is
+    full of other models, never smaller than the model itself). Exit 1 if any failed (each
+    node's reason is printed), 2 if a package is invalid (then nothing is deployed).
 
     Check a package first, without a cluster: `shardline package check PACKAGE_DIR`."""
-    from grpclib.exceptions import GRPCError
+    started = time.monotonic()
+    single = (path / "workflow.toml").is_file()
+    packages, problems = _verify_all(_discover(path))
+    if problems:
+        if single:
+            fail(problems[0].replace(f"invalid package {path}: ", "invalid package: "), 2)
+        for line in problems:
+            err.print(Text(line, style="red"), soft_wrap=True)
+        fail(f"{len(problems)} invalid package(s) under {path}; nothing was deployed", 2)
+    if not packages:
+        fail(f"no workflow packages (workflow.toml) under {path}", 2)
 
-    from shardline.node.cluster.artifacts import ArtifactError, pack
-    from shardline.node.ops.localcluster import routing_table
-    from shardline.node.ops.package_tools import PackageError, verify_digests
-
-    try:
-        verify_digests(package_dir)
-        data = pack(package_dir)
-    except (PackageError, ArtifactError, OSError) as exc:
-        fail(f"invalid package: {exc}", 2)
-    reply = admin_call(
-        target, token, cluster_name,
-        lambda c: c.call("deploy", v1.DeployRequest(package_tar_gz=data)),
-        state_dir=state_dir,
-    )  # fmt: skip
-    key = reply.model_key
-    console.print(
-        f"stored {key} at {reply.artifact_uri} (catalog revision {reply.revision})", soft_wrap=True
-    )
-
-    async def warm() -> dict[str, str] | None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            table = await routing_table(target, timeout_s=5)
-            failures: dict[str, str] = {}
-            for m in table.members:
+    async def run(client: AdminClient) -> str | None:
+        """None, or why the loads could not be followed after the uploads."""
+        reader = TableReader()
+        try:
+            await _upload_all(client, reader, target, packages, parallel, single)
+            stored = [p for p in packages if not p.outcome]
+            if stored:
+                progress = _Progress("loadable", len(stored))
                 try:
-                    node_table = await routing_table(m.grpc_address, timeout_s=5)
-                except (OSError, TimeoutError, GRPCError):
-                    continue  # a node leaving; the others still answer
-                if key in node_table.load_failures:
-                    failures[m.node_id] = node_table.load_failures[key]
-            if failures:
-                return failures
-            placement = next((p for p in table.placements if p.model_key == key), None)
-            warm_on = {m.node_id for m in table.members if key in m.models}
-            if placement and placement.owners and set(placement.owners) <= warm_on:
-                return None
-            await asyncio.sleep(0.2)  # polling other processes' state over gRPC
-        return {"": f"not warm on its owners after {timeout_s:.0f}s"}
+                    await _Follow(target, stored, reader).run(timeout_s, progress)
+                except GRPCError as exc:
+                    return f"{exc.status.name} from {target}: {exc.message or ''}"
+                except TRANSPORT_ERRORS as exc:
+                    return unreachable(target, exc)
+                finally:
+                    progress.close()
+            return None
+        finally:
+            reader.close()
+
+    lost = admin_call(target, token, cluster_name, run, state_dir=state_dir)
+    if lost is not None:
+        what = packages[0].key if single else f"{len(packages)} packages"
+        fail(f"{what} stored, but the loads could not be followed: {lost}", 1)
+    _report(packages, path, single, time.monotonic() - started)
+
+
+async def _upload_all(
+    client: AdminClient,
+    reader: TableReader,
+    target: str,
+    packages: list[_Package],
+    parallel: int,
+    single: bool,
+) -> None:
+    """Upload every package over the one admin connection, ``parallel`` at a time; a
+    package that fits no node's memory budget is refused here, with the numbers."""
+    from shardline.node.cluster.artifacts import ArtifactError, pack
 
     try:
-        failures = asyncio.run(warm())
-    except (OSError, TimeoutError, GRPCError) as exc:
-        fail(f"{key} stored, but its load could not be followed: {unreachable(target, exc)}", 1)
-    if failures:
-        for node_id, reason in sorted(failures.items()):
+        table = await reader.table(target)
+    except GRPCError as exc:
+        raise AdminError(exc.status, exc.message or "") from None
+    except TRANSPORT_ERRORS as exc:
+        raise AdminError(Status.UNAVAILABLE, unreachable(target, exc)) from None
+    budgets = {m.node_id: m.budget_bytes for m in table.members if m.budget_bytes}
+    if budgets:
+        largest = max(budgets, key=lambda n: budgets[n])
+        for p in packages:
+            if p.footprint > budgets[largest]:
+                p.outcome = "failed"
+                p.failures[""] = (
+                    f"it needs {human_bytes(p.footprint)} ({p.footprint} bytes) and fits no "
+                    f"node's memory budget (the largest: {largest} "
+                    f"{human_bytes(budgets[largest])}); nothing was stored"
+                )
+    todo = [p for p in packages if not p.outcome]
+    progress = _Progress("uploaded", len(todo))
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(p: _Package) -> None:
+        async with gate:
+            try:
+                data = await asyncio.to_thread(pack, p.path)
+            except (ArtifactError, OSError) as exc:
+                p.outcome, p.failures[""] = "failed", f"invalid package: {exc}"
+                return
+            try:
+                reply = await client.call("deploy", v1.DeployRequest(package_tar_gz=data))
+            except AdminError as exc:
+                if single or exc.status.name not in _PER_PACKAGE:
+                    raise
+                p.outcome, p.failures[""] = "failed", f"{exc.status.name}: {exc.message}"
+                return
+            p.revision = reply.revision
+            if single:
+                console.print(
+                    f"stored {reply.model_key} at {reply.artifact_uri} "
+                    f"(catalog revision {reply.revision})",
+                    soft_wrap=True,
+                )
+            progress.advance()
+
+    tasks = [asyncio.create_task(one(p)) for p in todo]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        progress.close()
+
+
+def _report(packages: list[_Package], path: Path, single: bool, elapsed_s: float) -> None:
+    counts = {o: sum(p.outcome == o for p in packages) for o in ("warm", "lazy", "loading")}
+    failed = [p for p in packages if p.outcome == "failed"]
+    for p in failed:
+        for node_id, reason in sorted(p.failures.items()):
             where = f" on {node_id}" if node_id else ""
             why = reason.strip() or "the node gave no reason; see its log"
-            err.print(Text(f"{key} failed to load{where}: {why}", style="red"), soft_wrap=True)
+            err.print(Text(f"{p.key} failed to load{where}: {why}", style="red"), soft_wrap=True)
+    if failed:
+        first = failed[0]
         err.print(
             f"routing is unchanged. Check the package locally with `shardline package check "
-            f"{package_dir}`, then remove this version with `shardline undeploy {key}` "
+            f"{first.path}`, then remove this version with `shardline undeploy {first.key}` "
             "and deploy a fixed one (a new version).",
             soft_wrap=True,
         )
+    if single:
+        p = packages[0]
+        if p.outcome == "warm":
+            console.print(
+                f"{p.key} is warm on its owners; route to it with `shardline objective set`"
+            )
+        elif p.outcome in ("lazy", "loading"):
+            state = "lazy (it loads on its first request)" if p.outcome == "lazy" else "loading"
+            console.print(
+                f"{p.key} is loadable: placed, and {state} where not warm; route to it with "
+                "`shardline objective set`",
+                soft_wrap=True,
+            )
+    else:
+        console.print(
+            f"deployed {len(packages)} packages from {path} in {elapsed_s:.1f}s: "
+            f"{counts['warm']} warm, {counts['lazy']} lazy"
+            + (f", {counts['loading']} loading" if counts["loading"] else "")
+            + f", {len(failed)} failed",
+            soft_wrap=True,
+        )
+    if failed:
         sys.exit(1)
-    console.print(f"{key} is warm on its owners; route to it with `shardline objective set`")
 
 
 @click.command()
