@@ -24,8 +24,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -54,6 +55,13 @@ def _count(doc: Mapping[str, object], name: str) -> int:
     return value
 
 
+def _time(doc: Mapping[str, object]) -> float:
+    value = doc.get("published_at", 0.0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"published_at must be a number >= 0, got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class LoadedSet:
     """What one node holds: resident models with their bytes, loads in progress, counters."""
@@ -69,6 +77,8 @@ class LoadedSet:
     """Models evicted (least recently used, to make room) since the node started."""
     budget_bytes: int = 0
     """The node's model memory budget (0: none declared)."""
+    published_at: float = 0.0
+    """Wall-clock time the node wrote it (its readers measure the propagation lag)."""
     keys: frozenset[str] = field(init=False, compare=False, repr=False)
     """The resident model keys (``models``' keys, as a set built once)."""
 
@@ -88,6 +98,7 @@ class LoadedSet:
             "loads": self.loads,
             "evictions": self.evictions,
             "budget_bytes": self.budget_bytes,
+            "published_at": self.published_at,
         }
         data = json.dumps(doc, separators=(",", ":")).encode()
         if len(data) > MAX_RECORD_BYTES:
@@ -129,6 +140,7 @@ class LoadedSet:
             loads=_count(doc, "loads"),
             evictions=_count(doc, "evictions"),
             budget_bytes=_count(doc, "budget_bytes"),
+            published_at=_time(doc),
         )
 
 
@@ -194,7 +206,7 @@ class LoadedPublisher:
             if loaded is None or lease is None or self._written == (loaded.version, lease):
                 continue
             try:
-                data = loaded.to_json()
+                data = replace(loaded, published_at=time.time()).to_json()
                 async with unavailable_guard("etcd", self._timeout_s):
                     await self._client.put(self._key, data, lease=lease)
             except Exception as exc:

@@ -33,10 +33,11 @@ from shardline.membership.catalog import (
 from shardline.membership.etcd import ControlPlaneUnavailable, node_key
 from shardline.node._proto.shardline import v1
 from shardline.node.cluster.artifacts import ArtifactError, ArtifactStore, unpack
-from shardline.node.cluster.catalog_ops import catalog, unimplemented_methods
+from shardline.node.cluster.catalog_ops import catalog, declared_footprint, unimplemented_methods
 from shardline.node.sdk.codec import WireCodec
 from shardline.node.sdk.tls import client_context
 from shardline.router.objectives import ConfigError, ObjectiveConfig
+from shardline.router.placement_policy import ModelNeed, NodeSpace, refusal
 from shardline.router.rules import OverrideNotAllowed, RequestContext, evaluate
 from shardline.workflows.manifest import ManifestError, load_manifest
 
@@ -202,8 +203,11 @@ class AdminService(v1.AdminBase):  # type: ignore[misc]
         with tempfile.TemporaryDirectory(prefix="shardline-deploy-") as tmp:
             package = unpack(deploy_request.package_tar_gz, Path(tmp) / "pkg")
             self._check_implemented(package)
+            manifest = load_manifest(package)  # (store.put verifies the digests)
+            footprint = declared_footprint(package, manifest)
+            self._check_fits(manifest.model_key, footprint, manifest.replicas)
             manifest, uri = await asyncio.to_thread(store.put, package)
-        doc = {"artifact_uri": uri, "manifest": manifest.to_dict()}
+        doc = {"artifact_uri": uri, "manifest": manifest.to_dict(), "footprint_bytes": footprint}
         revision = await self._catalog().put_workflow(manifest.name, manifest.version, doc)
         log.info("deployed %s to %s (revision %d)", manifest.model_key, uri, revision)
         return v1.DeployResponse(model_key=manifest.model_key, artifact_uri=uri, revision=revision)
@@ -245,6 +249,21 @@ class AdminService(v1.AdminBase):  # type: ignore[misc]
             )
         removed = await self._catalog().delete_workflow(name, version)
         return v1.UndeployResponse(removed=removed)
+
+    def _check_fits(self, key: str, footprint: int, replicas: int) -> None:
+        """Refuse (FAILED_PRECONDITION, with the numbers) a model larger than every node's
+        memory budget: it could never be loaded."""
+        view = self.node.router.state.view
+        spaces = [
+            NodeSpace(node_id, m.loaded.budget_bytes, m.record.capacity)
+            for node_id, m in view.members.items()
+            if m.loaded is not None and m.loaded.budget_bytes > 0
+        ]
+        if not spaces:
+            return  # no budget known yet (nodes starting): the nodes refuse it at load
+        why = refusal(spaces, ModelNeed(key, footprint, replicas))
+        if why is not None:
+            raise GRPCError(Status.FAILED_PRECONDITION, f"refused: {why}")
 
     # -- objectives ------------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,9 @@ class ClusterNode:
         self._objective_revisions: dict[str, object] = {}
         self._reporter: asyncio.Task[None] | None = None
         self._loaded: LoadedSet | None = None
+        self._seen_objectives: Mapping[str, Any] | None = None
+        self._seen_workflows: Mapping[str, Any] | None = None
+        self._seen_loaded: Mapping[str, LoadedSet] = {}
         self.runtime.executor.watch(self._report_load)
 
     def _artifact_of(self, key: str) -> Path:
@@ -146,11 +150,19 @@ class ClusterNode:
     def _on_view(self, view: MembershipView, snapshot: ClusterSnapshot) -> None:
         if snapshot.revision != self._objectives_revision:
             self._objectives_revision = snapshot.revision
-            self._observe_objective_lag(snapshot)
-            self.runtime.set_objectives(objectives_of(snapshot))
+            # Most revisions change only a loaded set: parse objectives and manifests again
+            # only when their sections changed (``ClusterSnapshot.apply`` keeps the others).
+            if snapshot.objectives is not self._seen_objectives:
+                self._seen_objectives = snapshot.objectives
+                self._observe_objective_lag(snapshot)
+                self.runtime.set_objectives(objectives_of(snapshot))
+            if snapshot.workflows is not self._seen_workflows:
+                self._seen_workflows = snapshot.workflows
+                self.runtime.catalog_manifests = manifests_of(snapshot)
+                self.router.catalog_models = frozenset(self.runtime.catalog_manifests)
+            if snapshot.loaded is not self._seen_loaded:
+                self._observe_loaded_lag(snapshot)
             self.runtime.ingress.starting = snapshot.revision == 0
-            self.runtime.catalog_manifests = manifests_of(snapshot)
-            self.router.catalog_models = frozenset(self.runtime.catalog_manifests)
             self.runtime.metrics.catalog_revision.set(snapshot.revision)
         self.router.on_view(view, snapshot)
         self.runtime.ingress.set_active_nodes(len(self.router.state.ring))
@@ -170,6 +182,17 @@ class ClusterNode:
                 except ValueError:
                     pass
             self._objective_revisions[name] = revision
+
+    def _observe_loaded_lag(self, snapshot: ClusterSnapshot) -> None:
+        """Publish time -> applied here, for the other nodes' loaded sets that changed."""
+        now = time.time()
+        seen = self._seen_loaded
+        for node_id, loaded in snapshot.loaded.items():
+            changed = node_id != self.config.node_id and seen.get(node_id) is not loaded
+            if changed and loaded.published_at > 0:
+                lag = max(0.0, now - loaded.published_at)
+                self.runtime.metrics.loaded_lag_seconds.observe(lag)
+        self._seen_loaded = snapshot.loaded
 
     def _observe_gossip(self, direction: str, size: int, kind: str) -> None:
         metrics = self.runtime.metrics

@@ -37,8 +37,22 @@ log = logging.getLogger("shardline.placement")
 DEFAULT_REPLICAS = handoff.DEFAULT_REPLICAS
 
 
+_REPLICAS: list[tuple[Any, dict[str, int]]] = []
+
+
 def replicas_of(snapshot: ClusterSnapshot) -> dict[str, int]:
-    """Model key -> R from the catalog's workflow manifests (default 2)."""
+    """Model key -> R from the catalog's workflow manifests (default 2). Cached for the
+    catalog section it was computed from (most snapshots change only a loaded set)."""
+    workflows = snapshot.workflows
+    for seen, replicas in _REPLICAS:
+        if seen is workflows:
+            return replicas
+    out = _replicas_of(snapshot)
+    _REPLICAS[:] = [(workflows, out), *_REPLICAS[:3]]  # a few: nodes share a process in tests
+    return out
+
+
+def _replicas_of(snapshot: ClusterSnapshot) -> dict[str, int]:
     out: dict[str, int] = {}
     for key, doc in snapshot.workflows.items():
         manifest = doc.get("manifest")

@@ -243,6 +243,12 @@ class NodeMetrics:
             "From an objective change's write time to this node applying it.",
             [], LATENCY_BUCKETS_S,
         )  # fmt: skip
+        self.loaded_lag_seconds = histogram(
+            "shardline_loaded_set_apply_lag_seconds",
+            "From another node publishing a change of its loaded set (a load, an eviction) "
+            "to this node applying it.",
+            [], LATENCY_BUCKETS_S,
+        )  # fmt: skip
         self.ring_changes = counter(
             "shardline_ring_changes_total", "Times the ring's membership changed.", []
         )
