@@ -79,6 +79,9 @@ class NodeRecord:
     pid: int = 0
     started_at: str = ""
     """ISO 8601 time the holding process started."""
+    memory_budget: int = 0
+    """Bytes of model memory the node may hold (``--memory-budget``); 0: not declared.
+    Placement weighs nodes by it (``shardline.router.placement_policy``)."""
 
     def __post_init__(self) -> None:
         validate_segment("node id", self.node_id)
@@ -103,6 +106,9 @@ class NodeRecord:
                 raise ValueError(f"NodeRecord.{name} must be a string, not {getattr(self, name)!r}")
         if isinstance(self.pid, bool) or not isinstance(self.pid, int) or self.pid < 0:
             raise ValueError(f"NodeRecord.pid must be an integer >= 0, not {self.pid!r}")
+        budget = self.memory_budget
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+            raise ValueError(f"NodeRecord.memory_budget must be an integer >= 0, not {budget!r}")
 
     def holder(self) -> str:
         """Who holds this node id, for error messages: address, pid, host, start time."""
@@ -133,6 +139,8 @@ class NodeRecord:
             doc["pid"] = self.pid
         if self.started_at:
             doc["started_at"] = self.started_at
+        if self.memory_budget:
+            doc["memory_budget"] = self.memory_budget
         return json.dumps(
             doc,
             sort_keys=True,
@@ -173,6 +181,7 @@ class NodeRecord:
             hostname=doc.get("hostname", ""),
             pid=doc.get("pid", 0),
             started_at=doc.get("started_at", ""),
+            memory_budget=doc.get("memory_budget", 0),
         )
 
 

@@ -13,6 +13,12 @@ the draining node itself. The draining node lets a key go only when every curren
 reports it warm, and leaves (deregisters, exits) once it holds nothing and has no
 request in flight. An active node that lost a key to a joiner lets it go the same way.
 
+Owners: with per-key needs (``ModelNeed``: bytes, R, hot copies), the owners come from
+``shardline.router.placement_policy.assign`` over the members' memory budgets — the ring's
+order, skipping nodes past their share of the placed bytes (consistent hashing with
+bounded loads); without, from the plain ring. ``ring_of`` hands back either behind one
+interface (``owners(key, replicas)``), so everything below works the same on both.
+
 Pure: views in, actions out; no clock, no I/O (reused by the simulator).
 """
 
@@ -22,9 +28,11 @@ import functools
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import overload
 
 from shardline.membership.registry import NodeState
 from shardline.membership.view import MembershipView
+from shardline.router.placement_policy import Assignment, ModelNeed, NodeSpace, assign
 from shardline.router.ring import Ring, RingMember
 
 DEFAULT_REPLICAS = 2
@@ -39,18 +47,91 @@ class Phase(StrEnum):
     GONE = "gone"  # not in the view
 
 
-def ring_of(view: MembershipView, extra: tuple[str, ...] = ()) -> Ring:
-    """The ring over the view's active members (plus ``extra``, e.g. a joiner's own id).
+Needs = Mapping[str, ModelNeed]
+UNDECLARED_BUDGET = 1 << 50
+"""The budget placement assumes for a node that declares none (every node, in a cluster
+run without ``--memory-budget`` records: shares then follow capacity alone)."""
 
-    Views change on every load report, rings only when members do: rings are cached by
-    membership (they are immutable), so this is a dictionary lookup on the hot paths.
+
+class Placed:
+    """Owners from ``placement_policy.assign`` with the ``Ring`` interface the callers use;
+    a key placement was not asked about (undeployed, still held) falls back to the ring."""
+
+    __slots__ = ("_identity", "assignment", "ring")
+
+    def __init__(self, ring: Ring, assignment: Assignment, identity: object) -> None:
+        self.ring = ring
+        self.assignment = assignment
+        self._identity = identity
+
+    def owners(self, key: str, replicas: int) -> tuple[str, ...]:
+        found = self.assignment.owners.get(key)
+        return found if found is not None else self.ring.owners(key, replicas)
+
+    @property
+    def node_ids(self) -> tuple[str, ...]:
+        return self.ring.node_ids
+
+    def __len__(self) -> int:
+        return len(self.ring)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self.ring
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Placed) and self._identity == other._identity
+
+    def __hash__(self) -> int:
+        return hash(self._identity)
+
+
+Owners = Ring | Placed
+
+
+@overload
+def ring_of(view: MembershipView, extra: tuple[str, ...] = ..., needs: None = ...) -> Ring: ...
+@overload
+def ring_of(view: MembershipView, extra: tuple[str, ...], needs: Needs) -> Owners: ...
+@overload
+def ring_of(view: MembershipView, extra: tuple[str, ...], needs: Needs | None) -> Owners: ...
+
+
+def ring_of(
+    view: MembershipView, extra: tuple[str, ...] = (), needs: Needs | None = None
+) -> Owners:
+    """The owners over the view's active members (plus ``extra``, e.g. a joiner's own id):
+    the plain ring, or with ``needs`` the memory-aware placement (see the module docstring).
+
+    Views change on every load report, rings only when members do: rings and placements are
+    cached by membership (and by the needs mapping's identity: callers keep one mapping per
+    catalog), so this is a dictionary lookup on the hot paths.
     """
-    capacity = {m.node_id: m.record.capacity for m in view.active()}
+    members = {m.node_id: m for m in view.active()}
     for node_id in extra:
         member = view.members.get(node_id)
         if member is not None:
-            capacity[node_id] = member.record.capacity
-    return _ring(frozenset(capacity.items()))
+            members[node_id] = member
+    ring = _ring(frozenset((n, m.record.capacity) for n, m in members.items()))
+    if needs is None:
+        return ring
+    declared = [m.record.memory_budget for m in members.values() if m.record.memory_budget > 0]
+    fallback = max(declared, default=UNDECLARED_BUDGET)
+    spaces = frozenset(
+        (n, m.record.memory_budget or fallback, m.record.capacity) for n, m in members.items()
+    )
+    key = (spaces, id(needs))
+    found = _PLACED.get(key)
+    if found is None or found[0] is not needs:
+        nodes = [NodeSpace(n, budget, capacity) for n, budget, capacity in sorted(spaces)]
+        found = (needs, Placed(ring, assign(nodes, needs.values()), key))
+        while len(_PLACED) >= PLACED_CACHE_SIZE:
+            del _PLACED[next(iter(_PLACED))]
+        _PLACED[key] = found
+    return found[1]
+
+
+PLACED_CACHE_SIZE = 32
+_PLACED: dict[tuple[frozenset[tuple[str, int, float]], int], tuple[Needs, Placed]] = {}
 
 
 @functools.lru_cache(maxsize=64)
@@ -58,17 +139,19 @@ def _ring(members: frozenset[tuple[str, float]]) -> Ring:
     return Ring(RingMember(node_id, cap) for node_id, cap in members)
 
 
-def owned(node_id: str, ring: Ring, replicas: Mapping[str, int]) -> set[str]:
+def owned(node_id: str, ring: Owners, replicas: Mapping[str, int]) -> set[str]:
     return {k for k, r in replicas.items() if node_id in ring.owners(k, r)}
 
 
-def desired(node_id: str, view: MembershipView, replicas: Mapping[str, int]) -> set[str]:
+def desired(
+    node_id: str, view: MembershipView, replicas: Mapping[str, int], needs: Needs | None = None
+) -> set[str]:
     """The model keys ``node_id`` should hold in ``view`` (its future share while joining)."""
     me = view.members.get(node_id)
     if me is None or me.state is NodeState.DRAINING:
         return set()
     extra = (node_id,) if me.state is NodeState.JOINING else ()
-    return owned(node_id, ring_of(view, extra), replicas)
+    return owned(node_id, ring_of(view, extra, needs), replicas)
 
 
 def warm_on(view: MembershipView, node_id: str, key: str) -> bool:
@@ -76,9 +159,15 @@ def warm_on(view: MembershipView, node_id: str, key: str) -> bool:
     return member is not None and key in member.models
 
 
-def releasable(node_id: str, key: str, view: MembershipView, replicas: Mapping[str, int]) -> bool:
+def releasable(
+    node_id: str,
+    key: str,
+    view: MembershipView,
+    replicas: Mapping[str, int],
+    needs: Needs | None = None,
+) -> bool:
     """May ``node_id`` let ``key`` go? Only when every current owner (but itself) has it warm."""
-    owners = [o for o in ring_of(view).owners(key, replicas.get(key, DEFAULT_REPLICAS))]
+    owners = ring_of(view, (), needs).owners(key, replicas.get(key, DEFAULT_REPLICAS))
     others = [o for o in owners if o != node_id]
     if not others:
         return key not in replicas  # no owner left at all: keep it unless it was undeployed
@@ -100,15 +189,18 @@ def step(
     replicas: Mapping[str, int],
     loaded: Set[str],
     in_flight: int,
+    needs: Needs | None = None,
 ) -> Step:
     """The next handoff step for ``node_id`` given what it holds and serves right now."""
     me = view.members.get(node_id)
     if me is None:
         return Step(Phase.GONE)
-    want = desired(node_id, view, replicas)
+    want = desired(node_id, view, replicas, needs)
     load = frozenset(want - set(loaded))
     unload = frozenset(
-        k for k in set(loaded) - want if k not in replicas or releasable(node_id, k, view, replicas)
+        k
+        for k in set(loaded) - want
+        if k not in replicas or releasable(node_id, k, view, replicas, needs)
     )
     if me.state is NodeState.JOINING:
         return Step(Phase.READY if not load else Phase.JOINING, load, frozenset())

@@ -210,7 +210,9 @@ class ClusterNode:
                 "binding all interfaces: give --advertise-host (the address peers dial)"
             )
         address = f"{host}:{self.server.bound_port}"
-        self.membership = ClusterMembership(self.config.node_id, address, self.cluster)
+        self.membership = ClusterMembership(
+            self.config.node_id, address, self.cluster, memory_budget=self.budget_bytes
+        )
         self.membership.subscribe(self._on_view)
         self.membership.gossip.packet_observer = self._observe_gossip
         transitions = self.runtime.metrics.member_transitions

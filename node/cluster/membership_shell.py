@@ -71,7 +71,9 @@ class ClusterMembership:
         version: str = "",
         devices: tuple[str, ...] = (),
         rng: random.Random | None = None,
+        memory_budget: int = 0,
     ) -> None:
+        self.memory_budget = memory_budget
         self.node_id = node_id
         self.grpc_address = grpc_address
         self.config = config
@@ -161,6 +163,7 @@ class ClusterMembership:
             hostname=socket.gethostname(),
             pid=os.getpid(),
             started_at=self.started_at,
+            memory_budget=self.memory_budget,
         )
 
     async def set_state(self, state: NodeState) -> None:

@@ -21,17 +21,20 @@ import contextlib
 import json
 import logging
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from shardline.membership.snapshot import ClusterSnapshot
 from shardline.membership.view import MembershipView
-from shardline.node.cluster.catalog_ops import WORKFLOW_METHODS
+from shardline.node.cluster.catalog_ops import WORKFLOW_METHODS, footprint_of
 from shardline.node.cluster.residence import Residence
 from shardline.node.serving.executor import Executor
 from shardline.router import handoff
 from shardline.router.handoff import Phase
 from shardline.router.objectives import ObjectiveConfig
+from shardline.router.placement_policy import ModelNeed
 
 log = logging.getLogger("shardline.placement")
 DEFAULT_REPLICAS = handoff.DEFAULT_REPLICAS
@@ -52,6 +55,25 @@ def replicas_of(snapshot: ClusterSnapshot) -> dict[str, int]:
     return out
 
 
+_NEEDS: list[tuple[Any, Mapping[str, ModelNeed]]] = []
+
+
+def needs_of(snapshot: ClusterSnapshot) -> Mapping[str, ModelNeed]:
+    """Model key -> what placement needs of it: its declared footprint (``footprint_bytes``
+    of its catalog entry) and R. One mapping per catalog section, so placements computed
+    from it are cached (``shardline.router.handoff.ring_of``)."""
+    workflows = snapshot.workflows
+    for seen, needs in _NEEDS:
+        if seen is workflows:
+            return needs
+    replicas = replicas_of(snapshot)
+    out = MappingProxyType(
+        {key: ModelNeed(key, footprint_of(doc), replicas[key]) for key, doc in workflows.items()}
+    )
+    _NEEDS[:] = [(workflows, out), *_NEEDS[:3]]
+    return out
+
+
 def _replicas_of(snapshot: ClusterSnapshot) -> dict[str, int]:
     out: dict[str, int] = {}
     for key, doc in snapshot.workflows.items():
@@ -64,7 +86,7 @@ def _replicas_of(snapshot: ClusterSnapshot) -> dict[str, int]:
 
 def desired_models(node_id: str, view: MembershipView, snapshot: ClusterSnapshot) -> set[str]:
     """The model keys ``node_id`` should hold in this view (pure)."""
-    return handoff.desired(node_id, view, replicas_of(snapshot))
+    return handoff.desired(node_id, view, replicas_of(snapshot), needs_of(snapshot))
 
 
 def describe_load_error(exc: BaseException) -> str:
@@ -202,6 +224,7 @@ class Placement:
                 replicas,
                 set(self.executor.models),
                 self.executor.in_flight,
+                needs_of(self.snapshot),
             )
             eager, self.lazy = self._eager(s.load)
             loaded = await self._load(eager)
@@ -250,7 +273,7 @@ class Placement:
         view = self.view
         me = view.members.get(self.node_id)
         extra = (self.node_id,) if me is not None and me.state.value == "joining" else ()
-        future = handoff.ring_of(view, extra)
+        future = handoff.ring_of(view, extra, needs_of(self.snapshot))
         replicas = replicas_of(self.snapshot)
         handed: set[str] = set()
         for node_id, member in view.members.items():

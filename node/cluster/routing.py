@@ -28,7 +28,7 @@ from typing import Any
 from shardline.membership.snapshot import ClusterSnapshot
 from shardline.membership.view import MembershipView
 from shardline.node.cluster.peers import PeerPool
-from shardline.node.cluster.placement import replicas_of
+from shardline.node.cluster.placement import needs_of, replicas_of
 from shardline.node.cluster.residence import Residence
 from shardline.node.sdk.errors import (
     InvalidArgument,
@@ -43,7 +43,7 @@ from shardline.node.serving.local_router import Shadows
 from shardline.router import handoff
 from shardline.router.decision import Decision
 from shardline.router.forward import MAX_HOPS, AttemptFailed, attempt_order, call_with_failover
-from shardline.router.handoff import ring_of
+from shardline.router.handoff import Owners, ring_of
 from shardline.router.replica import ReplicaPolicy, choose_replica, rendezvous
 from shardline.router.ring import Ring
 from shardline.router.rules import RequestContext
@@ -57,7 +57,7 @@ FIRST_ATTEMPT_SHARE = 0.5  # of the remaining deadline, when another owner can b
 @dataclass(frozen=True)
 class RoutingState:
     view: MembershipView = field(default_factory=MembershipView)
-    ring: Ring = field(default_factory=lambda: Ring(()))
+    ring: Owners = field(default_factory=lambda: Ring(()))
     replicas: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     def owners(self, model_key: str) -> tuple[str, ...]:
@@ -94,8 +94,8 @@ class ClusterRouter:
         """Swap in the routing state for a new view (ring rebuilt only when members change).
 
         The node divides its admission limits by ``len(self.state.ring)`` afterwards."""
-        ring = ring_of(view)
         replicas = replicas_of(snapshot)
+        ring = ring_of(view, (), needs_of(snapshot))
         if ring == self.state.ring:
             ring = self.state.ring  # keep the memoized owners
         elif len(self.state.ring) or len(ring):

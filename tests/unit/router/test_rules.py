@@ -232,6 +232,7 @@ def test_defaults_for_optional_fields() -> None:
         "rules": [],
         "experiments": [],
         "shadows": [],
+        "warm": False,
     }
 
 
