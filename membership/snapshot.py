@@ -81,6 +81,13 @@ def _parse(key: str, value: bytes) -> tuple[str, str, Any] | None:
         return ("workflows", f"{parts[1]}@{parts[2]}", _json_object(value))
     if parts[0] == "objectives" and len(parts) == 2:
         return ("objectives", parts[1], _json_object(value))
+    if parts[0] == "hot" and len(parts) == 2:
+        doc = _json_object(value)
+        copies = doc.get("copies") if doc is not None else None
+        if isinstance(copies, bool) or not isinstance(copies, int) or not 0 <= copies <= 1000:
+            log.warning("ignoring bad hot-copies record at %s", key)
+            return ("hot", parts[1], None)
+        return ("hot", parts[1], copies)
     if parts[0] == "loaded" and len(parts) == 2:
         try:
             loaded = LoadedSet.from_json(value)
@@ -96,7 +103,7 @@ def _parse(key: str, value: bytes) -> tuple[str, str, Any] | None:
 
 def _section_key(key: str) -> tuple[str, str] | None:
     parts = key.split("/")
-    if parts[0] in ("nodes", "objectives", "loaded") and len(parts) == 2:
+    if parts[0] in ("nodes", "objectives", "loaded", "hot") and len(parts) == 2:
         return (parts[0], parts[1])
     if parts[0] == "workflows" and len(parts) == 3:
         return ("workflows", f"{parts[1]}@{parts[2]}")
@@ -115,6 +122,9 @@ class ClusterSnapshot:
     """objective name -> current document ``{"revision", "config", "updated_at", "author"}``."""
     loaded: Mapping[str, LoadedSet] = field(default_factory=lambda: _EMPTY)
     """node id -> the models it holds (``shardline.membership.loaded``)."""
+    hot: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    """model key -> extra copies its load asks for (``hot/<key>``, written by the node that
+    decides for it: ``shardline.node.cluster.hot``)."""
 
     def __hash__(self) -> int:  # consistent with ==: equal snapshots have equal revisions
         return hash(self.revision)
@@ -127,6 +137,7 @@ class ClusterSnapshot:
             "workflows": {},
             "objectives": {},
             "loaded": {},
+            "hot": {},
         }
         for key, value in kvs:
             parsed = _parse(key, value)
@@ -138,6 +149,7 @@ class ClusterSnapshot:
             workflows=MappingProxyType(sections["workflows"]),
             objectives=MappingProxyType(sections["objectives"]),
             loaded=MappingProxyType(sections["loaded"]),
+            hot=MappingProxyType(sections["hot"]),
         )
 
     def apply(self, events: Iterable[KeyEvent], revision: int | None = None) -> ClusterSnapshot:
@@ -178,6 +190,7 @@ class ClusterSnapshot:
                 else self.objectives
             ),
             loaded=MappingProxyType(changed["loaded"]) if "loaded" in changed else self.loaded,
+            hot=MappingProxyType(changed["hot"]) if "hot" in changed else self.hot,
         )
 
 

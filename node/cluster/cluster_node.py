@@ -25,12 +25,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shardline.membership.etcd import cluster_prefix
 from shardline.membership.loaded import LoadedSet
 from shardline.membership.registry import NodeState
 from shardline.membership.snapshot import ClusterSnapshot
 from shardline.membership.view import MembershipView
 from shardline.node.cluster.admin import AdminService
 from shardline.node.cluster.artifacts import DirectoryStore, artifact_path
+from shardline.node.cluster.hot import HotCopies
 from shardline.node.cluster.membership_shell import ClusterConfig, ClusterMembership
 from shardline.node.cluster.peers import PeerPool
 from shardline.node.cluster.placement import Placement
@@ -101,6 +103,9 @@ class ClusterNode:
         )
         self.runtime.use_router(self.router)
         self.placement = Placement(self.runtime.executor, config.node_id, self.residence)
+        self.hot = HotCopies(
+            config.node_id, self.runtime.executor, self.router, config.hot_policy, self._put_hot
+        )
         self.server = NodeServer(
             self.runtime,
             [
@@ -127,6 +132,18 @@ class ClusterNode:
         self._seen_workflows: Mapping[str, Any] | None = None
         self._seen_loaded: Mapping[str, LoadedSet] = {}
         self.runtime.executor.watch(self._report_load)
+
+    async def _put_hot(self, key: str, value: bytes | None) -> None:
+        """Write (or, for no extra copies, delete) a model's hot-copies record."""
+        assert self.membership is not None and self.membership.client is not None
+        name = cluster_prefix(self.cluster.cluster) + f"hot/{key}".encode()
+        try:
+            if value is None:
+                await self.membership.client.delete(name)
+            else:
+                await self.membership.client.put(name, value)
+        except Exception as exc:  # etcd away: the next observation tries again
+            log.warning("could not write the hot copies of %s: %s", key, exc)
 
     def _artifact_of(self, key: str) -> Path:
         doc = self.placement.snapshot.workflows.get(key)
@@ -229,6 +246,7 @@ class ClusterNode:
         self.join_seconds = asyncio.get_running_loop().time() - joined_at
         self.runtime.tune_process()
         self._reporter = asyncio.create_task(self._report_loop(), name="load-reporter")
+        self.hot.start()
 
     def start_drain(self) -> None:
         """Begin draining in the background (the Admin call returns at once)."""
@@ -280,6 +298,7 @@ class ClusterNode:
             self._reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reporter
+        await self.hot.stop()
         await self.placement.stop()
         if self.membership is not None:
             await self.membership.stop(graceful=True)

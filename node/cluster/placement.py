@@ -55,22 +55,26 @@ def replicas_of(snapshot: ClusterSnapshot) -> dict[str, int]:
     return out
 
 
-_NEEDS: list[tuple[Any, Mapping[str, ModelNeed]]] = []
+_NEEDS: list[tuple[tuple[Any, Any], Mapping[str, ModelNeed]]] = []
 
 
 def needs_of(snapshot: ClusterSnapshot) -> Mapping[str, ModelNeed]:
     """Model key -> what placement needs of it: its declared footprint (``footprint_bytes``
-    of its catalog entry) and R. One mapping per catalog section, so placements computed
+    of its catalog entry), R and its hot copies (``hot/<key>``). One mapping per catalog
+    and hot section, so placements computed
     from it are cached (``shardline.router.handoff.ring_of``)."""
-    workflows = snapshot.workflows
+    workflows, hot = snapshot.workflows, snapshot.hot
     for seen, needs in _NEEDS:
-        if seen is workflows:
+        if seen[0] is workflows and seen[1] is hot:
             return needs
     replicas = replicas_of(snapshot)
     out = MappingProxyType(
-        {key: ModelNeed(key, footprint_of(doc), replicas[key]) for key, doc in workflows.items()}
+        {
+            key: ModelNeed(key, footprint_of(doc), replicas[key], hot.get(key, 0))
+            for key, doc in workflows.items()
+        }
     )
-    _NEEDS[:] = [(workflows, out), *_NEEDS[:3]]
+    _NEEDS[:] = [((workflows, hot), out), *_NEEDS[:3]]
     return out
 
 
@@ -282,6 +286,13 @@ class Placement:
             for key in keys & member.models:
                 owners = future.owners(key, replicas.get(key, DEFAULT_REPLICAS))
                 if node_id not in owners:
+                    handed.add(key)
+        needs = needs_of(self.snapshot)
+        for key in keys:  # a hot copy is placed here to take load now: load it now
+            need = needs.get(key)
+            if need is not None and need.copies:
+                slots = future.owners(key, need.replicas)
+                if self.node_id in slots[need.replicas :]:
                     handed.add(key)
         first = sorted(keys & pinned) + sorted(handed - pinned)
         self._may_evict = frozenset(first)

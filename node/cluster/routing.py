@@ -87,6 +87,7 @@ class ClusterRouter:
         self.rng = rng or random.Random()
         self.policy = policy or ReplicaPolicy()
         self.state = RoutingState()
+        self.snapshot: ClusterSnapshot | None = None
 
     # -- state -----------------------------------------------------------------------------
 
@@ -94,6 +95,7 @@ class ClusterRouter:
         """Swap in the routing state for a new view (ring rebuilt only when members change).
 
         The node divides its admission limits by ``len(self.state.ring)`` afterwards."""
+        self.snapshot = snapshot
         replicas = replicas_of(snapshot)
         ring = ring_of(view, (), needs_of(snapshot))
         if ring == self.state.ring:

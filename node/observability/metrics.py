@@ -202,6 +202,12 @@ class NodeMetrics:
             "Resident models unloaded to make room (least recently used first).",
             [],
         )
+        self.hot_copy_changes = counter(
+            "shardline_hot_copy_changes_total",
+            "Extra copies of a hot model asked for (up) or dropped once cold (down) by this "
+            "node, for the models it decides for.",
+            ["direction"],
+        )
         self.resident_bytes = Gauge(
             "shardline_resident_model_bytes", "Bytes of the models resident on this node.",
             registry=r,

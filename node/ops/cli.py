@@ -37,7 +37,11 @@ from shardline.node.ops.cli_admin import (
 from shardline.node.sdk.admin_client import DEFAULT_PORT, unreachable
 from shardline.node.sdk.tls import TlsFiles
 from shardline.node.serving.inputs import DEFAULT_HEAD_LIMITS as HEAD_LIMITS
-from shardline.node.serving.node_config import DEFAULT_MAX_RESIDENT_MODELS, parse_bytes
+from shardline.node.serving.node_config import (
+    DEFAULT_MAX_RESIDENT_MODELS,
+    parse_bytes,
+    parse_hot_policy,
+)
 
 if TYPE_CHECKING:
     from shardline.node.sdk.client import Prediction
@@ -229,6 +233,12 @@ def main(log_level: str) -> None:
     "--max-resident-models", type=click.IntRange(1), default=DEFAULT_MAX_RESIDENT_MODELS,
     show_default=True, help="Cluster mode: the most models resident on this node at once.",
 )  # fmt: skip
+@click.option(
+    "--hot-policy", default="", metavar="FIELD=VALUE,...",
+    help="Cluster mode: when a model gains an extra copy and loses it, e.g. "
+    "up_in_flight_per_copy=4,up_queue_ms=50,down_ratio=0.25,up_after_s=5,down_after_s=60,"
+    "cooldown_s=10,max_copies=8 (those are the defaults; give only what you change).",
+)  # fmt: skip
 def serve(
     standalone: bool,
     etcd: str | None,
@@ -262,6 +272,7 @@ def serve(
     max_attribute_chars: int,
     memory_budget: str | None,
     max_resident_models: int,
+    hot_policy: str,
 ) -> None:
     """Run a node until Ctrl-C (then it drains in-flight requests and exits)."""
     from shardline.membership.etcd import ControlPlaneUnavailable
@@ -281,6 +292,7 @@ def serve(
             ),
             memory_budget_bytes=parse_bytes(memory_budget) if memory_budget else None,
             max_resident_models=max_resident_models,
+            hot_policy=parse_hot_policy(hot_policy),
         )  # fmt: skip
         if standalone:
             from shardline.node.serving.server import serve_standalone

@@ -51,6 +51,7 @@ from shardline.workflows.sdk import ContextLike, StaticContext
 
 log = logging.getLogger("shardline.node")
 
+QUEUE_EWMA_WEIGHT = 0.2
 SHADOW_FLOW = "~shadow"  # shadow copies of every objective share one turn at a model's queue
 WARMUP_FLOW = "~warmup"
 
@@ -78,6 +79,8 @@ class Executor:
         self.models: dict[str, LoadedModel] = {}
         self.in_flight = 0
         """Requests executing on this node's model actors (what gossip reports as load)."""
+        self.queue_ms: dict[str, float] = {}
+        """Model key -> recent queue time of its batches (ms, exponential average)."""
         self.busy: dict[str, int] = {}
         """Model key -> its requests in flight here (a busy model is never evicted)."""
         self.loaded_version = 0
@@ -150,6 +153,7 @@ class Executor:
         model = self.models.pop(key, None)
         if model is None:
             return
+        self.queue_ms.pop(key, None)
         self.changed()
         await self.system.stop(model.ref, drain=True, timeout_s=timeout_s)
         self.metrics.unloads.labels(key).inc()
@@ -321,6 +325,10 @@ class Executor:
 
     def _observe_batch(self, key: str, size: int, queue_s: float, compute_s: float) -> None:
         self.metrics.observe_batch(key, size, queue_s, compute_s)
+        # Recent queue time per model (what hot copies react to): an exponential average.
+        last = self.queue_ms.get(key)
+        ms = queue_s * 1000.0
+        self.queue_ms[key] = ms if last is None else last + QUEUE_EWMA_WEIGHT * (ms - last)
 
     def _log_prediction(
         self, request: Any, job: Job, key: str, cell: str, result: JobResult, started: float

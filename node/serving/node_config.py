@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from shardline.membership.loaded import MAX_RECORD_BYTES
 from shardline.node.sdk.tls import TlsFiles
 from shardline.node.serving.inputs import DEFAULT_HEAD_LIMITS, HeadLimits
+from shardline.router.hot_copies import HotPolicy
 
 DEFAULT_MAX_RESIDENT_MODELS = 4096
 # A loaded-set record lists each resident key (at most 128 characters) with its bytes: this
@@ -57,6 +58,27 @@ def parse_bytes(text: str) -> int:
     return int(value * units[unit])
 
 
+def parse_hot_policy(text: str) -> HotPolicy:
+    """``"up_after_s=1,max_copies=2"`` -> a ``HotPolicy`` (defaults for the rest); ValueError
+    naming the field for an unknown field or a bad value."""
+    known = {f.name: f.type for f in fields(HotPolicy)}
+    values: dict[str, float | int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or name not in known:
+            raise ValueError(f"--hot-policy: {item!r} is not FIELD=VALUE with FIELD one of "
+                             f"{', '.join(known)}")  # fmt: skip
+        try:
+            values[name] = int(raw) if name == "max_copies" else float(raw)
+        except ValueError:
+            raise ValueError(f"--hot-policy: {name} must be a number, got {raw!r}") from None
+    try:
+        return HotPolicy(**values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ValueError(f"--hot-policy: {exc}") from None
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     node_id: str = "node-1"
@@ -87,6 +109,8 @@ class NodeConfig:
     # ``default_memory_budget``) and the most models resident at once.
     memory_budget_bytes: int | None = None
     max_resident_models: int = DEFAULT_MAX_RESIDENT_MODELS
+    # Hot copies: when a model this node decides for gains or loses an extra copy.
+    hot_policy: HotPolicy = field(default_factory=HotPolicy)
 
     @property
     def memory_budget(self) -> int:
