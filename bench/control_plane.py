@@ -36,8 +36,10 @@ write) to the moment each node has applied it, two ways:
 
 A node's own loaded-set writes are not counted for itself (the histogram skips them too).
 It prints p50 / p99 / max per kind and method against the target (p99 <= 100 ms), per node
-too, and the load's requests/s and failures. Exit status 1 when a request failed or a node
-never applied a change (not for a missed target: timing depends on the machine).
+too (with the poll round trip and the node's CPU use, ``process_cpu_seconds_total`` over the
+run: the polls themselves cost the nodes some CPU), and the load's requests/s and failures.
+Exit status 1 when a request failed or a node never applied a change (not for a missed
+target: timing depends on the machine).
 """
 
 from __future__ import annotations
@@ -500,12 +502,20 @@ def cluster(cfg: Config, log: Any) -> Iterator[tuple[EtcdServer, dict[str, NodeP
 
 
 def scrape(nodes: Mapping[str, NodeProcess]) -> dict[str, dict[str, dict[float, float]]]:
-    """node -> kind -> cumulative buckets."""
+    """node -> kind -> cumulative buckets; "cpu" -> {0: the process's CPU seconds}."""
     out = {}
     for node_id, node in nodes.items():
         text = node.metrics_text()
         out[node_id] = {kind: histogram_buckets(text, name) for kind, name in HISTOGRAMS.items()}
+        out[node_id]["cpu"] = {0.0: cpu_seconds(text)}
     return out
+
+
+def cpu_seconds(text: str) -> float:
+    for family in text_string_to_metric_families(text):
+        if family.name == "process_cpu_seconds":
+            return float(family.samples[0].value)
+    return 0.0
 
 
 async def write_objectives(etcd: EtcdServer, cfg: Config, prober: Prober) -> int:
@@ -553,8 +563,10 @@ def run(cfg: Config, log: Any = print) -> dict[str, Any]:
         load.start()
         try:
             before = scrape(nodes)
+            t0 = time.monotonic()
             prober = asyncio.run(measure(etcd, nodes, cfg))
             after = scrape(nodes)
+            window_s = time.monotonic() - t0
         finally:
             result = load.stop()
         dead = {n: p.proc.returncode for n, p in nodes.items() if p.proc.poll() is not None}
@@ -563,7 +575,9 @@ def run(cfg: Config, log: Any = print) -> dict[str, Any]:
         for node_id in nodes
     }
     polled, missing = prober.lags()
+    cpu = {n: (after[n]["cpu"][0.0] - before[n]["cpu"][0.0]) / window_s for n in nodes}
     return {
+        "cpu": cpu,
         "hist": hist,
         "polled": polled,
         "missing": missing,
@@ -624,6 +638,7 @@ def report(result: dict[str, Any], cfg: Config, console: Console) -> int:
         per_node.add_column(f"{kind}: poll", justify="right")
     per_node.add_column("polls (errors)", justify="right")
     per_node.add_column("poll RTT p50 / p99 ms", justify="right")
+    per_node.add_column("CPU (cores)", justify="right")
     for node_id in sorted(hist):
         cells = [node_id]
         for kind in KINDS:
@@ -640,6 +655,7 @@ def report(result: dict[str, Any], cfg: Config, console: Console) -> int:
         polls, errors, rtts = result["polls"][node_id]
         cells.append(f"{polls} ({errors})")
         cells.append(f"{_ms(percentile(rtts, 50))} / {_ms(percentile(rtts, 99))}" if rtts else "-")
+        cells.append(f"{result['cpu'][node_id]:.2f}")
         per_node.add_row(*cells)
     console.print(per_node)
 
