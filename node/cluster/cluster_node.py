@@ -52,14 +52,30 @@ log = logging.getLogger("shardline.node")
 LOAD_REPORT_INTERVAL_S = 0.2
 
 
-def objectives_of(snapshot: ClusterSnapshot) -> dict[str, ObjectiveConfig]:
-    """The valid objective configs of a snapshot (writes are validated; skip the odd bad one)."""
+def objectives_of(
+    snapshot: ClusterSnapshot, known: Mapping[str, tuple[object, ObjectiveConfig]] | None = None
+) -> dict[str, ObjectiveConfig]:
+    """The valid objective configs of a snapshot (writes are validated; skip the odd bad one).
+
+    ``known`` (name -> (the document parsed, its config)) is filled in and reused: a
+    document that did not change is not parsed again, so a change of one objective costs
+    one parse, not one per objective in the catalog."""
     out: dict[str, ObjectiveConfig] = {}
+    cache = dict(known) if known is not None else {}
     for name, doc in snapshot.objectives.items():
+        seen = cache.get(name)
+        if seen is not None and seen[0] is doc:
+            out[name] = seen[1]
+            continue
         try:
             out[name] = ObjectiveConfig.from_dict(doc["config"])
         except Exception as exc:
             log.error("objective %s in the catalog is invalid, ignored: %s", name, exc)
+            continue
+        cache[name] = (doc, out[name])
+    if isinstance(known, dict):
+        known.clear()
+        known.update({n: cache[n] for n in out})
     return out
 
 
@@ -129,6 +145,7 @@ class ClusterNode:
         self._reporter: asyncio.Task[None] | None = None
         self._loaded: LoadedSet | None = None
         self._seen_objectives: Mapping[str, Any] | None = None
+        self._parsed_objectives: dict[str, tuple[object, ObjectiveConfig]] = {}
         self._seen_workflows: Mapping[str, Any] | None = None
         self._seen_loaded: Mapping[str, LoadedSet] = {}
         self.runtime.executor.watch(self._report_load)
@@ -172,7 +189,7 @@ class ClusterNode:
             if snapshot.objectives is not self._seen_objectives:
                 self._seen_objectives = snapshot.objectives
                 self._observe_objective_lag(snapshot)
-                self.runtime.set_objectives(objectives_of(snapshot))
+                self.runtime.set_objectives(objectives_of(snapshot, self._parsed_objectives))
             if snapshot.workflows is not self._seen_workflows:
                 self._seen_workflows = snapshot.workflows
                 self.runtime.catalog_manifests = manifests_of(snapshot)

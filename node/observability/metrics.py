@@ -35,6 +35,25 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 SIZE_BUCKETS = (64, 128, 256, 512, 1024, 1400, 4096, 65536)
+# Control-plane propagation (target p99 <= 100 ms): finer around 100 ms than the request ones.
+CONTROL_BUCKETS_S = (
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+)
 LOAD_BUCKETS_S = (0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 Readiness = Callable[[], tuple[bool, str]]
@@ -247,13 +266,13 @@ class NodeMetrics:
         self.watch_lag_seconds = histogram(
             "shardline_catalog_apply_lag_seconds",
             "From an objective change's write time to this node applying it.",
-            [], LATENCY_BUCKETS_S,
+            [], CONTROL_BUCKETS_S,
         )  # fmt: skip
         self.loaded_lag_seconds = histogram(
             "shardline_loaded_set_apply_lag_seconds",
             "From another node publishing a change of its loaded set (a load, an eviction) "
             "to this node applying it.",
-            [], LATENCY_BUCKETS_S,
+            [], CONTROL_BUCKETS_S,
         )  # fmt: skip
         self.ring_changes = counter(
             "shardline_ring_changes_total", "Times the ring's membership changed.", []
