@@ -117,12 +117,13 @@ def ring_of(
     declared = [m.record.memory_budget for m in members.values() if m.record.memory_budget > 0]
     fallback = max(declared, default=UNDECLARED_BUDGET)
     spaces = frozenset(
-        (n, m.record.memory_budget or fallback, m.record.capacity) for n, m in members.items()
+        (n, m.record.memory_budget or fallback, m.record.capacity, m.record.zone)
+        for n, m in members.items()
     )
     key = (spaces, id(needs))
     found = _PLACED.get(key)
     if found is None or found[0] is not needs:
-        nodes = [NodeSpace(n, budget, capacity) for n, budget, capacity in sorted(spaces)]
+        nodes = [NodeSpace(n, budget, cap, zone) for n, budget, cap, zone in sorted(spaces)]
         found = (needs, Placed(ring, assign(nodes, needs.values()), key))
         while len(_PLACED) >= PLACED_CACHE_SIZE:
             del _PLACED[next(iter(_PLACED))]
@@ -131,7 +132,7 @@ def ring_of(
 
 
 PLACED_CACHE_SIZE = 32
-_PLACED: dict[tuple[frozenset[tuple[str, int, float]], int], tuple[Needs, Placed]] = {}
+_PLACED: dict[tuple[frozenset[tuple[str, int, float, str]], int], tuple[Needs, Placed]] = {}
 
 
 @functools.lru_cache(maxsize=64)
@@ -217,15 +218,23 @@ def serving_candidates(
     owners: tuple[str, ...],
     view: MembershipView,
     is_warm: Callable[[str], bool],
+    *,
+    lazy: bool = False,
 ) -> tuple[str, ...]:
     """Where a request for ``key`` may go, best first.
 
     The ring's owners that hold it warm; while keys move (a drain, a crash, a join
     settling) any live member still holding it warm; only when nobody does, the owners
     themselves (a cold owner answers UNAVAILABLE and the request fails over).
+
+    With ``lazy`` (owners load a model on its first request), the cold owners follow the
+    warm ones: when the only warm copy fails (its node died and the view does not know
+    yet), the request fails over to an owner that loads it rather than failing.
     """
     warm = tuple(o for o in owners if is_warm(o))
     if warm:
+        if lazy:
+            return warm + tuple(o for o in owners if o not in warm)
         return warm
     holders = tuple(
         node_id for node_id in sorted(view.members) if is_warm(node_id) and node_id not in owners

@@ -76,10 +76,13 @@ class NodeSpace:
     node_id: str
     budget_bytes: int  # the node's model memory budget (> 0)
     capacity: float = 1.0  # relative weight, as in RingMember
+    zone: str = ""  # failure domain: a key's owners go to distinct zones while there are enough
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, str) or not self.node_id:
             raise ValueError(f"node_id must be a non-empty string, got {self.node_id!r}")
+        if not isinstance(self.zone, str):
+            raise ValueError(f"zone of {self.node_id!r} must be a string, got {self.zone!r}")
         if not _is_int(self.budget_bytes) or self.budget_bytes <= 0:
             raise ValueError(
                 f"budget_bytes of {self.node_id!r} must be an int > 0, got {self.budget_bytes!r}"
@@ -304,6 +307,11 @@ def assign(
     load_b = [0] * n_nodes
     load_r = [0.0] * n_nodes
     owners: dict[str, tuple[str, ...]] = {}
+    # Zones: a key's owners go to distinct zones (a zone failure then leaves every key an
+    # owner) as long as the cluster has as many zones as the key wants owners; nodes with
+    # no zone each count as their own.
+    zone_of = [s.zone or f"\0{s.node_id}" for s in spaces]
+    n_zones = len(set(zone_of))
 
     for i in order:
         need = placeable[i]
@@ -312,17 +320,21 @@ def assign(
         per_owner = need.rate / count
         chosen: list[int] = []
         taken: set[int] = set()
+        zones: set[str] = set()
+        spread = n_zones >= count
         position = starts[i]
         for _ in range(8 * count + _WALK_POINTS):
             node = point_node[position]
             if (
                 node not in taken
+                and not (spread and zone_of[node] in zones)
                 and budgets[node] >= size
                 and load_b[node] + size <= byte_bound[node]
                 and load_r[node] + per_owner <= rate_bound[node]
             ):
                 chosen.append(node)
                 taken.add(node)
+                zones.add(zone_of[node])
                 if len(chosen) == count:
                     break
             position += 1

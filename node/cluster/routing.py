@@ -111,17 +111,26 @@ class ClusterRouter:
         self.state = RoutingState(view, ring, MappingProxyType(replicas))
         self.peers.retain({m.record.grpc_address for m in view.members.values()})
 
+    def is_warm(self, model_key: str, node_id: str) -> bool:
+        if node_id == self.node_id:
+            return model_key in self.executor.models
+        member = self.state.view.members.get(node_id)
+        return member is not None and model_key in member.models
+
     def serving(self, model_key: str, owners: tuple[str, ...]) -> tuple[str, ...]:
-        """Where a request may go while keys move
-        (``shardline.router.handoff.serving_candidates``)."""
-        members = self.state.view.members
+        """Where a request may go while keys move, best first
+        (``shardline.router.handoff.serving_candidates``): with lazy loading, the warm ones
+        and then the cold owners, which load it on demand if the warm ones fail."""
+        lazy = self.residence is not None  # a cold owner loads on the first request
+        return handoff.serving_candidates(
+            model_key, owners, self.state.view, lambda n: self.is_warm(model_key, n), lazy=lazy
+        )
 
-        def warm(node_id: str) -> bool:
-            if node_id == self.node_id:
-                return model_key in self.executor.models
-            return node_id in members and model_key in members[node_id].models
-
-        return handoff.serving_candidates(model_key, owners, self.state.view, warm)
+    def warm_part(self, model_key: str, candidates: tuple[str, ...]) -> tuple[str, ...]:
+        """The candidates that hold the model warm (all of them when none does): the
+        replica is chosen among these; the cold owners are only failover targets."""
+        warm = tuple(c for c in candidates if self.is_warm(model_key, c))
+        return warm or candidates
 
     def in_flight(self) -> dict[str, int]:
         counts = self.state.view.in_flight()
@@ -155,7 +164,7 @@ class ClusterRouter:
         if not owners:
             raise Unavailable(f"no live owner for model {key}: the ring is empty")
         candidates = self.serving(key, owners)
-        chosen = self.choose(candidates, context.user_id)
+        chosen = self.choose(self.warm_part(key, candidates), context.user_id)
         for shadow in decision.shadows:
             self._shadow(shadow, context, raw)
         return await self._run(
@@ -238,7 +247,7 @@ class ClusterRouter:
             await residence.ensure(key, timeout_s)
 
     def _shadow(self, key: str, context: RequestContext, raw: bytes) -> None:
-        owners = self.serving(key, self.state.owners(key))
+        owners = self.warm_part(key, self.serving(key, self.state.owners(key)))
         shadows = self.shadows
         if not owners:
             shadows.counter.labels(key, "not_loaded").inc()

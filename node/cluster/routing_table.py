@@ -63,5 +63,7 @@ def describe_cluster(
         for key in keys
     ]
     if placement is not None:
-        table.load_failures = {k: f.message for k, f in placement.failures.items()}
+        failures = {k: reason for k, (_, reason) in placement.residence.failed.items()}
+        failures.update({k: f.message for k, f in placement.failures.items()})
+        table.load_failures = failures  # placement's, and lazy loads' that failed
     return table

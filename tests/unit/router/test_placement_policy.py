@@ -384,3 +384,21 @@ def test_bench_quick_prints_the_table() -> None:
         line for line in out.stdout.splitlines() if line.lstrip("│ ").startswith(("10 ", "50 "))
     ]
     assert len(rows) == 2, out.stdout
+
+
+def test_owners_spread_over_zones_while_there_are_enough() -> None:
+    """A zone failure leaves every key an owner: R owners in R distinct zones."""
+    nodes = [NodeSpace(f"n{i:02d}", 10**9, zone=f"z{i % 4}") for i in range(20)]
+    needs = [ModelNeed(f"m{i}@1", 1000 + i, replicas=3) for i in range(2000)]
+    placed = assign(nodes, needs)
+    zone = {n.node_id: n.zone for n in nodes}
+    for need in needs:
+        owners = placed.owners_of(need.key)
+        assert len(owners) == 3
+        assert len({zone[o] for o in owners}) == 3, (need.key, owners)
+    # More owners than zones: zones repeat rather than owners going missing.
+    wide = assign(nodes, [ModelNeed("wide@1", 10, replicas=6)])
+    assert len(wide.owners_of("wide@1")) == 6
+    bad = pytest.raises(ValueError, match="zone")
+    with bad:
+        NodeSpace("x", 1, zone=3)  # type: ignore[arg-type]
