@@ -92,7 +92,10 @@ class Chaos:
     # ------------------------------------------------------------------ ops
 
     def _op_crash(self, params: Mapping[str, Any]) -> None:
-        for node in self._pick(params, self._running()):
+        running = self._running()
+        zone = params.get("zone")
+        picked = [n for n in running if n.zone == zone] if zone else self._pick(params, running)
+        for node in picked:
             self.world.crash(node)
 
     def _op_restart(self, params: Mapping[str, Any]) -> None:

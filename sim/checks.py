@@ -40,6 +40,7 @@ from shardline.sim.core import EventLoop
 from shardline.sim.etcd import EtcdDouble, ObjectiveVersion
 from shardline.sim.node import SimNode
 from shardline.sim.request import Host, Request
+from shardline.sim.scenario import CATALOG_OBJECTIVE
 from shardline.sim.serving import RequestEngine
 
 SAMPLE_S = 0.5
@@ -60,6 +61,8 @@ class CheckedWorld(Protocol):
     def nodes(self) -> Mapping[str, SimNode]: ...
     @property
     def down_since(self) -> Mapping[str, float]: ...
+    @property
+    def pinned(self) -> frozenset[str]: ...
 
     def roster(self) -> dict[str, NodeState]:
         """The etcd roster's states, counting only records of running processes."""
@@ -126,6 +129,9 @@ class Safety:
             version = self.world.etcd.objective(name, revision)
             if version is None:
                 return None
+        keys = self.world.engine.catalog_keys
+        if keys is not None and name == CATALOG_OBJECTIVE:
+            return keys[user]  # the catalog objective names the model directly
         config = self._configs.get((name, revision))
         if config is None:
             config = self._configs[(name, revision)] = ObjectiveConfig.from_dict(version.config)
@@ -198,6 +204,109 @@ class Safety:
             return CheckResult("safety", True, detail)
         counts = ", ".join(f"{k}={v}" for k, v in sorted(self.violations.items()))
         return CheckResult("safety", False, f"{counts}; first: {self.examples[0]}")
+
+
+class ResidencyCheck:
+    """Memory budgets, checked at every change (``shardline.sim.node.ResidencyObserver``):
+
+    * ``over_budget``: a node's resident bytes exceeded its budget after a load;
+    * ``evicted_pinned``: a pinned model was evicted;
+    * ``evicted_busy``: a model with requests in flight was evicted;
+
+    and counted: loads (eager, lazy), evictions, unloads, cold starts with their waits,
+    refusals for lack of room, and hot-copy changes."""
+
+    def __init__(self, world: CheckedWorld, budget_bytes: int) -> None:
+        self.world = world
+        self.budget_bytes = budget_bytes
+        self.violations: Counter[str] = Counter()
+        self.examples: list[str] = []
+        self.loads = 0
+        self.lazy_loads = 0
+        self.evictions = 0
+        self.unloads = 0
+        self.no_room_count = 0
+        self.cold_waits: list[float] = []
+        self.copy_changes = 0
+        self.copies_up = 0
+        self.max_copies = 0
+        self.peak_fill = 0.0  # the highest resident bytes / budget seen on any node
+
+    def _violation(self, kind: str, detail: str) -> None:
+        self.violations[kind] += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(f"t={self.world.loop.now:.3f}s {kind}: {detail}")
+
+    def loaded(self, node: SimNode, key: str, lazy: bool) -> None:
+        self.loads += 1
+        self.lazy_loads += lazy
+        residency = node.residency
+        if residency is None:
+            return
+        used = residency.resident_bytes
+        self.peak_fill = max(self.peak_fill, used / residency.budget_bytes)
+        if used > residency.budget_bytes:
+            self._violation(
+                "over_budget",
+                f"{node.node_id} holds {used} bytes after loading {key}, budget "
+                f"{residency.budget_bytes}",
+            )
+
+    def evicting(self, node: SimNode, key: str, busy: bool) -> None:
+        self.evictions += 1
+        if key in self.world.pinned:
+            self._violation("evicted_pinned", f"{node.node_id} evicted pinned {key}")
+        if busy:
+            self._violation("evicted_busy", f"{node.node_id} evicted {key} with requests in flight")
+
+    def unloaded(self, node: SimNode, key: str) -> None:
+        self.unloads += 1
+        if key in self.world.pinned and key in node.owned:
+            self._violation("evicted_pinned", f"{node.node_id} unloaded pinned {key} it owns")
+
+    def cold_start(self, wait_s: float) -> None:
+        self.cold_waits.append(wait_s)
+
+    def no_room(self, node: SimNode, key: str, why: str) -> None:
+        self.no_room_count += 1
+
+    def copies_changed(self, key: str, before: int, after: int) -> None:
+        self.copy_changes += 1
+        self.copies_up += after > before
+        self.max_copies = max(self.max_copies, after)
+
+    def summary(self, answered: int) -> dict[str, Any]:
+        waits = sorted(self.cold_waits)
+
+        def pct(q: float) -> float | None:
+            return waits[min(len(waits) - 1, int(q * len(waits)))] * 1000.0 if waits else None
+
+        return {
+            "budget_bytes": self.budget_bytes,
+            "loads": self.loads,
+            "lazy_loads": self.lazy_loads,
+            "evictions": self.evictions,
+            "unloads": self.unloads,
+            "no_room": self.no_room_count,
+            "cold_starts": len(waits),
+            "cold_wait_p50_ms": pct(0.5),
+            "cold_wait_p99_ms": pct(0.99),
+            "hit_rate": (answered - len(waits)) / answered if answered else None,
+            "hot_copy_changes": self.copy_changes,
+            "hot_copies_added": self.copies_up,
+            "hot_copies_max": self.max_copies,
+            "peak_fill": self.peak_fill,
+        }
+
+    def result(self) -> CheckResult:
+        if not self.violations:
+            detail = (
+                f"{self.loads} loads and {self.evictions} evictions checked: within budget, "
+                "no pinned or busy model evicted"
+            )
+            return CheckResult("residency", True, detail)
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(self.violations.items()))
+        return CheckResult("residency", False, f"{counts}; first: {self.examples[0]}")
 
 
 class Liveness:

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 from shardline.membership.loaded import LoadedSet
 from shardline.membership.registry import NodeRecord, NodeState
-from shardline.membership.snapshot import ClusterSnapshot
+from shardline.membership.snapshot import ClusterSnapshot, KeyEvent
 from shardline.sim.core import EventLoop, Handler
 from shardline.sim.etcd import EtcdDouble
 from shardline.sim.scenario import Scenario
@@ -54,6 +54,14 @@ class ControlWorld(Protocol):
 
     def watch_lease(self, lease_id: int) -> None:
         """Expire the lease when its time comes (unless kept alive)."""
+
+    def snapshot_from(self, items: list[tuple[str, bytes]], revision: int) -> ClusterSnapshot:
+        """``ClusterSnapshot.from_kvs`` (shared between nodes in a fleet)."""
+
+    def snapshot_apply(
+        self, prev: ClusterSnapshot, events: list[KeyEvent], revision: int
+    ) -> ClusterSnapshot:
+        """``prev.apply(events, revision)`` (shared between nodes in a fleet)."""
 
 
 class Process(Protocol):
@@ -144,10 +152,10 @@ class ControlClient:
             items, revision = result
             node = self.node
             if node.snapshot.revision == 0:
-                snapshot = ClusterSnapshot.from_kvs(items, revision)
+                snapshot = self.world.snapshot_from(items, revision)
             else:  # resume: apply what we missed (the double never compacts)
                 events = self.world.etcd.events(node.snapshot.revision, revision)
-                snapshot = node.snapshot.apply(events, revision)
+                snapshot = self.world.snapshot_apply(node.snapshot, events, revision)
             self._backoff_s = INITIAL_BACKOFF_S
             self.connected = True
             self.connected_since = self.world.loop.now
@@ -192,7 +200,7 @@ class ControlClient:
         if revision <= node.snapshot.revision:
             return
         events = self.world.etcd.events(node.snapshot.revision, revision)
-        node.on_snapshot(node.snapshot.apply(events, revision))
+        node.on_snapshot(self.world.snapshot_apply(node.snapshot, events, revision))
 
     # ------------------------------------------------------------------ registration
 

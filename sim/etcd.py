@@ -155,4 +155,10 @@ class EtcdDouble:
         return out
 
     def items(self) -> list[tuple[str, bytes]]:
-        return sorted((key, value) for key, (value, _) in self.kv.items())
+        """Every key and value, sorted (one list per revision, shared: do not change it)."""
+        cached: tuple[int, list[tuple[str, bytes]]] | None = getattr(self, "_items", None)
+        if cached is not None and cached[0] == self.revision:
+            return cached[1]
+        out = sorted((key, value) for key, (value, _) in self.kv.items())
+        self._items = (self.revision, out)
+        return out

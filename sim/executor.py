@@ -55,6 +55,7 @@ class Executor:
         "_per_item_s",
         "_rng",
         "_running",
+        "_touch",
         "alive",
         "batches",
         "capacity",
@@ -94,6 +95,8 @@ class Executor:
         self.alive = True
         self.closing = False
         self.batches = 0
+        residency = getattr(node, "residency", None)  # (a budget: every use is an LRU touch)
+        self._touch = None if residency is None else residency.touch
         self._close_fn = self._close  # (bound once: scheduled for every batch)
         self._complete_fn = self._complete
 
@@ -105,6 +108,8 @@ class Executor:
         if len(queue) >= self.capacity:
             return "RESOURCE_EXHAUSTED"
         now = self._loop.now
+        if self._touch is not None:
+            self._touch(self.key, now)
         req.t_queued = now
         queue.append(req)
         self.node.in_flight += 1

@@ -7,7 +7,7 @@ without one lasts until a ``heal``.
 
 | op | parameters |
 |---|---|
-| crash | node, count (for "random") |
+| crash | node, count (for "random"); or zone (every running node of that zone) |
 | restart | node (a crashed or departed node comes back with a fresh process) |
 | pause | node, duration_s (GC pause / frozen VM: nothing runs, inbound traffic waits) |
 | slow | node, factor, duration_s (compute x factor, gossip handled late) |
@@ -36,7 +36,7 @@ class FaultSpecError(ValueError):
 
 _NUM = (int, float)
 FAULT_OPS: dict[str, dict[str, tuple[type, ...]]] = {
-    "crash": {"node": (str, list), "count": (int,)},
+    "crash": {"node": (str, list), "count": (int,), "zone": (str,)},
     "restart": {"node": (str, list)},
     "pause": {"node": (str, list), "duration_s": _NUM},
     "slow": {"node": (str, list), "factor": _NUM, "duration_s": _NUM},
@@ -57,7 +57,6 @@ FAULT_OPS: dict[str, dict[str, tuple[type, ...]]] = {
     },
 }
 _REQUIRED: dict[str, tuple[str, ...]] = {
-    "crash": ("node",),
     "restart": ("node",),
     "pause": ("node", "duration_s"),
     "slow": ("node", "factor", "duration_s"),
@@ -84,7 +83,9 @@ class FaultSpec:
         return self.at_s + float(self.params.get("duration_s", 0.0))
 
     def label(self) -> str:
-        node = self.params.get("node")
+        node = self.params.get("node") or (
+            f"zone {self.params['zone']}" if "zone" in self.params else None
+        )
         what = f" {node}" if isinstance(node, str) else f" {','.join(node)}" if node else ""
         return f"{self.op}{what}"
 
@@ -113,6 +114,8 @@ class FaultSpec:
         for key in _REQUIRED.get(op, ()):
             if key not in params:
                 raise FaultSpecError(f"{where}.{key}: required by {op}")
+        if op == "crash" and ("node" in params) == ("zone" in params):
+            raise FaultSpecError(f"{where}: crash needs exactly one of node, zone")
         if op == "partition" and ("groups" in params) == ("isolate" in params):
             raise FaultSpecError(f"{where}: partition needs exactly one of groups, isolate")
         if op == "partition" and "groups" in params:

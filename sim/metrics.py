@@ -225,6 +225,34 @@ class Metrics:
             "all_max_s": max(every) if every else None,
         }
 
+    def view_detection(self, live: set[str]) -> dict[str, Any]:
+        """Per (live observer, crashed node) pair: the time from the crash until the
+        observer's gossip declared the node dead (a node that came back meanwhile is left
+        out); p50 / p99 / max, and how many pairs never saw it."""
+        times: list[float] = []
+        missing = 0
+        for d in self.detections.values():
+            if d.restarted_at != math.inf:
+                continue
+            for observer in d.observers:
+                if observer not in live:
+                    continue
+                seen = d.seen.get(observer)
+                if seen is None:
+                    missing += 1
+                else:
+                    times.append(seen - d.crashed_at)
+        if not times:
+            return {"pairs": 0, "missing": missing, "p50_s": None, "p99_s": None, "max_s": None}
+        arr = np.asarray(times)
+        return {
+            "pairs": len(times),
+            "missing": missing,
+            "p50_s": float(np.percentile(arr, 50)),
+            "p99_s": float(np.percentile(arr, 99)),
+            "max_s": float(arr.max()),
+        }
+
     def imbalance(self) -> dict[str, float | None]:
         """max/mean of requests served per node, and of owner slots per node (last ring)."""
         served = np.bincount(self.arrays()["server"][self.arrays()["server"] >= 0])

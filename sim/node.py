@@ -31,10 +31,13 @@ from shardline.membership.swim_state import Effect, Load, Message, SwimConfig
 from shardline.membership.view import MembershipView, build_view
 from shardline.router import handoff
 from shardline.router.handoff import Phase
+from shardline.router.hot_copies import HotState, observe
+from shardline.router.residency import NoRoom, Residency
 from shardline.sim.control import ControlClient, ControlWorld
 from shardline.sim.core import derive_rng
 from shardline.sim.executor import Executor
-from shardline.sim.request import Host, ModelQueue, ObjectiveEntry
+from shardline.sim.fleet import FleetOwners, FleetRing
+from shardline.sim.request import Host, ModelQueue, ObjectiveEntry, Request
 from shardline.sim.routing import replicas_of
 from shardline.sim.scenario import WorkflowSpec
 from shardline.sim.serving import RequestEngine
@@ -74,6 +77,74 @@ class NodeWorld(ControlWorld, Protocol):
     def objective_entry(self, name: str, revision: int, doc: Any) -> ObjectiveEntry:
         """The one shared entry of an objective revision."""
 
+    @property
+    def residency_watch(self) -> ResidencyObserver:
+        """Told of every load, eviction, unload and cold start (checks and counts)."""
+
+    @property
+    def fleet(self) -> FleetOwners | None:
+        """Owners shared by every node (catalog scenarios), or None: per-node rings."""
+
+    @property
+    def pinned(self) -> frozenset[str]:
+        """Model keys pinned resident (with a budget)."""
+
+    @property
+    def copies(self) -> Mapping[str, int]:
+        """Hot copies per model key, as published (``shardline.router.hot_copies``)."""
+
+    def publish_copies(self, node: SimNode, key: str, copies: int) -> None:
+        """``node``, the primary owner of ``key``, asks for ``copies`` extra copies."""
+
+
+class ResidencyObserver(Protocol):
+    """What a node with a memory budget reports (``shardline.sim.checks.ResidencyCheck``)."""
+
+    def loaded(self, node: SimNode, key: str, lazy: bool) -> None: ...
+    def evicting(self, node: SimNode, key: str, busy: bool) -> None: ...
+    def unloaded(self, node: SimNode, key: str) -> None: ...
+    def cold_start(self, wait_s: float) -> None: ...
+    def no_room(self, node: SimNode, key: str, why: str) -> None: ...
+
+
+class _Waiting:
+    """The requests waiting on a node for one model's load (killed with the process)."""
+
+    __slots__ = ("closing", "key", "reqs")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.closing = False
+        self.reqs: list[tuple[Request, int, float]] = []
+
+    def offer(self, req: Request) -> str | None:  # (never offered to: ModelQueue's shape)
+        return "UNAVAILABLE"
+
+    def kill(self) -> list[Request]:
+        out = [req for req, _, _ in self.reqs]
+        self.reqs = []
+        return out
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.reqs)
+
+
+class _WithCopies:
+    """R per key plus its published hot copies (what routing and placement ask owners for)."""
+
+    __slots__ = ("base", "copies")
+
+    def __init__(self, base: Mapping[str, int], copies: Mapping[str, int]) -> None:
+        self.base = base
+        self.copies = copies
+
+    def get(self, key: str, default: int = 2) -> int:
+        return self.base.get(key, default) + self.copies.get(key, 0)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.base
+
 
 class SimNode(Host):
     """One node id; a crash ends its process, a restart begins a new ``epoch``.
@@ -83,12 +154,18 @@ class SimNode(Host):
     # Slots: more attributes than CPython shares per class, so a dict per node otherwise.
     __slots__ = (
         "_activating",
+        "_base_replicas",
+        "_hot",
+        "_lazy",
         "_leaving",
         "_load_queue",
         "_loaded_seen",
         "_loaded_version",
         "_loading",
+        "_loading_bytes",
+        "_may_evict",
         "_models_changed",
+        "_owned_ring",
         "_placement_due",
         "_placement_key",
         "_placement_refs",
@@ -96,6 +173,7 @@ class SimNode(Host):
         "_seeds",
         "_stop_by",
         "_timer_at",
+        "_waiting",
         "capacity",
         "closing",
         "control",
@@ -105,18 +183,24 @@ class SimNode(Host):
         "grpc_address",
         "misc_rng",
         "objectives",
+        "owned",
         "phase",
+        "residency",
         "ring_key",
         "service_rng",
         "snapshot",
         "swim",
         "world",
+        "zone",
     )
 
-    def __init__(self, world: NodeWorld, node_id: str, index: int, capacity: float) -> None:
+    def __init__(
+        self, world: NodeWorld, node_id: str, index: int, capacity: float, zone: str = ""
+    ) -> None:
         super().__init__(node_id, index)
         self.world = world
         self.capacity = capacity
+        self.zone = zone
         host = f"10.{index // 62500}.{index // 250 % 250}.{index % 250 + 1}"
         self.gossip_address = f"{host}:7946"
         self.grpc_address = f"{host}:7400"
@@ -148,6 +232,21 @@ class SimNode(Host):
         self._activating = False
         self._leaving = False
         self._reported: tuple[int, tuple[str, ...]] | None = None
+        cluster = self.world.scenario.cluster
+        self.residency: Residency | None = None
+        if cluster.memory_budget_bytes > 0:
+            self.residency = Residency(
+                cluster.memory_budget_bytes, max_models=cluster.max_resident_models
+            )
+            self.cold = self._cold_start
+        self._loading_bytes: dict[str, int] = {}
+        self._waiting: dict[str, _Waiting] = {}
+        self._may_evict: frozenset[str] = frozenset()
+        self._lazy: frozenset[str] = frozenset()
+        self._hot: dict[str, HotState] = {}
+        self._base_replicas: Mapping[str, int] = {}
+        self.owned: set[str] = set()
+        self._owned_ring: FleetRing | None = None
         self._loaded_version = 0
         self._loaded_seen: Mapping[str, LoadedSet] = {}
         self._stop_by = math.inf
@@ -173,6 +272,8 @@ class SimNode(Host):
             self._activating = True
             for key in sorted(preloaded or ()):
                 spec = self.world.workflows[key]
+                if self.residency is not None:
+                    self.residency.add(key, spec.bytes, now)
                 self.executors[key] = Executor(
                     self,
                     spec,
@@ -183,6 +284,9 @@ class SimNode(Host):
                 )
         self.control.start()
         self._schedule_timer()
+        if self.residency is not None:
+            hot_s = self.world.scenario.cluster.hot_interval_s
+            self.world.loop.after(hot_s * self.misc_rng.random(), self._observe_hot, self.epoch)
         interval = self.world.scenario.cluster.load_report_interval_s
         self.world.loop.after(interval * self.misc_rng.random(), self._report, self.epoch)
 
@@ -194,7 +298,11 @@ class SimNode(Host):
         pending, self.deferred = self.deferred, []
         for fn, value in pending:  # what waited for a frozen process now meets a dead one
             self.world.loop.at(self.world.loop.now, fn, value)
-        dying = [*self.executors.values(), *sorted(self.closing, key=lambda e: e.key)]
+        dying: list[ModelQueue] = [
+            *self.executors.values(),
+            *sorted(self.closing, key=lambda e: e.key),
+            *self._waiting.values(),
+        ]
         self.executors.clear()
         self.closing.clear()
         return dying
@@ -327,7 +435,9 @@ class SimNode(Host):
     # ------------------------------------------------------------------ view and placement
 
     def on_snapshot(self, snapshot: ClusterSnapshot) -> None:
+        previous = self.snapshot
         self.snapshot = snapshot
+        fleet = self.world.fleet is not None
         if snapshot.loaded is not self._loaded_seen:  # who holds which model (etcd records)
             old = self._loaded_seen
             self._loaded_seen = snapshot.loaded
@@ -339,15 +449,22 @@ class SimNode(Host):
                 keys_after = after.keys if after is not None else frozenset()
                 if keys_before == keys_after:
                     continue
-                self.models_of[node_id] = tuple(sorted(keys_after))
+                self.models_of[node_id] = (
+                    keys_after if fleet else tuple(sorted(keys_after))  # type: ignore[assignment]
+                )
                 for key in keys_before ^ keys_after:
                     self.cand.pop(key, None)  # only these keys' candidates can change
                 self._models_changed = True
                 self._placement_soon()
         replicas = replicas_of(snapshot)
-        if replicas != self.replicas:
-            self.cand.clear()  # (owners depend on R)
-        self.replicas = replicas
+        if self.residency is None:
+            if replicas != self.replicas:
+                self.cand.clear()  # (owners depend on R)
+            self.replicas = replicas
+        elif replicas is not self._base_replicas:  # (R plus the published hot copies)
+            self._base_replicas = replicas
+            self.replicas = _WithCopies(replicas, self.world.copies)  # type: ignore[assignment]
+            self.cand.clear()
         objectives: dict[str, ObjectiveEntry] = {}
         for name, doc in snapshot.objectives.items():
             known = self.objectives.get(name)
@@ -358,6 +475,13 @@ class SimNode(Host):
                 objectives[name] = self.world.objective_entry(name, revision, doc)
         self.objectives = objectives
         self.objective_at = [objectives.get(name) for name in self.world.engine.names]
+        if (
+            fleet
+            and previous.nodes is snapshot.nodes
+            and self.view.members
+            and previous.objectives is snapshot.objectives
+        ):
+            return  # only loaded sets changed: routing reads them from ``models_of``
         self.refresh()
 
     def refresh(self) -> None:
@@ -380,7 +504,11 @@ class SimNode(Host):
         ring_key = tuple((m.node_id, m.record.capacity) for m in view.active())
         if ring_key != self.ring_key:
             self.ring_key = ring_key
-            self.ring = handoff.ring_of(view)
+            fleet = self.world.fleet
+            if fleet is not None and fleet.covers(ring_key):
+                self.ring = fleet.ring(ring_key)  # type: ignore[assignment]
+            else:
+                self.ring = handoff.ring_of(view)
             self.cand.clear()
             self.world.ring_changed(self)
         # Placement reads the members, their records and models (models: see _dispatch);
@@ -415,6 +543,9 @@ class SimNode(Host):
         if self._models_changed:  # the view's load fields are stale: rebuild
             self._models_changed = False
             view = build_view(self.snapshot, swim.members(), self.node_id)
+        if self.residency is not None:
+            self._placement_budget(view)
+            return
         s = handoff.step(self.node_id, view, self.replicas, set(self.executors), self.in_flight)
         for key in sorted(s.load):
             if key not in self._load_queue and key != self._loading:
@@ -437,8 +568,16 @@ class SimNode(Host):
         if self._loading is not None or not self._load_queue:
             return
         key = self._load_queue.pop(0)
-        self._loading = key
         spec = self.world.workflows[key]
+        if self.residency is not None:  # Residence.load: plan (evict) first, or stay lazy
+            if key in self.executors or key in self._waiting:
+                self._next_load()
+                return
+            if not self._make_room(key, spec.bytes, evict=key in self._may_evict):
+                self._next_load()
+                return
+            self._loading_bytes[key] = spec.bytes
+        self._loading = key
         took = spec.load_s * (0.8 + 0.4 * self.misc_rng.random())
         self.world.loop.after(took, self._loaded, (self.epoch, key))
 
@@ -450,8 +589,13 @@ class SimNode(Host):
             self.defer(self._loaded, arg)
             return
         self._loading = None
+        if self.residency is not None:
+            self._loading_bytes.pop(key, None)
         if key in self.world.workflows and key not in self.executors:
             spec = self.world.workflows[key]
+            if self.residency is not None:
+                self.residency.add(key, spec.bytes, self.world.loop.now)
+                self.world.residency_watch.loaded(self, key, lazy=False)
             self.executors[key] = Executor(
                 self,
                 spec,
@@ -463,6 +607,250 @@ class SimNode(Host):
             self.cand.pop(key, None)
         self._next_load()
         self._placement_soon()
+
+    # ------------------------------------------------------------------ memory budget
+
+    def _r(self, key: str) -> int:
+        return self.replicas.get(key, handoff.DEFAULT_REPLICAS)
+
+    def _owned_for(self, ring: FleetRing) -> set[str]:
+        """The keys this node owns on ``ring`` (R plus hot copies each), updated from the
+        last ring by re-asking only the keys whose walk passes a member that changed."""
+        fleet = ring.fleet
+        me = self.node_id
+        near = fleet.keys_near.get(me, frozenset())
+        old = self._owned_ring
+        if old is ring:
+            return self.owned
+        if old is None or old.fleet is not fleet:
+            affected: set[str] | frozenset[str] = near
+            owned: set[str] = set()
+        else:
+            affected = set()
+            for changed in old.ids ^ ring.ids:
+                affected |= fleet.keys_near.get(changed, frozenset()) & near
+            owned = set(self.owned)
+        r = self._r
+        for key in affected:
+            if me in ring.owners(key, r(key)):
+                owned.add(key)
+            else:
+                owned.discard(key)
+        self._owned_ring, self.owned = ring, owned
+        return owned
+
+    def copies_changed(self, key: str) -> None:
+        """The published hot copies of ``key`` changed (this node is on its walk)."""
+        self.cand.pop(key, None)
+        ring = self._owned_ring
+        if ring is not None:
+            if self.node_id in ring.owners(key, self._r(key)):
+                self.owned.add(key)
+            else:
+                self.owned.discard(key)
+        self._placement_soon()
+
+    def _desired(self, view: MembershipView) -> set[str]:
+        """``handoff.desired`` on the ring shared by the fleet (or per node without one)."""
+        me = view.members.get(self.node_id)
+        if me is None or me.state is NodeState.DRAINING:
+            return set()
+        members = {m.node_id: m.record.capacity for m in view.active()}
+        if me.state is NodeState.JOINING:
+            members[self.node_id] = me.record.capacity
+        fleet = self.world.fleet
+        if fleet is not None and fleet.covers(members.items()):
+            return set(self._owned_for(fleet.ring(members.items())))
+        extra = (self.node_id,) if me.state is NodeState.JOINING else ()
+        replicas = {k: self._r(k) for k in self._base_replicas}
+        return handoff.owned(self.node_id, handoff.ring_of(view, extra), replicas)
+
+    def _releasable(self, key: str) -> bool:
+        """``handoff.releasable`` with the loaded sets as this node knows them."""
+        if key not in self.replicas:
+            return True
+        others = [o for o in self.ring.owners(key, self._r(key)) if o != self.node_id]
+        if not others:
+            return False
+        return all(key in self.models_of.get(o, ()) for o in others)
+
+    def _placement_budget(self, view: MembershipView) -> None:
+        """``shardline.node.cluster.placement.reconcile`` with a budget: the keys
+        ``handoff.step`` would load split into eager (pinned, handed over by a node that
+        loses them, then others while they fit in free room) and lazy (first request)."""
+        me = view.members.get(self.node_id)
+        assert self.control is not None
+        if me is None:
+            self.phase = Phase.GONE
+            return
+        want = self._desired(view)
+        resident = set(self.executors)
+        load = want - resident
+        unload = {k for k in resident - want if self._releasable(k)}
+        if me.state is NodeState.JOINING:
+            unload = set()
+        for key in sorted(unload):
+            if self.executors[key].pending:
+                continue  # (a busy model is let go once its requests end)
+            executor = self.executors.pop(key)
+            executor.closing = True
+            self.cand.pop(key, None)
+            assert self.residency is not None
+            self.residency.remove(key, eviction=False)
+            self.world.residency_watch.unloaded(self, key)
+        pinned = self.world.pinned
+        if load:
+            # Handed over: held warm by a member that does not own it (asked once per key,
+            # when it becomes ours: a key already lazy was asked before).
+            new = load - self._lazy
+            handed: set[str] = set()
+            if new:
+                for node_id, keys in self.models_of.items():
+                    if node_id == self.node_id or node_id not in view.members:
+                        continue
+                    for key in new.intersection(keys):
+                        if node_id not in self.ring.owners(key, self._r(key)):
+                            handed.add(key)
+            first = sorted(load & pinned) + sorted(handed - pinned)
+            self._may_evict = frozenset(first)
+            rest = sorted(load - pinned - handed)
+            eager = first + [k for k in rest if self._fits_free(k)]
+            self._lazy = frozenset(load.difference(eager))
+            for key in eager:
+                if key not in self._load_queue and key != self._loading:
+                    self._load_queue.append(key)
+            self._next_load()
+        if me.state is NodeState.DRAINING:
+            left = set(self.executors) - unload
+            self.phase = Phase.DRAINED if not left and self.in_flight == 0 else Phase.DRAINING
+        elif me.state is NodeState.JOINING:
+            busy = self._loading is not None or any(k in load for k in self._load_queue)
+            self.phase = Phase.JOINING if busy else Phase.READY
+        else:
+            self.phase = Phase.ACTIVE
+        if self.phase is Phase.READY and not self._activating:
+            self._activating = True
+            self.control.set_state(NodeState.ACTIVE)
+        elif self.phase is Phase.DRAINED and not self._leaving:
+            self._leave()
+
+    def _busy(self) -> set[str]:
+        return {k for k, e in self.executors.items() if e.pending}
+
+    def _fits_free(self, key: str) -> bool:
+        assert self.residency is not None
+        try:
+            plan = self.residency.plan(
+                key, self.world.workflows[key].bytes, pinned=self.world.pinned,
+                busy=self._busy(), loading=self._loading_bytes,
+            )  # fmt: skip
+        except NoRoom:
+            return False
+        return not plan.evict
+
+    def _make_room(self, key: str, size: int, *, evict: bool) -> bool:
+        """``Residency.plan`` for a load of ``key``; evict what it names (when allowed)."""
+        assert self.residency is not None
+        try:
+            plan = self.residency.plan(
+                key, size, pinned=self.world.pinned, busy=self._busy(),
+                loading=self._loading_bytes,
+            )  # fmt: skip
+        except NoRoom as exc:
+            self.world.residency_watch.no_room(self, key, str(exc))
+            return False
+        if plan.evict and not evict:
+            return False
+        for victim in plan.evict:
+            executor = self.executors.pop(victim)
+            self.world.residency_watch.evicting(self, victim, executor.pending)
+            executor.closing = True
+            self.cand.pop(victim, None)
+            self.residency.remove(victim, eviction=True)
+        return True
+
+    def _cold_start(self, req: Request, hops: int) -> bool:
+        """``Residence.ensure``: a request for a model placed here but not resident waits
+        for its load (one load however many wait), bounded by its deadline."""
+        if not self.accepting or self.frozen:
+            return False
+        key = req.key
+        if self.node_id not in self.ring.owners(key, self._r(key)):
+            return False
+        now = self.world.loop.now
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            spec = self.world.workflows.get(key)
+            if spec is None or not self._make_room(key, spec.bytes, evict=True):
+                return False
+            waiting = self._waiting[key] = _Waiting(key)
+            self._loading_bytes[key] = spec.bytes
+            took = spec.load_s * (0.8 + 0.4 * self.misc_rng.random())
+            self.world.loop.after(took, self._lazy_loaded, (self.epoch, key))
+        waiting.reqs.append((req, hops, now))
+        return True
+
+    def _lazy_loaded(self, arg: tuple[int, str]) -> None:
+        epoch, key = arg
+        if epoch != self.epoch or not self.up:
+            return
+        if self.frozen:
+            self.defer(self._lazy_loaded, arg)
+            return
+        waiting = self._waiting.pop(key)
+        self._loading_bytes.pop(key, None)
+        now = self.world.loop.now
+        executor = self.executors.get(key)
+        if executor is None:
+            spec = self.world.workflows[key]
+            assert self.residency is not None
+            self.residency.add(key, spec.bytes, now)
+            executor = self.executors[key] = Executor(
+                self, spec, self.world.loop, self.world.engine, self.service_rng,
+                self.executor_drained,
+            )  # fmt: skip
+            self.cand.pop(key, None)
+            self.world.residency_watch.loaded(self, key, lazy=True)
+        engine = self.world.engine
+        watch = self.world.residency_watch
+        for req, hops, since in waiting.reqs:
+            if not req.done:
+                watch.cold_start(now - since)
+                engine.loaded_for(req, self, hops, executor)
+
+    def _observe_hot(self, epoch: int) -> None:
+        """A primary owner feeds ``hot_copies.observe`` the load of each model it holds
+        (in flight per warm copy, queue time) and publishes a change of copies."""
+        if epoch != self.epoch or not self.up:
+            return
+        world = self.world
+        cluster = world.scenario.cluster
+        world.loop.after(cluster.hot_interval_s, self._observe_hot, epoch)
+        if self.frozen:
+            return
+        policy = cluster.hot_policy()
+        now = world.loop.now
+        hot = self._hot
+        for key, executor in self.executors.items():
+            state = hot.get(key)
+            queue = getattr(executor, "queue", ())
+            if state is None and not queue:
+                continue
+            owners = self.ring.owners(key, self._r(key))
+            if not owners or owners[0] != self.node_id:
+                hot.pop(key, None)
+                continue
+            oldest = min((r.t_queued for r in queue), default=now)
+            state = observe(
+                policy, state or HotState(world.copies.get(key, 0)), now,
+                in_flight_per_copy=float(len(queue)), queue_ms=(now - oldest) * 1000.0,
+            )  # fmt: skip
+            if state.copies != world.copies.get(key, 0):
+                world.publish_copies(self, key, state.copies)
+            if state.copies == 0 and state.above_since is None and state.below_since is None:
+                hot.pop(key, None)
+            else:
+                hot[key] = state
 
     def executor_drained(self, executor: ModelQueue) -> None:
         """A closing executor finished its last batch."""

@@ -68,8 +68,41 @@ def summary_rows(result: RunResult) -> list[tuple[str, str]]:
             f"owned {_fmt(imb['owned_max_over_mean'], '', 2)}",
         ),
         ("convergence after heal", _fmt(s["convergence_s"], " s")),
+        *_residency_rows(s),
         ("trace", result.trace_hash),
     ]
+
+
+def _residency_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows for memory budgets (hit rate, cold starts, evictions, hot copies) and for the
+    view-level failure detection of a catalog scenario; none otherwise."""
+    rows: list[tuple[str, str]] = []
+    res = s.get("residency")
+    if res is not None:
+        hit = res["hit_rate"]
+        rows += [
+            ("memory budget", f"{res['budget_bytes']:,} bytes per node "
+             f"(peak fill {100 * res['peak_fill']:.1f} %)"),
+            ("hit rate", _fmt(None if hit is None else 100 * hit, " %", 2)),
+            ("cold starts", f"{res['cold_starts']:,}, wait p50 "
+             f"{_fmt(res['cold_wait_p50_ms'], ' ms')} / "
+             f"p99 {_fmt(res['cold_wait_p99_ms'], ' ms')}"),
+            ("loads / evictions / unloads", f"{res['loads']:,} ({res['lazy_loads']:,} lazy) / "
+             f"{res['evictions']:,} / {res['unloads']:,}; no room {res['no_room']:,}"),
+            ("hot copies", f"{res['hot_copy_changes']} changes ({res['hot_copies_added']} up), "
+             f"at most {res['hot_copies_max']} extra"),
+        ]  # fmt: skip
+    det = s.get("view_detection")
+    if det is not None:
+        rows.append(
+            (
+                "failure detection (views)",
+                f"p50 {_fmt(det['p50_s'], ' s', 2)} / p99 {_fmt(det['p99_s'], ' s', 2)} / max "
+                f"{_fmt(det['max_s'], ' s', 2)} over {det['pairs']:,} (live node, dead node) "
+                f"pairs, {det['missing']} never; {s['false_dead_declarations']} false 'dead'",
+            )
+        )
+    return rows
 
 
 def print_summary(result: RunResult, console: Console | None = None) -> None:

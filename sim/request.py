@@ -16,6 +16,7 @@ module but ``core`` and ``candidates``.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from shardline.membership.view import MembershipView
@@ -162,6 +163,7 @@ class Host:
     __slots__ = (
         "accepting",
         "cand",
+        "cold",
         "deferred",
         "executors",
         "frozen",
@@ -206,6 +208,10 @@ class Host:
         self.in_flight = 0  # requests queued or running on its executors
         self.deferred: list[tuple[Handler, Any]] = []
         self.cand: dict[str, Serving] = {}  # key -> candidates (see shardline.sim.routing)
+        # With a memory budget: ``cold(req, hops)`` makes a request for a model placed here
+        # but not resident wait for its load (True), or declines (False: not placed here,
+        # or no room); None without a budget (every owner holds what it owns).
+        self.cold: Callable[[Request, int], bool] | None = None
 
     def defer(self, fn: Handler, arg: Any) -> None:
         """Run ``fn(arg)`` when the process resumes (it is paused)."""

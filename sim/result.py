@@ -56,6 +56,12 @@ class RunResult:
 
 def _expectations(scenario: Scenario, summary: dict[str, Any]) -> list[CheckResult]:
     out: list[CheckResult] = []
+    most = scenario.checks.max_failed
+    if most is not None:
+        failed = summary["requests"] - summary["ok"]
+        out.append(
+            CheckResult("failed_requests", failed <= most, f"{failed} failed (at most {most})")
+        )
     floor = scenario.checks.min_success_rate
     if floor > 0:
         rate = summary["success_rate"]
@@ -98,7 +104,16 @@ def summarize(world: World) -> RunResult:
         "false_dead_declarations": metrics.false_dead,
         "shadow_copies": world.engine.shadows_sent,
     }
+    if scenario.cluster.memory_budget_bytes > 0:
+        summary["residency"] = world.residency_watch.summary(counts.get(OK, 0))
+    if scenario.catalog is not None:
+        live = {n for n, node in world.nodes.items() if node.accepting}
+        summary["view_detection"] = metrics.view_detection(live)
+        summary["catalog_models"] = scenario.catalog.models
+        summary["failed"] = total - counts.get(OK, 0)
     checks = [world.safety.result(), liveness.result(world.chaos.quiet_since)]
+    if scenario.cluster.memory_budget_bytes > 0:
+        checks.append(world.residency_watch.result())
     checks += _expectations(scenario, summary)
     return RunResult(
         scenario=scenario,

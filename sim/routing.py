@@ -23,9 +23,23 @@ POLICY = ReplicaPolicy()
 _limit = POLICY.limit
 
 
+_REPLICAS: list[tuple[object, dict[str, int]]] = []
+
+
 def replicas_of(snapshot: ClusterSnapshot) -> dict[str, int]:
     """Model key -> R from the catalog's workflow documents (as
-    ``shardline.node.cluster.placement``)."""
+    ``shardline.node.cluster.placement``); one dict per catalog section (shared: do not
+    change it)."""
+    workflows = snapshot.workflows
+    for seen, replicas in _REPLICAS:
+        if seen is workflows:
+            return replicas
+    out = _replicas_of(snapshot)
+    _REPLICAS[:] = [(workflows, out), *_REPLICAS[:3]]
+    return out
+
+
+def _replicas_of(snapshot: ClusterSnapshot) -> dict[str, int]:
     out: dict[str, int] = {}
     for key, doc in snapshot.workflows.items():
         manifest = doc.get("manifest")
@@ -51,7 +65,13 @@ def candidates(
             return key in local
         return node_id in members and key in models.get(node_id, ())
 
-    found = interned(registry, handoff.serving_candidates(key, owners, node.view, warm))
+    serving = handoff.serving_candidates(key, owners, node.view, warm)
+    if node.cold is not None and serving != owners:
+        # With lazy loading, the cold owners follow the warm ones: when the only warm copy
+        # dies, a request fails over to an owner that loads the model on first use
+        # (serving_candidates alone offers the warm copies only: see docs/architecture.md).
+        serving = serving + tuple(o for o in owners if o not in serving)
+    found = interned(registry, serving)
     if owners:
         node.cand[key] = found
     return found

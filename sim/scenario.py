@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from shardline.membership.swim_state import SwimConfig
+from shardline.router.hot_copies import HotPolicy
 from shardline.router.objectives import ConfigError, ObjectiveConfig
+from shardline.router.residency import DEFAULT_MAX_MODELS
 from shardline.sim import defaults
+from shardline.sim.core import derive_np
 from shardline.sim.faults import FAULT_OPS, FaultSpec, FaultSpecError
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
@@ -37,9 +40,27 @@ class ClusterSpec:
     load_report_interval_s: float = 0.2
     client_refresh_s: float = 2.0
     swim: Mapping[str, Any] = field(default_factory=dict)  # SwimConfig overrides
+    # Model memory per node (0: unlimited, every owner holds every model it owns, eagerly;
+    # > 0: ``shardline.router.residency.Residency`` under this budget, lazy loads, LRU).
+    memory_budget_bytes: int = 0
+    max_resident_models: int = DEFAULT_MAX_MODELS
+    zones: int = 0  # > 0: node i is in zone ``z{i % zones}`` (a fault may crash a zone)
+    hot: Mapping[str, Any] = field(default_factory=dict)  # HotPolicy overrides (budget > 0)
+    hot_interval_s: float = 1.0  # how often a primary owner observes its hot models
+    # Scale: at most one watch delivery pending per node (it carries every revision
+    # committed before it fires), as an etcd watch batches events per response. Off: one
+    # delivery per revision per node (the default; the traces of the small scenarios).
+    watch_batching: bool = False
 
     def swim_config(self) -> SwimConfig:
         return SwimConfig(cluster="sim", **dict(self.swim))
+
+    def hot_policy(self) -> HotPolicy:
+        return HotPolicy(**dict(self.hot))
+
+    def zone_of(self, index: int) -> str:
+        """The zone of the ``index``-th initial node ("" without zones)."""
+        return f"z{index % self.zones}" if self.zones else ""
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,66 @@ class WorkflowSpec:
     queue_capacity: int = 256
     load_s: float = 1.5
     bytes: int = 0  # memory a resident copy takes (the loaded sets in etcd report it)
+    pinned: bool = False  # kept resident on its owners (never evicted), with a budget
+
+
+@dataclass(frozen=True)
+class CatalogSpec:
+    """A generated catalog: ``models`` keys ``m000000@1``... with heavy-tailed sizes
+    (lognormal: median ``size_median_mb``, sigma ``size_sigma``), load times of
+    ``load_base_s + bytes / load_gb_per_s``, and Zipf(``zipf_s``) traffic of ``rate_per_s``
+    over them (model 0 the most popular) through one objective ``catalog`` that names the
+    model directly. The ``pinned`` most popular models are pinned resident."""
+
+    models: int = 1000
+    size_median_mb: float = 200.0
+    size_sigma: float = 1.0
+    zipf_s: float = 1.1
+    seed: int = 1
+    replicas: int = 2
+    rate_per_s: float = 1000.0
+    deadline_ms: float = 30_000.0
+    load_base_s: float = 0.2
+    load_gb_per_s: float = 2.0
+    base_ms: float = 4.0
+    per_item_ms: float = 0.4
+    max_batch: int = 32
+    pinned: int = 0
+
+    def keys(self) -> list[str]:
+        return [f"m{i:06d}@1" for i in range(self.models)]
+
+    def sizes(self) -> list[int]:
+        """Each model's bytes (seeded; at least 1 MB)."""
+        gen = derive_np(self.seed, "catalog sizes")
+        mb = gen.lognormal(math.log(self.size_median_mb), self.size_sigma, self.models)
+        return [max(1 << 20, int(v * (1 << 20))) for v in mb.tolist()]
+
+    def workflows(self) -> tuple[WorkflowSpec, ...]:
+        return tuple(
+            WorkflowSpec(
+                key=key,
+                replicas=self.replicas,
+                base_ms=self.base_ms,
+                per_item_ms=self.per_item_ms,
+                max_batch=self.max_batch,
+                load_s=self.load_base_s + size / (self.load_gb_per_s * 1e9),
+                bytes=size,
+                pinned=i < self.pinned,
+            )
+            for i, (key, size) in enumerate(zip(self.keys(), self.sizes(), strict=True))
+        )
+
+    def objective(self) -> ObjectiveSpec:
+        """The one objective of catalog traffic (its config names model 0 as default; the
+        request engine routes each request to the model its Zipf draw names)."""
+        config = {"name": CATALOG_OBJECTIVE, "default": "m000000@1"}
+        return ObjectiveSpec(
+            config=config, rate_per_s=self.rate_per_s, deadline_ms=self.deadline_ms
+        )
+
+
+CATALOG_OBJECTIVE = "catalog"
 
 
 @dataclass(frozen=True)
@@ -95,6 +176,7 @@ class CheckSpec:
     heal_at_s: float | None = None  # None: when the last fault is over
     config_staleness_s: float = 2.0
     min_success_rate: float = 0.0
+    max_failed: int | None = None  # requests that may end without an answer (None: any)
 
 
 DEFAULT_WORKFLOWS = tuple(WorkflowSpec(**doc) for doc in defaults.WORKFLOWS)
@@ -115,6 +197,7 @@ class Scenario:
     objectives: tuple[ObjectiveSpec, ...] = DEFAULT_OBJECTIVES
     faults: tuple[FaultSpec, ...] = ()
     checks: CheckSpec = CheckSpec()
+    catalog: CatalogSpec | None = None
     source: str = ""
 
     def heal_at_s(self) -> float:
@@ -191,14 +274,29 @@ def _cluster(raw: Mapping[str, Any]) -> ClusterSpec:
     _number(raw, "lease_ttl_s", "cluster", 2, 600)
     _number(raw, "load_report_interval_s", "cluster", 0.01, 10)
     _number(raw, "client_refresh_s", "cluster", 0.1, 60)
+    _number(raw, "memory_budget_bytes", "cluster", 0, 2**60)
+    _number(raw, "max_resident_models", "cluster", 1, 10_000_000)
+    _number(raw, "zones", "cluster", 0, 1000)
+    _number(raw, "hot_interval_s", "cluster", 0.01, 600)
+    ints = {
+        k: int(raw[k]) for k in ("memory_budget_bytes", "max_resident_models", "zones") if k in raw
+    }
+    if "watch_batching" in raw and not isinstance(raw["watch_batching"], bool):
+        raise ScenarioError("cluster.watch_batching: must be true or false")
     spec = ClusterSpec(
         **{
             **raw,
+            **ints,
             "capacities": tuple(raw.get("capacities", ())),
             "watch_delay_ms": tuple(raw.get("watch_delay_ms", ClusterSpec.watch_delay_ms)),
             "swim": dict(_table(raw.get("swim", {}), "cluster.swim")),
+            "hot": dict(_table(raw.get("hot", {}), "cluster.hot")),
         }
     )
+    try:
+        spec.hot_policy()
+    except (TypeError, ValueError) as exc:
+        raise ScenarioError(f"cluster.hot: {exc}") from None
     if len(spec.watch_delay_ms) != 2 or not 0 <= spec.watch_delay_ms[0] <= spec.watch_delay_ms[1]:
         raise ScenarioError("cluster.watch_delay_ms: must be [low, high] with 0 <= low <= high")
     try:
@@ -229,6 +327,8 @@ def _workflow(raw: Mapping[str, Any], where: str) -> WorkflowSpec:
     for key in ("base_ms", "per_item_ms", "jitter", "load_s"):
         _number(raw, key, where, 0, 600_000)
     _number(raw, "bytes", where, 0, 2**50)
+    if "pinned" in raw and not isinstance(raw["pinned"], bool):
+        raise ScenarioError(f"{where}.pinned: must be true or false")
     if "bytes" in raw:
         raw = {**raw, "bytes": int(raw["bytes"])}
     return WorkflowSpec(**raw)
@@ -249,6 +349,26 @@ def _objective(raw: Mapping[str, Any], where: str, keys: set[str]) -> ObjectiveS
     return ObjectiveSpec(**{**raw, "config": dict(config)})
 
 
+def _catalog(raw: Mapping[str, Any]) -> CatalogSpec:
+    _check_keys(raw, CatalogSpec, "catalog")
+    _number(raw, "models", "catalog", 1, 10_000_000)
+    _number(raw, "size_median_mb", "catalog", 0.001, 10_000_000)
+    _number(raw, "size_sigma", "catalog", 0, 5)
+    _number(raw, "zipf_s", "catalog", 0, 10)
+    _number(raw, "seed", "catalog", 0, 2**63)
+    _number(raw, "replicas", "catalog", 1, 16)
+    _number(raw, "rate_per_s", "catalog", 0, 10_000_000)
+    _number(raw, "deadline_ms", "catalog", 1, 3_600_000)
+    _number(raw, "load_base_s", "catalog", 0, 3600)
+    _number(raw, "load_gb_per_s", "catalog", 0.001, 1000)
+    _number(raw, "base_ms", "catalog", 0, 600_000)
+    _number(raw, "per_item_ms", "catalog", 0, 600_000)
+    _number(raw, "max_batch", "catalog", 1, 4096)
+    _number(raw, "pinned", "catalog", 0, 10_000_000)
+    ints = ("models", "seed", "replicas", "max_batch", "pinned")
+    return CatalogSpec(**{k: int(v) if k in ints else v for k, v in raw.items()})
+
+
 def parse_scenario(data: Mapping[str, Any], source: str = "") -> Scenario:
     """Validate a decoded TOML document into a ``Scenario``."""
     _check_keys(data, Scenario, "scenario")
@@ -264,11 +384,32 @@ def parse_scenario(data: Mapping[str, Any], source: str = "") -> Scenario:
             _workflow(_table(w, f"workflows[{i}]"), f"workflows[{i}]")
             for i, w in enumerate(data["workflows"])
         )
+    catalog = None
+    if "catalog" in data:
+        if "workflows" in data or "objectives" in data:
+            raise ScenarioError(
+                "catalog: generates the workflows and the objective; drop "
+                "[[workflows]] and [[objectives]]"
+            )
+        catalog = _catalog(_table(data["catalog"], "catalog"))
+        workflows = catalog.workflows()
+    budget = cluster.memory_budget_bytes
+    if budget:
+        too_big = [w for w in workflows if w.bytes > budget]
+        if too_big:
+            w = max(too_big, key=lambda w: w.bytes)
+            raise ScenarioError(
+                f"workflows: {len(too_big)} model(s) larger than cluster.memory_budget_bytes "
+                f"({budget} bytes) would be refused at deploy; the largest, {w.key}, needs "
+                f"{w.bytes} bytes"
+            )
     keys = {w.key for w in workflows}
     if len(keys) != len(workflows):
         raise ScenarioError("workflows: duplicate key")
     objectives: tuple[ObjectiveSpec, ...] = DEFAULT_OBJECTIVES
-    if "objectives" in data:
+    if catalog is not None:
+        objectives = (catalog.objective(),)
+    elif "objectives" in data:
         objectives = tuple(
             _objective(_table(o, f"objectives[{i}]"), f"objectives[{i}]", keys)
             for i, o in enumerate(data["objectives"])
@@ -290,6 +431,7 @@ def parse_scenario(data: Mapping[str, Any], source: str = "") -> Scenario:
     checks_raw = _table(data.get("checks", {}), "checks")
     _check_keys(checks_raw, CheckSpec, "checks")
     _number(checks_raw, "min_success_rate", "checks", 0, 1)
+    _number(checks_raw, "max_failed", "checks", 0, 2**63)
     workload_raw = _table(data.get("workload", {}), "workload")
     _check_keys(workload_raw, WorkloadSpec, "workload")
     _number(workload_raw, "users", "workload", 1, 100_000_000)
@@ -300,6 +442,8 @@ def parse_scenario(data: Mapping[str, Any], source: str = "") -> Scenario:
             **{k: tuple(workload_raw[k]) for k in ("countries", "devices") if k in workload_raw},
         }
     )
+    if catalog is not None:  # a "user" is a model: Zipf over the catalog, model 0 first
+        workload = replace(workload, users=catalog.models, zipf_s=catalog.zipf_s)
     return Scenario(
         name=data["name"],
         description=str(data.get("description", "")),
@@ -313,6 +457,7 @@ def parse_scenario(data: Mapping[str, Any], source: str = "") -> Scenario:
         objectives=objectives,
         faults=faults,
         checks=CheckSpec(**checks_raw),
+        catalog=catalog,
         source=source,
     )
 
@@ -340,7 +485,9 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
 
 
 __all__ = [
+    "CATALOG_OBJECTIVE",
     "FAULT_OPS",
+    "CatalogSpec",
     "CheckSpec",
     "ClusterSpec",
     "FaultSpec",

@@ -33,7 +33,7 @@ from heapq import heappush
 from math import floor as _floor
 from typing import Protocol
 
-from shardline.router.decision import Decision
+from shardline.router.decision import Decision, new_decision
 from shardline.router.forward import MAX_HOPS, RETRYABLE
 from shardline.router.rules import RequestContext, evaluate
 from shardline.sim.candidates import Serving
@@ -41,9 +41,17 @@ from shardline.sim.core import EventLoop, derive_rng
 from shardline.sim.executor import Executor
 from shardline.sim.metrics import FLUSH_VALUES, Metrics
 from shardline.sim.network import Network
-from shardline.sim.request import OK, STATUS_CODE, Host, ModelQueue, Request, make_request
+from shardline.sim.request import (
+    OK,
+    STATUS_CODE,
+    Host,
+    ModelQueue,
+    ObjectiveEntry,
+    Request,
+    make_request,
+)
 from shardline.sim.routing import candidates, choose, serving_for
-from shardline.sim.scenario import Scenario
+from shardline.sim.scenario import CATALOG_OBJECTIVE, Scenario
 from shardline.sim.workload import Workload
 
 DEADLINE = "DEADLINE_EXCEEDED"
@@ -104,6 +112,8 @@ class RequestEngine:
         self.devices = workload.devices
         self._attributes = world.workload.attributes  # a user's (country, device) indexes
         self.open: dict[int, Request] = {}
+        catalog = world.scenario.catalog
+        self.catalog_keys = catalog.keys() if catalog is not None else None
         self.user_ids = [f"u{i}" for i in range(workload.users)]
         self._contexts: dict[int, RequestContext] = {}
         self._rng = derive_rng(world.seed, "client")
@@ -122,6 +132,13 @@ class RequestEngine:
         self._random = net.random
 
     # ------------------------------------------------------------------ users
+
+    def decide(self, entry: ObjectiveEntry, user: int) -> Decision:
+        """``evaluate`` under the objective revision; a catalog scenario's objective
+        names the model directly: its ``user`` is the model's index (a Zipf draw)."""
+        if self.catalog_keys is not None and entry.name == CATALOG_OBJECTIVE:
+            return new_decision(entry.name, self.catalog_keys[user], "", (), "catalog")
+        return evaluate(entry.config, self.context(user))
 
     def context(self, user: int) -> RequestContext:
         ctx = self._contexts.get(user)
@@ -163,7 +180,7 @@ class RequestEngine:
             return
         decision = entry.decisions.get(user)
         if decision is None:  # evaluate is pure: memoized per (objective revision, user)
-            decision = entry.decisions[user] = evaluate(entry.config, self.context(user))
+            decision = entry.decisions[user] = self.decide(entry, user)
         if decision.shadows:
             self.route(req)
             return
@@ -239,7 +256,7 @@ class RequestEngine:
         user = req.user
         decision = entry.decisions.get(user)
         if decision is None:  # evaluate is pure: memoized per (objective revision, user)
-            decision = entry.decisions[user] = evaluate(entry.config, self.context(user))
+            decision = entry.decisions[user] = self.decide(entry, user)
         key = decision.model_key
         req.key = key
         req.cell = decision.cell
@@ -262,6 +279,8 @@ class RequestEngine:
         if target == node.node_id:
             self.routes += 1
             executor = node.executors.get(req.key)
+            if executor is None and node.cold is not None and node.cold(req, 0):
+                return  # waits here for the model's load (a cold start)
             status = UNAVAILABLE if executor is None else executor.offer(req)
             if status is not None:
                 self._failed(req, status)
@@ -340,6 +359,8 @@ class RequestEngine:
             if status is not None:
                 self._error_back(req, node, status, hops)
             return
+        if node.cold is not None and node.cold(req, hops):
+            return  # placed here, not resident: waits for the load (a cold start)
         if hops >= MAX_HOPS:
             self._error_back(req, node, UNAVAILABLE, hops)
             return
@@ -362,6 +383,27 @@ class RequestEngine:
             return
         req.mid, req.second = node, target
         self.loop.at(self.loop.now + delay, self._at_second, req)
+
+    def loaded_for(self, req: Request, node: Host, hops: int, executor: ModelQueue) -> None:
+        """A request that waited on ``node`` for a cold start: the model is resident now
+        (0 hops: ``node`` is the ingress)."""
+        if req.done:
+            return
+        if self.loop.now >= req.deadline:
+            self.finish(req, DEADLINE, req.deadline)
+            return
+        status = executor.offer(req)
+        if status is not None:
+            self.owner_error(req, node, status, hops)
+
+    def owner_error(self, req: Request, node: Host, status: str, hops: int) -> None:
+        """The owner ``node`` cannot serve ``req`` (0 hops: it is the ingress itself)."""
+        if req.done:
+            return
+        if hops == 0:
+            self._failed(req, status)
+        else:
+            self._error_back(req, node, status, hops)
 
     def _error_back(self, req: Request, node: Host, status: str, hops: int) -> None:
         """An error travels back to the ingress (through the first owner on a second hop)."""

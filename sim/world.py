@@ -22,15 +22,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from shardline.membership.registry import NodeRecord, NodeState
+from shardline.membership.snapshot import ClusterSnapshot, KeyEvent
 from shardline.membership.swim_state import MemberChanged, MemberState, Send
 from shardline.router import handoff
 from shardline.router.objectives import ObjectiveConfig
 from shardline.router.ring import Ring, RingMember
 from shardline.sim.chaos import Chaos
-from shardline.sim.checks import SAMPLE_S, Liveness, Safety
+from shardline.sim.checks import SAMPLE_S, Liveness, ResidencyCheck, Safety
 from shardline.sim.control import Process
 from shardline.sim.core import EventLoop, derive_rng
 from shardline.sim.etcd import EtcdDouble
+from shardline.sim.fleet import FleetOwners
 from shardline.sim.metrics import Metrics
 from shardline.sim.network import Network
 from shardline.sim.node import SimNode
@@ -68,11 +70,19 @@ class World:
         self._configs: dict[tuple[str, int], ObjectiveEntry] = {}
         self.gossip_sent = 0
         self._record_states: dict[bytes, NodeState] = {}
+        # Memory budgets, hot copies and fleets (``shardline.sim.fleet``).
+        self.residency_watch = ResidencyCheck(self, scenario.cluster.memory_budget_bytes)
+        self.pinned = frozenset(w.key for w in scenario.workflows if w.pinned)
+        self.copies: dict[str, int] = {}
+        self.fleet: FleetOwners | None = None
+        self._snapshots: dict[tuple[int, int], tuple[ClusterSnapshot, ClusterSnapshot]] = {}
+        self._batch_due = False
 
     # ------------------------------------------------------------------ set-up
 
     def add_node(self, node_id: str, capacity: float) -> SimNode:
-        node = SimNode(self, node_id, len(self.nodes), capacity)
+        zone = self.scenario.cluster.zone_of(len(self.nodes))
+        node = SimNode(self, node_id, len(self.nodes), capacity, zone)
         self.nodes[node_id] = node
         self.by_address[node.gossip_address] = node
         return node
@@ -92,8 +102,18 @@ class World:
         cluster = self.scenario.cluster
         capacities = list(cluster.capacities) + [1.0] * cluster.nodes
         initial = [self.add_node(f"n{i:02d}", capacities[i]) for i in range(cluster.nodes)]
-        ring = Ring(RingMember(n.node_id, n.capacity) for n in initial)
         replicas = {w.key: w.replicas for w in self.scenario.workflows}
+        if self.scenario.catalog is not None:  # owners shared by every node
+            members = [(n.node_id, n.capacity) for n in initial]
+            self.fleet = FleetOwners(members, replicas)
+            fleet_ring = self.fleet.ring(members)
+            owned = {n.node_id: set[str]() for n in initial}
+            for key, r in replicas.items():
+                for owner in fleet_ring.owners(key, r):
+                    owned[owner].add(key)
+        else:
+            ring = Ring(RingMember(n.node_id, n.capacity) for n in initial)
+            owned = {n.node_id: handoff.owned(n.node_id, ring, replicas) for n in initial}
         for node in initial:  # the steady state: registered active, holding its share
             lease = etcd.grant(cluster.lease_ttl_s, 0.0)
             record = NodeRecord(
@@ -101,13 +121,30 @@ class World:
                 capacity=node.capacity, state=NodeState.ACTIVE,
             )  # fmt: skip
             etcd.put(f"nodes/{node.node_id}", record.to_json(), lease)
-            node.boot(preloaded=handoff.owned(node.node_id, ring, replicas), lease_id=lease)
+            node.boot(preloaded=self._preload(owned[node.node_id]), lease_id=lease)
             self.watch_lease(lease)
         self.engine.client_nodes = list(initial)
         self.chaos.schedule(self.scenario.faults)
         self.loop.at(cluster.client_refresh_s, self._refresh_clients, None)
         self.loop.at(0.0, self._sample, None)
         self.loop.at(0.0, self._sample_liveness, None)
+
+    def _preload(self, owned: set[str]) -> set[str]:
+        """What a node of the initial cluster holds: all it owns, or with a budget what
+        its placement loads (pinned first, then in key order while it fits)."""
+        budget = self.scenario.cluster.memory_budget_bytes
+        if not budget:
+            return owned
+        out: set[str] = set()
+        used = count = 0
+        limit = self.scenario.cluster.max_resident_models
+        for key in sorted(owned & self.pinned) + sorted(owned - self.pinned):
+            size = self.workflows[key].bytes
+            if used + size <= budget and count < limit:
+                out.add(key)
+                used += size
+                count += 1
+        return out
 
     # ------------------------------------------------------------------ running
 
@@ -201,11 +238,33 @@ class World:
 
     def _sample(self, _: None) -> None:
         now = self.loop.now
+        if self.fleet is not None:  # (no ring over the roster: a ring at 1 000 nodes costs 1 s)
+            self._sample_fleet(now)
+            return
         ring = self.reference_ring()
         self.metrics.reference_ring(now, ring)
         running = [n for n in self.nodes.values() if n.accepting]
         key = tuple(sorted((m.node_id, m.capacity) for m in ring.members))
         agree = sum(1 for n in running if n.ring_key == key)
+        self.metrics.samples.append(
+            {
+                "t": now,
+                "running": len(running),
+                "ring_agreement": agree / len(running) if running else 1.0,
+                "in_flight": sum(n.in_flight for n in running),
+            }
+        )
+        self.loop.after(1.0, self._sample, None)
+
+    def _sample_fleet(self, now: float) -> None:
+        running = [n for n in self.nodes.values() if n.accepting]
+        roster = self.roster()
+        key = tuple(
+            sorted(
+                (n, self.nodes[n].capacity) for n, st in roster.items() if st is NodeState.ACTIVE
+            )
+        )
+        agree = sum(1 for n in running if tuple(sorted(n.ring_key)) == key)
         self.metrics.samples.append(
             {
                 "t": now,
@@ -323,9 +382,67 @@ class World:
         else:
             self.loop.at(lease.expires_at, self._check_lease, lease_id)
 
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot_from(self, items: list[tuple[str, bytes]], revision: int) -> ClusterSnapshot:
+        """``ClusterSnapshot.from_kvs`` (a fleet: one parse per revision, shared)."""
+        if self.fleet is None:
+            return ClusterSnapshot.from_kvs(items, revision)
+        found = self._snapshots.get((0, revision))
+        if found is None:
+            snap = ClusterSnapshot.from_kvs(items, revision)
+            found = self._snapshots[(0, revision)] = (snap, snap)
+        return found[1]
+
+    def snapshot_apply(
+        self, prev: ClusterSnapshot, events: list[KeyEvent], revision: int
+    ) -> ClusterSnapshot:
+        """``prev.apply(events, revision)`` (a fleet: nodes at the same snapshot share the
+        next one: the same events on the same snapshot give the same result)."""
+        if self.fleet is None:
+            return prev.apply(events, revision)
+        key = (id(prev), revision)
+        found = self._snapshots.get(key)
+        if found is None or found[0] is not prev:
+            found = (prev, prev.apply(events, revision))
+            if len(self._snapshots) >= 256:
+                del self._snapshots[next(iter(self._snapshots))]
+            self._snapshots[key] = found
+        return found[1]
+
+    # ------------------------------------------------------------------ hot copies
+
+    def publish_copies(self, node: SimNode, key: str, copies: int) -> None:
+        """The primary owner's change of hot copies reaches every node after the watch's
+        longest delay (as an etcd record would); the nodes on the key's walk re-place it."""
+        delay = self.scenario.cluster.watch_delay_ms[1] / 1000.0
+        self.residency_watch.copies_changed(key, self.copies.get(key, 0), copies)
+        self.loop.after(delay, self._copies_arrive, (key, copies))
+
+    def _copies_arrive(self, arg: tuple[str, int]) -> None:
+        key, copies = arg
+        if copies:
+            self.copies[key] = copies
+        else:
+            self.copies.pop(key, None)
+        fleet = self.fleet
+        near = fleet.walk.get(key, ()) if fleet is not None else tuple(self.nodes)
+        for node_id in near:
+            node = self.nodes.get(node_id)
+            if node is not None and node.up:
+                node.copies_changed(key)
+        for node in self.nodes.values():
+            node.cand.pop(key, None)
+
     def _on_commit(self, revision: int) -> None:
-        """Watches: every connected node gets the revision after a delay, in order."""
+        """Watches: every connected node gets the revision after a delay, in order (with
+        ``watch_batching``: one delivery per node per batch, ``_deliver_batch``)."""
         low, high = self.scenario.cluster.watch_delay_ms
+        if self.scenario.cluster.watch_batching:
+            if not self._batch_due:
+                self._batch_due = True
+                self.loop.after(high / 1000.0, self._deliver_batch, None)
+            return
         now = self.loop.now
         uniform = self._watch_rng.uniform
         for node in self.nodes.values():
@@ -336,6 +453,25 @@ class World:
                 control.disconnect()
                 continue
             at = max(control.last_delivery_at, now + uniform(low, high) / 1000.0)
+            control.last_delivery_at = at
+            self.loop.at(at, control.deliver, revision)
+
+    def _deliver_batch(self, _: None) -> None:
+        """One watch response per node with every revision committed until now: the nodes
+        of a fleet then move from one shared snapshot to the next (``snapshot_apply``)."""
+        self._batch_due = False
+        revision = self.etcd.revision
+        low, high = self.scenario.cluster.watch_delay_ms
+        now = self.loop.now
+        uniform = self._watch_rng.uniform
+        for node in self.nodes.values():
+            control = node.control
+            if control is None or not control.connected or not node.up:
+                continue
+            if self.net.partitioned and self.net.blocked("etcd", node.node_id):
+                control.disconnect()
+                continue
+            at = max(control.last_delivery_at, now + uniform(0.0, high - low) / 1000.0)
             control.last_delivery_at = at
             self.loop.at(at, control.deliver, revision)
 
