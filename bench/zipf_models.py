@@ -80,6 +80,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shardline.membership.etcd import cluster_prefix, connect
+from shardline.membership.loaded import SECTION, LoadedSet
 from shardline.node.cluster.catalog_ops import catalog, register_tree
 from shardline.node.ops.localcluster import routing_table, wait_ready
 from tests.etcd_server import EtcdServer
@@ -90,15 +91,18 @@ CLUSTER = "zipf-models"
 HOT = "zipf_hot"
 HOT_KEY = f"{HOT}@1"
 HOT_POLICY = (
-    "up_in_flight_per_copy=0.15,up_queue_ms=50,up_after_s=2,down_after_s=5,cooldown_s=3,max_copies=1"
+    "up_in_flight_per_copy=0.4,up_queue_ms=1000,up_after_s=2,"
+    "down_after_s=5,cooldown_s=3,max_copies=1"
 )
-HOT_UTILIZATION = 0.5  # the busy share of the device worker of the hot model's warm copy
+HOT_IN_FLIGHT = 1.5  # the hot model's requests in flight per copy, at 2 warm copies
+HOT_BATCH_MS = 2.0  # the hot model's device time per batch
 REPLICAS = 2
 NODES = 3
 PREDICT = "/shardline.v1.Inference/Predict"
 
 HOT_WORKFLOW = '''
-"""The hottest model of bench.zipf_models: holds its device worker params.hot_ms per request."""
+"""The hottest model of bench.zipf_models: a batched model (its manifest's max_delay_ms is
+its batching window) whose batch takes params.batch_ms on the device."""
 import time
 
 import numpy as np
@@ -115,7 +119,7 @@ class Hot(Workflow):
         return np.asarray(inputs["x"], dtype=np.float32)
 
     def forward(self, batch):
-        time.sleep(float(self.params["hot_ms"]) / 1000.0 * len(batch))
+        time.sleep(float(self.params["batch_ms"]) / 1000.0)
         return [float(np.dot(x, self.w)) for x in batch]
 
     def postprocess(self, context, inputs, raw):
@@ -135,7 +139,7 @@ class Config:
     rate: float = 300.0
     zipf: float = 1.0
     deadline_s: float = 2.0
-    hot_ms: float | None = None  # None: HOT_UTILIZATION of each owner at its Zipf share
+    hot_window_ms: float | None = None  # None: HOT_IN_FLIGHT per copy at its Zipf share
     poll_s: float = 0.5
     seed: int = 1
     policy: str = HOT_POLICY
@@ -155,12 +159,19 @@ class Config:
     def hot_share(self) -> float:
         return float(zipf_probabilities(self.models, self.zipf)[0])
 
-    @property
-    def hot_delay_ms(self) -> float:
-        """The hot model's time per request (``--hot-ms``, or the default in the docstring)."""
-        if self.hot_ms is not None:
-            return self.hot_ms
-        return 1000.0 * HOT_UTILIZATION / (self.rate * self.hot_share)
+    def hot_window(self) -> float:
+        """The hot model's batching window in ms (``--hot-window-ms``, or the default in the
+        module docstring); ValueError past the manifest's bound (1 000 ms)."""
+        if self.hot_window_ms is not None:
+            window = self.hot_window_ms
+        else:
+            window = 1000.0 * HOT_IN_FLIGHT / (self.rate * self.hot_share / REPLICAS)
+        if not 0 < window <= 1000:
+            raise ValueError(
+                f"the hot model's batching window would be {window:.0f} ms (1 to 1000 ms): "
+                "raise --rate or set --hot-window-ms"
+            )
+        return window
 
 
 QUICK = Config(models=300, budget_models=45, seconds=20.0, cold_seconds=20.0, rate=100.0)
@@ -196,10 +207,10 @@ def make_catalog(root: Path, cfg: Config) -> tuple[Path, Path, int]:
         digest=(tiny[0] / "workflow.toml").read_text().split('sha256 = "')[1].split('"')[0],
     )
     manifest = manifest.replace('entrypoint = "workflow.py:Tiny"', 'entrypoint = "workflow.py:Hot"')
-    manifest = re.sub(r"max_batch_size = \d+", "max_batch_size = 1", manifest)
-    manifest = re.sub(r"max_delay_ms = [\d.]+", "max_delay_ms = 0.0", manifest)
-    manifest = re.sub(r"queue_capacity = \d+", "queue_capacity = 256", manifest)
-    manifest += f"\n[params]\nhot_ms = {cfg.hot_delay_ms:.3f}\n"
+    manifest = re.sub(r"max_batch_size = \d+", "max_batch_size = 64", manifest)
+    manifest = re.sub(r"max_delay_ms = [\d.]+", f"max_delay_ms = {cfg.hot_window():.1f}", manifest)
+    manifest = re.sub(r"queue_capacity = \d+", "queue_capacity = 1024", manifest)
+    manifest += f"\n[params]\nbatch_ms = {HOT_BATCH_MS}\n"
     (hot / "workflow.toml").write_text(manifest)
     for name in model_names(cfg.models):
         (objectives / f"{name}.toml").write_text(f'name = "{name}"\ndefault = "{name}@1"\n')
@@ -439,32 +450,29 @@ class Polls:
 
 async def poll(
     etcd_endpoint: Any,
-    nodes: Mapping[str, NodeProcess],
     polls: Polls,
     stop: asyncio.Event,
     polled: asyncio.Event,
     every_s: float,
 ) -> None:
-    """Every ``every_s`` until ``stop``: the routing tables and the hot records (``polled``
-    is set after each round)."""
+    """Every ``every_s`` until ``stop``: each node's loaded-set record and the hot records
+    in etcd (``polled`` is set after each round). The records are what the nodes publish of
+    themselves (``shardline.membership.loaded``), read from etcd so that polling costs the
+    nodes nothing."""
     client = await connect(etcd_endpoint)
     prefix = cluster_prefix(CLUSTER) + b"hot/"
+    loaded = cluster_prefix(CLUSTER) + f"{SECTION}/".encode()
     try:
         while not stop.is_set():
             now = time.monotonic() - polls.t0
-            holders: set[str] | None = None
-            for node_id, node in nodes.items():
-                try:
-                    table = await routing_table(node.target, timeout_s=5)
-                except Exception as exc:  # counted and reported
-                    polls.errors.append(f"{now:.1f}s {node_id}: {exc}")
-                    continue
-                me = next(m for m in table.members if m.node_id == table.node_id)
-                polls.resident[node_id].append((now, int(me.resident_bytes), len(me.models)))
-                polls.budget[node_id] = int(me.budget_bytes)
-                polls.counters[node_id] = (int(me.loads), int(me.evictions))
-                if holders is None:
-                    holders = {m.node_id for m in table.members if HOT_KEY in m.models}
+            holders = 0
+            for kv in (await client.get_prefix(loaded)).kvs:
+                record = LoadedSet.from_json(bytes(kv.value))
+                node_id = record.node_id
+                polls.resident[node_id].append((now, record.resident_bytes, len(record.models)))
+                polls.budget[node_id] = record.budget_bytes
+                polls.counters[node_id] = (record.loads, record.evictions)
+                holders += HOT_KEY in record.models
             result = await client.get_prefix(prefix)
             copies = 0
             for kv in result.kvs:
@@ -474,7 +482,7 @@ async def poll(
                     copies = n
                 else:
                     polls.other_hot[key] = max(n, polls.other_hot.get(key, 0))
-            polls.hot.append((now, copies, len(holders or ())))
+            polls.hot.append((now, copies, holders))
             polled.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every_s)  # a sampling timer
@@ -496,6 +504,8 @@ class Result:
     cold: np.ndarray  # per request: a cold start (``cold_requests``)
     metrics: dict[str, dict[tuple[str, str], float]]  # phase 1, phase 2, total (deltas)
     polls: Polls
+    final: dict[str, tuple[int, int, int]]  # node -> its routing table's own row at the end
+    hot_loads: dict[str, list[float]]  # node -> when it loaded the hot model (s from start)
     switch_s: float
     elapsed_s: float
     startup_s: float
@@ -561,11 +571,27 @@ def run(cfg: Config, log: Any = print) -> Result:
             failures = json.loads(Path(out + ".failures.json").read_text())
             loads = {node_id: load_times(node.lines) for node_id, node in nodes.items()}
             cold = cold_requests(records, node_ids, model_names(cfg.models), loads)
+            final = asyncio.run(_own_rows(nodes))
+            wall0 = float(records["sent_wall"][0] - records["sent_s"][0])
+            hot_loads = {
+                node_id: [float(t) - wall0 for t in by_key.get(HOT_KEY, ())]
+                for node_id, by_key in loads.items()
+            }
             for node_id, node in nodes.items():
                 if node.proc.poll() is not None:
                     failures.append(f"{node_id} exited with {node.proc.returncode}")
     return Result(cfg, footprint, budget, records, node_ids, failures, cold, metrics, polls,
-                  switch_s, elapsed_s, startup_s)  # fmt: skip
+                  final, hot_loads, switch_s, elapsed_s, startup_s)  # fmt: skip
+
+
+async def _own_rows(nodes: Mapping[str, NodeProcess]) -> dict[str, tuple[int, int, int]]:
+    """Each node's own row of its routing table: (resident bytes, budget bytes, models)."""
+    out = {}
+    for node_id, node in nodes.items():
+        table = await routing_table(node.target, timeout_s=30)
+        me = next(m for m in table.members if m.node_id == table.node_id)
+        out[node_id] = (int(me.resident_bytes), int(me.budget_bytes), len(me.models))
+    return out
 
 
 async def _drive(
@@ -588,7 +614,7 @@ async def _drive(
     polls = Polls(t0)
     stop = asyncio.Event()
     polled = asyncio.Event()
-    poller = asyncio.create_task(poll(etcd.endpoint, nodes, polls, stop, polled, cfg.poll_s))
+    poller = asyncio.create_task(poll(etcd.endpoint, polls, stop, polled, cfg.poll_s))
     try:
         switch = await event("switch", cfg.seconds + 120)
         middle = await loop.run_in_executor(None, scrape, nodes)
@@ -621,11 +647,12 @@ def checks(result: Result) -> dict[str, bool]:
     phase1 = [c for t, c, _ in polls.hot if t <= result.switch_s + result.cfg.poll_s]
     last = polls.hot[-1] if polls.hot else (0.0, -1, -1)
     max_resident = max((b for rows in polls.resident.values() for _, b, _ in rows), default=0)
+    final_ok = all(resident <= budget for resident, budget, _ in result.final.values())
     return {
         "no failed request": failed == 0 and not result.failures,
         f"{HOT_KEY} gained an extra copy in phase 1": max(phase1, default=0) >= 1,
         f"{HOT_KEY} has no extra copy at the end": last[1] == 0 and 0 <= last[2] <= REPLICAS,
-        "resident bytes never above the budget": 0 < max_resident <= result.budget,
+        "resident bytes never above the budget": 0 < max_resident <= result.budget and final_ok,
     }
 
 
@@ -634,39 +661,40 @@ def report(result: Result, console: Console | None = None) -> int:
     console = console or Console()
     cfg, r, polls = result.cfg, result.records, result.polls
     console.print(
-        f"[bold]Zipf load over {cfg.models} models[/bold]: 3 nodes, R={REPLICAS}, budget "
+        f"[bold]Zipf load over {cfg.models} models[/bold]: {NODES} nodes, R={REPLICAS}, budget "
         f"{cfg.budget_models} models/node ({result.budget:,} B, {result.footprint:,} B each), "
-        f"{cfg.rate:g} req/s, Zipf s={cfg.zipf:g}, {cfg.deadline_s:g} s deadlines; "
-        f"{HOT_KEY} {cfg.hot_delay_ms:.1f} ms/request (share {cfg.hot_share:.1%}); "
+        f"{cfg.rate:g} req/s, Zipf s={cfg.zipf:g}, {cfg.deadline_s:g} s deadlines; {HOT_KEY}: "
+        f"{cfg.hot_share:.1%} of phase 1, batching window {cfg.hot_window():.0f} ms; "
         f"--hot-policy {cfg.policy}; cluster ready in {result.startup_s:.0f} s"
     )
     ok = r["code"] == 0
     cold = ok & result.cold
-    warm = ok & ~cold
+    tiny = r["model"] != 0
+    warm = ok & ~cold & tiny
+    hot_ok = ok & ~tiny
+    lat = r["latency_ms"]
     table = Table(
-        title="Requests: client latency; cold = its serving node finished loading its model "
-        "while it was in flight (node log); node cold loads and hit rate from the nodes' counters"
+        title="Requests (client latency, ms). Node cold loads and hit rate: the nodes' "
+        "counters; cold (log): its node finished loading its model while it was in flight; "
+        f"warm: the others, {HOT_KEY} (batching window) apart"
     )
-    for col in ("phase", "requests", "failed", "node cold loads", "hit rate",
-                "cold (log)", "cold p50 ms", "cold p99 ms", "warm p50 ms", "warm p99 ms",
-                "all p99 ms", "max ms"):  # fmt: skip
+    for col in ("phase", "requests", "failed", "node cold loads", "hit rate", "cold (log)",
+                "cold p50", "cold p99", "warm p50", "warm p99", "hot p50", "hot p99",
+                "all p99", "max"):  # fmt: skip
         table.add_column(col, justify="right")
     phases = {"phase 1": r["phase"] == 1, "phase 2": r["phase"] == 2, "total": r["phase"] > 0}
     for label, mask in phases.items():
         n = int(mask.sum())
-        failed = int(np.count_nonzero(mask & ~ok))
         loads = cold_loads(result.metrics[label])
-        lat = r["latency_ms"]
         table.add_row(
-            label, f"{n}", f"{failed}", f"{loads:.0f}", f"{1 - loads / n:.2%}" if n else "-",
-            f"{int((mask & cold).sum())}",
-            f"{pct(lat[mask & cold], 50):.1f}", f"{pct(lat[mask & cold], 99):.1f}",
-            f"{pct(lat[mask & warm], 50):.1f}", f"{pct(lat[mask & warm], 99):.1f}",
+            label, f"{n}", f"{np.count_nonzero(mask & ~ok)}", f"{loads:.0f}",
+            f"{1 - loads / n:.2%}" if n else "-", f"{np.count_nonzero(mask & cold)}",
+            *(f"{pct(lat[mask & m], q):.1f}" for m in (cold, warm, hot_ok) for q in (50, 99)),
             f"{pct(lat[mask & ok], 99):.1f}", f"{np.nanmax(lat[mask]) if n else float('nan'):.1f}",
         )  # fmt: skip
     console.print(table)
 
-    nodes = Table(title="The nodes (metrics and routing tables)")
+    nodes = Table(title="The nodes' metrics, summed")
     for col in ("", "phase 1", "phase 2", "total"):
         nodes.add_column(col, justify="right")
 
@@ -679,8 +707,8 @@ def report(result: Result, console: Console | None = None) -> int:
         "cold loads (deadline/error/no_room)": lambda m: (
             f"{sum(cold_loads(m, o) for o in ('deadline', 'error', 'no_room')):.0f}"
         ),
-        "cold wait p50 ms (bucket)": lambda m: q(m, 0.5),
-        "cold wait p99 ms (bucket)": lambda m: q(m, 0.99),
+        "cold wait p50 ms (bucket bound)": lambda m: q(m, 0.5),
+        "cold wait p99 ms (bucket bound)": lambda m: q(m, 0.99),
         "evictions": lambda m: f"{m.get(('shardline_model_evictions_total', ''), 0):.0f}",
         "hot copy changes up/down": lambda m: f"{changes(m, 'up'):.0f}/{changes(m, 'down'):.0f}",
     }
@@ -688,34 +716,38 @@ def report(result: Result, console: Console | None = None) -> int:
         nodes.add_row(label, *(fn(result.metrics[p]) for p in ("phase 1", "phase 2", "total")))
     console.print(nodes)
 
-    res = Table(title="Resident per node (own routing table, polled every "
-                      f"{cfg.poll_s:g} s)")  # fmt: skip
-    for col in ("node", "budget B", "max resident B", "max models", "end models",
-                "loads", "evictions", "served"):  # fmt: skip
+    res = Table(title=f"Resident per node (its loaded-set record in etcd, every {cfg.poll_s:g} s; "
+                      "at the end: its routing table)")  # fmt: skip
+    for col in ("node", "budget B", "max resident B", "max models", "end resident B",
+                "end models", "loads", "evictions", "served"):  # fmt: skip
         res.add_column(col, justify="right")
     served = {nid: int(np.count_nonzero(r["node"] == i)) for i, nid in enumerate(result.node_ids)}
     for node_id in sorted(polls.resident):
-        rows_ = polls.resident[node_id]
-        loads, evictions = polls.counters.get(node_id, (0, 0))
+        seen = polls.resident[node_id]
+        loads_, evictions = polls.counters.get(node_id, (0, 0))
+        end = result.final.get(node_id, (0, 0, 0))
         res.add_row(
-            node_id, f"{polls.budget.get(node_id, 0):,}", f"{max(b for _, b, _ in rows_):,}",
-            f"{max(m for _, _, m in rows_)}", f"{rows_[-1][2]}", f"{loads}", f"{evictions}",
-            f"{served.get(node_id, 0)}",
+            node_id, f"{polls.budget.get(node_id, 0):,}", f"{max(b for _, b, _ in seen):,}",
+            f"{max(m for _, _, m in seen)}", f"{end[0]:,}", f"{end[2]}", f"{loads_}",
+            f"{evictions}", f"{served.get(node_id, 0)}",
         )  # fmt: skip
     console.print(res)
 
-    hot = Table(title=f"{HOT_KEY}: extra copies (etcd hot record) and holders, on change "
-                      f"(phase 2 starts at {result.switch_s:.1f} s)")  # fmt: skip
+    hot = Table(title=f"{HOT_KEY}: extra copies (etcd hot/{HOT_KEY}) and nodes holding it, "
+                      f"on change (phase 2 from {result.switch_s:.1f} s)")  # fmt: skip
     for col in ("t (s)", "phase", "extra copies", "holders"):
         hot.add_column(col, justify="right")
     for t, c, h in polls.hot_changes():
         hot.add_row(f"{t:.1f}", "1" if t < result.switch_s else "2", f"{c}", f"{h}")
     console.print(hot)
+    loads_by_node = {
+        node_id: f"{sum(t < result.switch_s for t in ts)}/{sum(t >= result.switch_s for t in ts)}"
+        for node_id, ts in sorted(result.hot_loads.items())
+    }
+    console.print(f"{HOT_KEY} loads per node, phase 1/phase 2 (node logs): {loads_by_node}")
     if polls.other_hot:
-        top = sorted(polls.other_hot.items(), key=lambda kv: -kv[1])[:10]
-        console.print(f"other models given extra copies: {len(polls.other_hot)} ({top})")
-    if polls.errors:
-        console.print(f"routing-table polls that failed: {len(polls.errors)}: {polls.errors[:3]}")
+        top = sorted(polls.other_hot)[:8]
+        console.print(f"other models given an extra copy: {len(polls.other_hot)} (e.g. {top})")
     for line in result.failures[:20]:
         console.print(f"  failed: {line}")
     sent = r["sent_s"]
@@ -740,7 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cold-seconds", type=float, help="phase 2 (ranks rotated)")
     parser.add_argument("--rate", type=float, help="requests per second")
     parser.add_argument("--zipf", type=float, help="the Zipf exponent s")
-    parser.add_argument("--hot-ms", type=float, help="zipf_hot's time per request")
+    parser.add_argument("--hot-window-ms", type=float, help="zipf_hot's batching window")
     parser.add_argument("--poll", type=float, dest="poll_s", help="seconds between polls")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--save", type=Path, help="write the per-request records here (.npz)")
