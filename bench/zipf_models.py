@@ -10,16 +10,20 @@ loading, LRU eviction). The catalog: ``--models`` workflows with one objective e
 (``name = "<model>"``, ``default = "<model>@1"``) -- ``zipf_hot@1`` and ``--models - 1``
 generated tiny ones (``tests.scale_packages``), all with the same 4 KiB weights.
 
-The hot model. Popularity rank 1 goes to ``zipf_hot@1``, whose forward holds its node's
-device worker for ``--hot-ms`` per request (one request per batch), as a heavier model
-would: the default is what puts each of its 2 owners at 60 % busy under its Zipf share of
-``--rate`` (30 ms at 300 req/s over 1 000 models). A tiny model answers in well under a
-millisecond, so the in-flight count per copy that hot copies react to stays near 0 for
-every tiny model, whatever its share; the hot model's in-flight and queue time are what a
-model that needs more copies looks like. The nodes run ``--hot-policy`` ``HOT_POLICY``:
-hot when in flight per copy > 0.5 or queue time > 10 ms for 2 s, cold after 5 s below a
-quarter of both, 3 s cooldown, at most 1 extra copy (3 nodes at R=2: one more copy is
-every node).
+The hot model. Popularity rank 1 goes to ``zipf_hot@1``, a batched model: its batching
+window (``max_delay_ms``) holds each request open for up to ``--hot-window-ms`` and a batch
+takes 2 ms on the device. Its requests in flight per copy then follow its request rate
+(Little's law: rate x time in the node) without taking the device from the other models;
+the default window puts ``HOT_IN_FLIGHT`` (1.5) in flight per copy when 2 copies share its
+Zipf share of ``--rate`` (60 ms at 300 req/s over 1 000 models, 150 ms for ``--quick``),
+twice that on one copy. A tiny model answers in about a millisecond, so its in-flight count
+stays far lower at any share. (A model held warm on one owner gets all its requests there:
+replica choice uses the warm copies, so a lazy second owner stays cold until a request
+needs it; the hot model may start on 1 or 2 warm copies.) The nodes run ``--hot-policy``
+``HOT_POLICY``: hot when in flight per copy > 0.4 for 2 s; cold after 5 s below 0.1; 3 s
+cooldown; at most 1 extra copy (3 nodes at R=2: one more copy is every node). The
+queue-time trigger is set to 1 s, above the hot model's window: its queue time is its
+window at any rate, not a measure of load.
 
 The load. A separate process (plain grpcio asyncio client with the shipped service config
 over every node, open loop) sends ``--rate`` requests/s with a 2 s deadline, each for the
@@ -33,28 +37,28 @@ replica choice spreads them over the warm copies):
 
 What is measured, and how:
 
-- every request: status, latency (client side), serving node and the node's timing
-  (Provenance.timing);
+- every request: status, latency (client side) and serving node (Provenance);
 - cold starts, exactly, on the nodes: ``shardline_cold_loads_total`` (requests that waited
   for a load of their model) and ``shardline_cold_wait_seconds`` (how long they waited;
   coarse buckets: 10, 50, 100, 500 ms, ...), scraped from each node's ``/metrics`` before
   the load, at the switch of phase and at the end. Hit rate = 1 - cold loads / requests;
-- the client-side split into cold and warm requests: the response carries no cold flag,
-  so a request counts as cold when its serving node spent at least ``--cold-ms`` (default
-  5 ms) of its ``total_ms`` outside the model's queue and compute (``queue + preprocess +
-  compute + postprocess``): that is the wait for the load, plus routing and waiting for the
-  device worker (which ``compute_ms`` does not include). The classifier's count is printed
-  next to the nodes' exact one; warm p50/p99 are over the requests it calls warm;
-- every ``--poll`` seconds: each node's routing table (its own resident bytes and models
-  against its budget, loads, evictions, and which nodes hold ``zipf_hot@1``) and the hot
-  record in etcd (``hot/zipf_hot@1``: its extra copies), with timestamps from the start of
-  the load.
+- which requests were cold, for the client-side cold and warm latencies: the response
+  carries no cold flag, so a request counts as cold when its serving node's log says it
+  finished loading the request's model while the request was in flight
+  (``cold_requests``). Every request that waited for a load is counted; a warm one only
+  when a load of its model on its node ended between its send and its arrival. The count
+  stands next to the nodes' exact one. Warm latencies are the tiny models' (the hot
+  model's include its batching window and are given apart);
+- every ``--poll`` seconds, from etcd (nothing asked of the nodes): each node's loaded-set
+  record (its resident models with their bytes, its budget, loads and evictions) and the
+  hot record of ``zipf_hot@1`` (its extra copies), with times from the start of the load;
+  at the end, each node's own row of its routing table.
 
 The run passes (exit 0) when no request failed, ``zipf_hot@1`` gained an extra copy in
-phase 1 and had none left at the end of phase 2 (no record, back to at most 2 holders), and
-no node ever reported more resident bytes than its budget.
+phase 1 and had none left at the end of phase 2 (no record, at most 2 holders), and no
+node ever reported more resident bytes than its budget.
 
-``--quick`` (300 models, 45 per node, 100 req/s, 15 s + 15 s) is for the test suite.
+``--quick`` (300 models, 45 per node, 100 req/s, 20 s + 20 s) is for the test suite.
 """
 
 from __future__ import annotations
@@ -384,6 +388,9 @@ _LOADED = re.compile(
 )
 
 
+_UNLOADED = re.compile(r"^\S+ \S+ INFO [\w.]+: unloaded \S+$")
+
+
 def load_times(lines: Sequence[str]) -> dict[str, np.ndarray]:
     """Model key -> the wall-clock times (s) a node's log says it finished loading it
     (``loaded <key> on <device>``, logged at INFO with ``asctime``: local time, in ms)."""
@@ -394,6 +401,14 @@ def load_times(lines: Sequence[str]) -> dict[str, np.ndarray]:
             at = datetime.strptime(m["at"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
             out[m["key"]].append(at)
     return {k: np.array(sorted(v)) for k, v in out.items()}
+
+
+def unload_lines(lines: Sequence[str]) -> tuple[int, int]:
+    """How many times a node's log says it chose a model to evict (``evicting <key>``) and
+    unloaded one (``unloaded <key>``: an eviction or a model it no longer owns)."""
+    evicting = sum(": evicting " in line for line in lines)
+    unloaded = sum(bool(_UNLOADED.match(line)) for line in lines)
+    return evicting, unloaded
 
 
 def cold_requests(
@@ -506,6 +521,7 @@ class Result:
     polls: Polls
     final: dict[str, tuple[int, int, int]]  # node -> its routing table's own row at the end
     hot_loads: dict[str, list[float]]  # node -> when it loaded the hot model (s from start)
+    unloads: dict[str, tuple[int, int]]  # node -> log lines "evicting", "unloaded"
     switch_s: float
     elapsed_s: float
     startup_s: float
@@ -572,6 +588,7 @@ def run(cfg: Config, log: Any = print) -> Result:
             loads = {node_id: load_times(node.lines) for node_id, node in nodes.items()}
             cold = cold_requests(records, node_ids, model_names(cfg.models), loads)
             final = asyncio.run(_own_rows(nodes))
+            unloads = {node_id: unload_lines(node.lines) for node_id, node in nodes.items()}
             wall0 = float(records["sent_wall"][0] - records["sent_s"][0])
             hot_loads = {
                 node_id: [float(t) - wall0 for t in by_key.get(HOT_KEY, ())]
@@ -581,7 +598,7 @@ def run(cfg: Config, log: Any = print) -> Result:
                 if node.proc.poll() is not None:
                     failures.append(f"{node_id} exited with {node.proc.returncode}")
     return Result(cfg, footprint, budget, records, node_ids, failures, cold, metrics, polls,
-                  final, hot_loads, switch_s, elapsed_s, startup_s)  # fmt: skip
+                  final, hot_loads, unloads, switch_s, elapsed_s, startup_s)  # fmt: skip
 
 
 async def _own_rows(nodes: Mapping[str, NodeProcess]) -> dict[str, tuple[int, int, int]]:
@@ -719,7 +736,8 @@ def report(result: Result, console: Console | None = None) -> int:
     res = Table(title=f"Resident per node (its loaded-set record in etcd, every {cfg.poll_s:g} s; "
                       "at the end: its routing table)")  # fmt: skip
     for col in ("node", "budget B", "max resident B", "max models", "end resident B",
-                "end models", "loads", "evictions", "served"):  # fmt: skip
+                "end models", "loads", "evictions", "log: evicting/unloaded",
+                "served"):  # fmt: skip
         res.add_column(col, justify="right")
     served = {nid: int(np.count_nonzero(r["node"] == i)) for i, nid in enumerate(result.node_ids)}
     for node_id in sorted(polls.resident):
@@ -729,7 +747,8 @@ def report(result: Result, console: Console | None = None) -> int:
         res.add_row(
             node_id, f"{polls.budget.get(node_id, 0):,}", f"{max(b for _, b, _ in seen):,}",
             f"{max(m for _, _, m in seen)}", f"{end[0]:,}", f"{end[2]}", f"{loads_}",
-            f"{evictions}", f"{served.get(node_id, 0)}",
+            f"{evictions}", "{}/{}".format(*result.unloads.get(node_id, (0, 0))),
+            f"{served.get(node_id, 0)}",
         )  # fmt: skip
     console.print(res)
 
