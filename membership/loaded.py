@@ -77,6 +77,9 @@ class LoadedSet:
     """Models evicted (least recently used, to make room) since the node started."""
     budget_bytes: int = 0
     """The node's model memory budget (0: none declared)."""
+    settled: bool = False
+    """Placement has nothing more to load at once: a model placed here and not resident
+    stays lazy (loads on its first request). Deploy and ``shardline up`` wait for it."""
     published_at: float = 0.0
     """Wall-clock time the node wrote it (its readers measure the propagation lag)."""
     keys: frozenset[str] = field(init=False, compare=False, repr=False)
@@ -99,6 +102,7 @@ class LoadedSet:
             "evictions": self.evictions,
             "budget_bytes": self.budget_bytes,
             "published_at": self.published_at,
+            "settled": self.settled,
         }
         data = json.dumps(doc, separators=(",", ":")).encode()
         if len(data) > MAX_RECORD_BYTES:
@@ -141,6 +145,7 @@ class LoadedSet:
             evictions=_count(doc, "evictions"),
             budget_bytes=_count(doc, "budget_bytes"),
             published_at=_time(doc),
+            settled=doc.get("settled") is True,
         )
 
 

@@ -166,12 +166,17 @@ def releasable(
     view: MembershipView,
     replicas: Mapping[str, int],
     needs: Needs | None = None,
+    *,
+    lazy: bool = False,
 ) -> bool:
-    """May ``node_id`` let ``key`` go? Only when every current owner (but itself) has it warm."""
+    """May ``node_id`` let ``key`` go? Only when every current owner (but itself) has it warm;
+    with ``lazy`` (a cold owner loads on demand), when one of them has it warm."""
     owners = ring_of(view, (), needs).owners(key, replicas.get(key, DEFAULT_REPLICAS))
     others = [o for o in owners if o != node_id]
     if not others:
         return key not in replicas  # no owner left at all: keep it unless it was undeployed
+    if lazy:
+        return any(warm_on(view, o, key) for o in others)
     return all(warm_on(view, o, key) for o in others)
 
 
@@ -191,6 +196,8 @@ def step(
     loaded: Set[str],
     in_flight: int,
     needs: Needs | None = None,
+    *,
+    lazy: bool = False,
 ) -> Step:
     """The next handoff step for ``node_id`` given what it holds and serves right now."""
     me = view.members.get(node_id)
@@ -201,7 +208,7 @@ def step(
     unload = frozenset(
         k
         for k in set(loaded) - want
-        if k not in replicas or releasable(node_id, k, view, replicas, needs)
+        if k not in replicas or releasable(node_id, k, view, replicas, needs, lazy=lazy)
     )
     if me.state is NodeState.JOINING:
         return Step(Phase.READY if not load else Phase.JOINING, load, frozenset())

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from shardline.membership.registry import NodeState
 from shardline.membership.snapshot import ClusterSnapshot
 from shardline.membership.view import MembershipView
 from shardline.node.cluster.catalog_ops import WORKFLOW_METHODS, footprint_of
@@ -171,6 +172,7 @@ class Placement:
     lazy: frozenset[str] = frozenset()
     """Models placed here that are not resident and load on their first request."""
     _may_evict: frozenset[str] = frozenset()
+    _catalog_seen: frozenset[str] | None = None
     _pinned: tuple[ClusterSnapshot | None, frozenset[str]] = (None, frozenset())
     _dirty: asyncio.Event = field(default_factory=asyncio.Event)
     _phase_changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -229,6 +231,7 @@ class Placement:
                 set(self.executor.models),
                 self.executor.in_flight,
                 needs_of(self.snapshot),
+                lazy=True,
             )
             eager, self.lazy = self._eager(s.load)
             loaded = await self._load(eager)
@@ -245,7 +248,14 @@ class Placement:
                 phase = Phase.READY
             if not (loaded or s.unload):
                 self._set_phase(phase)
+                self._settle(not (waiting - set(self.failures)))
                 return phase
+
+    def _settle(self, settled: bool) -> None:
+        """Publish whether anything placed here is still to be loaded at once."""
+        if self.executor.settled != settled:
+            self.executor.settled = settled
+            self.executor.changed()
 
     def pinned(self) -> frozenset[str]:
         """Model keys pinned resident: ``pinned = true`` manifests and ``warm`` objectives."""
@@ -268,26 +278,48 @@ class Placement:
         return self._pinned[1]
 
     def _eager(self, keys: frozenset[str]) -> tuple[list[str], frozenset[str]]:
-        """Which of the models to load now, in order, and which stay lazy: pinned ones
-        first, then the ones a node that loses them holds warm (both may evict), then the
-        rest while they fit in free room."""
+        """Which of the models to load now, in order, and which stay lazy.
+
+        Pinned ones first, then the ones a node that loses them holds warm (only the owner
+        that gained the key takes it over: one warm copy moves, the holder then lets it go)
+        and hot copies placed here (all may evict); then, while they fit in free room, the
+        rest — only while this node joins (its share, warm before it serves), for models
+        newly in the catalog (a deploy) and for failed loads being retried. Room freed
+        later is not refilled with models nobody asked for: on a join or a drain only the
+        keys placement moves are loaded or dropped."""
+        catalog = frozenset(self.snapshot.workflows)
+        new = catalog - self._catalog_seen if self._catalog_seen is not None else catalog
+        self._catalog_seen = catalog
         if not keys:
             return [], frozenset()
         pinned = self.pinned()
         view = self.view
+        needs = needs_of(self.snapshot)
         me = view.members.get(self.node_id)
-        extra = (self.node_id,) if me is not None and me.state.value == "joining" else ()
-        future = handoff.ring_of(view, extra, needs_of(self.snapshot))
+        joining = me is None or me.state is NodeState.JOINING
+        extra = (self.node_id,) if me is not None and me.state is NodeState.JOINING else ()
+        future = handoff.ring_of(view, extra, needs)
         replicas = replicas_of(self.snapshot)
         handed: set[str] = set()
         for node_id, member in view.members.items():
-            if node_id == self.node_id:
+            if node_id == self.node_id or member.state is NodeState.JOINING:
+                continue  # (a joiner's copies are not being handed over)
+            held = keys & member.models
+            if not held:
                 continue
-            for key in keys & member.models:
-                owners = future.owners(key, replicas.get(key, DEFAULT_REPLICAS))
-                if node_id not in owners:
+            # The owners before this node lost the key: with it (a drain took it off the
+            # ring) and without this joiner.
+            active = member.state is NodeState.ACTIVE
+            before = handoff.ring_of(view, () if active else (node_id,), needs)
+            for key in held:
+                r = replicas.get(key, DEFAULT_REPLICAS)
+                owners = future.owners(key, r)
+                if node_id in owners or any(self._warm_on(o, key) for o in owners):
+                    continue
+                gained = [o for o in owners if o not in before.owners(key, r)]
+                receiver = gained[0] if gained else owners[0] if owners else None
+                if receiver == self.node_id:
                     handed.add(key)
-        needs = needs_of(self.snapshot)
         for key in keys:  # a hot copy is placed here to take load now: load it now
             need = needs.get(key)
             if need is not None and need.copies:
@@ -297,8 +329,16 @@ class Placement:
         first = sorted(keys & pinned) + sorted(handed - pinned)
         self._may_evict = frozenset(first)
         rest = sorted(keys - pinned - handed)
+        if not joining:
+            rest = [k for k in rest if k in new or k in self.failures]
         eager = first + [k for k in rest if self.residence.fits_free(k)]
         return eager, frozenset(keys) - frozenset(eager)
+
+    def _warm_on(self, node_id: str, key: str) -> bool:
+        if node_id == self.node_id:
+            return key in self.executor.models
+        member = self.view.members.get(node_id)
+        return member is not None and key in member.models
 
     async def _load(self, keys: list[str]) -> set[str]:
         loop = asyncio.get_running_loop()

@@ -165,6 +165,8 @@ class Residence:
 
     async def evict(self, key: str) -> None:
         """Unload a resident model to make room (counted as an eviction)."""
+        if key not in self.lru:
+            return  # a concurrent load's plan evicted it already
         log.info("%s: evicting %s (least recently used) to make room",
                  self.executor.config.node_id, key)  # fmt: skip
         self.lru.remove(key, eviction=True)

@@ -44,6 +44,7 @@ def describe_cluster(
                 loading=sorted(loaded.loading) if loaded else [],
                 loads=loaded.loads if loaded else 0,
                 evictions=loaded.evictions if loaded else 0,
+                settled=loaded.settled if loaded else False,
             )
         )
     table.members = members
@@ -63,7 +64,11 @@ def describe_cluster(
         for key in keys
     ]
     if placement is not None:
-        failures = {k: reason for k, (_, reason) in placement.residence.failed.items()}
+        failures = {
+            k: reason
+            for k, (_, reason) in placement.residence.failed.items()
+            if k in router.catalog_models  # (an undeployed key's failure goes with it)
+        }
         failures.update({k: f.message for k, f in placement.failures.items()})
         table.load_failures = failures  # placement's, and lazy loads' that failed
     return table

@@ -133,12 +133,15 @@ def ready(tables: list[v1.RoutingTable], n: int) -> str | None:
 
 
 def lazy_on(member: v1.MemberInfo | None, placement: v1.ModelPlacement) -> bool:
-    """Is the model lazy on this owner: not pinned, it fits the owner's budget, but the
-    models resident there fill it (so it loads on its first request, evicting others)?"""
+    """Is the model lazy on this owner: not pinned, it fits the owner's budget, and the
+    owner's placement has settled without it (or the models resident there fill the budget),
+    so it loads on its first request?"""
     if member is None or placement.pinned or not member.budget_bytes:
         return False
     size, budget = int(placement.footprint_bytes), int(member.budget_bytes)
-    return size <= budget < int(member.resident_bytes) + size
+    if size > budget:
+        return False
+    return bool(member.settled) or budget < int(member.resident_bytes) + size
 
 
 async def wait_ready(

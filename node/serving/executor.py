@@ -86,6 +86,8 @@ class Executor:
         self.loaded_version = 0
         """Bumped whenever ``models`` or ``loading`` changes (the loaded set's version)."""
         self.loading: set[str] = set()
+        self.settled = False
+        """Placement has nothing more to load at once (what is not resident stays lazy)."""
         self.loads_total = 0
         self.evictions_total = 0
         self._watchers: list[Callable[[], None]] = []
@@ -187,6 +189,7 @@ class Executor:
             loads=self.loads_total,
             evictions=self.evictions_total,
             budget_bytes=budget_bytes,
+            settled=self.settled,
         )
 
     # -- objectives' names and log rates -----------------------------------------------------

@@ -185,6 +185,11 @@ class MemberInfo(betterproto.Message):
     """
 
     evictions: int = betterproto.uint64_field(16)
+    settled: bool = betterproto.bool_field(17)
+    """
+    Placement on the member has nothing more to load at once: a model placed there and
+     not resident is lazy (it loads on its first request).
+    """
 
 
 @dataclass(eq=False, repr=False)

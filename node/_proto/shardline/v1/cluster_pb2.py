@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashardline/v1/cluster.proto\x12\x0cshardline.v1\"\xb2\x02\n\nMemberInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cgrpc_address\x18\x02 \x01(\t\x12\x16\n\x0egossip_address\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x01\x12\r\n\x05state\x18\x06 \x01(\t\x12\x10\n\x08liveness\x18\x07 \x01(\t\x12\x11\n\tin_flight\x18\x08 \x01(\r\x12\x0e\n\x06models\x18\t \x03(\t\x12\x0f\n\x07\x64\x65vices\x18\n \x03(\t\x12\x0f\n\x07version\x18\x0b \x01(\t\x12\x16\n\x0eresident_bytes\x18\x0c \x01(\x04\x12\x14\n\x0c\x62udget_bytes\x18\r \x01(\x04\x12\x0f\n\x07loading\x18\x0e \x03(\t\x12\r\n\x05loads\x18\x0f \x01(\x04\x12\x11\n\tevictions\x18\x10 \x01(\x04\"n\n\x0eModelPlacement\x12\x11\n\tmodel_key\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\r\x12\x0e\n\x06owners\x18\x03 \x03(\t\x12\x17\n\x0f\x66ootprint_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\"\x18\n\x16GetRoutingTableRequest\"\xbb\x03\n\x0cRoutingTable\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12)\n\x07members\x18\x03 \x03(\x0b\x32\x18.shardline.v1.MemberInfo\x12\x0c\n\x04\x64\x65\x61\x64\x18\x04 \x03(\t\x12\x30\n\nplacements\x18\x05 \x03(\x0b\x32\x1c.shardline.v1.ModelPlacement\x12G\n\x0fobjectives_json\x18\x06 \x03(\x0b\x32..shardline.v1.RoutingTable.ObjectivesJsonEntry\x12\x15\n\rloaded_models\x18\x07 \x03(\t\x12\x0c\n\x04mode\x18\x08 \x01(\t\x12\x43\n\rload_failures\x18\t \x03(\x0b\x32,.shardline.v1.RoutingTable.LoadFailuresEntry\x1a\x35\n\x13ObjectivesJsonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11LoadFailuresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32^\n\x07\x43luster\x12S\n\x0fGetRoutingTable\x12$.shardline.v1.GetRoutingTableRequest\x1a\x1a.shardline.v1.RoutingTableb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashardline/v1/cluster.proto\x12\x0cshardline.v1\"\xc3\x02\n\nMemberInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cgrpc_address\x18\x02 \x01(\t\x12\x16\n\x0egossip_address\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x01\x12\r\n\x05state\x18\x06 \x01(\t\x12\x10\n\x08liveness\x18\x07 \x01(\t\x12\x11\n\tin_flight\x18\x08 \x01(\r\x12\x0e\n\x06models\x18\t \x03(\t\x12\x0f\n\x07\x64\x65vices\x18\n \x03(\t\x12\x0f\n\x07version\x18\x0b \x01(\t\x12\x16\n\x0eresident_bytes\x18\x0c \x01(\x04\x12\x14\n\x0c\x62udget_bytes\x18\r \x01(\x04\x12\x0f\n\x07loading\x18\x0e \x03(\t\x12\r\n\x05loads\x18\x0f \x01(\x04\x12\x11\n\tevictions\x18\x10 \x01(\x04\x12\x0f\n\x07settled\x18\x11 \x01(\x08\"n\n\x0eModelPlacement\x12\x11\n\tmodel_key\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\r\x12\x0e\n\x06owners\x18\x03 \x03(\t\x12\x17\n\x0f\x66ootprint_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\"\x18\n\x16GetRoutingTableRequest\"\xbb\x03\n\x0cRoutingTable\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12)\n\x07members\x18\x03 \x03(\x0b\x32\x18.shardline.v1.MemberInfo\x12\x0c\n\x04\x64\x65\x61\x64\x18\x04 \x03(\t\x12\x30\n\nplacements\x18\x05 \x03(\x0b\x32\x1c.shardline.v1.ModelPlacement\x12G\n\x0fobjectives_json\x18\x06 \x03(\x0b\x32..shardline.v1.RoutingTable.ObjectivesJsonEntry\x12\x15\n\rloaded_models\x18\x07 \x03(\t\x12\x0c\n\x04mode\x18\x08 \x01(\t\x12\x43\n\rload_failures\x18\t \x03(\x0b\x32,.shardline.v1.RoutingTable.LoadFailuresEntry\x1a\x35\n\x13ObjectivesJsonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11LoadFailuresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32^\n\x07\x43luster\x12S\n\x0fGetRoutingTable\x12$.shardline.v1.GetRoutingTableRequest\x1a\x1a.shardline.v1.RoutingTableb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,17 +36,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTINGTABLE_LOADFAILURESENTRY']._loaded_options = None
   _globals['_ROUTINGTABLE_LOADFAILURESENTRY']._serialized_options = b'8\001'
   _globals['_MEMBERINFO']._serialized_start=45
-  _globals['_MEMBERINFO']._serialized_end=351
-  _globals['_MODELPLACEMENT']._serialized_start=353
-  _globals['_MODELPLACEMENT']._serialized_end=463
-  _globals['_GETROUTINGTABLEREQUEST']._serialized_start=465
-  _globals['_GETROUTINGTABLEREQUEST']._serialized_end=489
-  _globals['_ROUTINGTABLE']._serialized_start=492
-  _globals['_ROUTINGTABLE']._serialized_end=935
-  _globals['_ROUTINGTABLE_OBJECTIVESJSONENTRY']._serialized_start=829
-  _globals['_ROUTINGTABLE_OBJECTIVESJSONENTRY']._serialized_end=882
-  _globals['_ROUTINGTABLE_LOADFAILURESENTRY']._serialized_start=884
-  _globals['_ROUTINGTABLE_LOADFAILURESENTRY']._serialized_end=935
-  _globals['_CLUSTER']._serialized_start=937
-  _globals['_CLUSTER']._serialized_end=1031
+  _globals['_MEMBERINFO']._serialized_end=368
+  _globals['_MODELPLACEMENT']._serialized_start=370
+  _globals['_MODELPLACEMENT']._serialized_end=480
+  _globals['_GETROUTINGTABLEREQUEST']._serialized_start=482
+  _globals['_GETROUTINGTABLEREQUEST']._serialized_end=506
+  _globals['_ROUTINGTABLE']._serialized_start=509
+  _globals['_ROUTINGTABLE']._serialized_end=952
+  _globals['_ROUTINGTABLE_OBJECTIVESJSONENTRY']._serialized_start=846
+  _globals['_ROUTINGTABLE_OBJECTIVESJSONENTRY']._serialized_end=899
+  _globals['_ROUTINGTABLE_LOADFAILURESENTRY']._serialized_start=901
+  _globals['_ROUTINGTABLE_LOADFAILURESENTRY']._serialized_end=952
+  _globals['_CLUSTER']._serialized_start=954
+  _globals['_CLUSTER']._serialized_end=1048
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class MemberInfo(_message.Message):
-    __slots__ = ("node_id", "grpc_address", "gossip_address", "zone", "capacity", "state", "liveness", "in_flight", "models", "devices", "version", "resident_bytes", "budget_bytes", "loading", "loads", "evictions")
+    __slots__ = ("node_id", "grpc_address", "gossip_address", "zone", "capacity", "state", "liveness", "in_flight", "models", "devices", "version", "resident_bytes", "budget_bytes", "loading", "loads", "evictions", "settled")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class MemberInfo(_message.Message):
     LOADING_FIELD_NUMBER: _ClassVar[int]
     LOADS_FIELD_NUMBER: _ClassVar[int]
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    SETTLED_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     grpc_address: str
     gossip_address: str
@@ -40,7 +41,8 @@ class MemberInfo(_message.Message):
     loading: _containers.RepeatedScalarFieldContainer[str]
     loads: int
     evictions: int
-    def __init__(self, node_id: _Optional[str] = ..., grpc_address: _Optional[str] = ..., gossip_address: _Optional[str] = ..., zone: _Optional[str] = ..., capacity: _Optional[float] = ..., state: _Optional[str] = ..., liveness: _Optional[str] = ..., in_flight: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., resident_bytes: _Optional[int] = ..., budget_bytes: _Optional[int] = ..., loading: _Optional[_Iterable[str]] = ..., loads: _Optional[int] = ..., evictions: _Optional[int] = ...) -> None: ...
+    settled: bool
+    def __init__(self, node_id: _Optional[str] = ..., grpc_address: _Optional[str] = ..., gossip_address: _Optional[str] = ..., zone: _Optional[str] = ..., capacity: _Optional[float] = ..., state: _Optional[str] = ..., liveness: _Optional[str] = ..., in_flight: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., resident_bytes: _Optional[int] = ..., budget_bytes: _Optional[int] = ..., loading: _Optional[_Iterable[str]] = ..., loads: _Optional[int] = ..., evictions: _Optional[int] = ..., settled: _Optional[bool] = ...) -> None: ...
 
 class ModelPlacement(_message.Message):
     __slots__ = ("model_key", "replicas", "owners", "footprint_bytes", "pinned")
