@@ -128,6 +128,7 @@ class ControlClient:
             gossip_address=node.gossip_address,
             capacity=node.capacity,
             state=self.state,
+            zone=node.zone,
         )
 
     # ------------------------------------------------------------------ watch
