@@ -78,6 +78,8 @@ class Process(Protocol):
     @property
     def capacity(self) -> float: ...
     @property
+    def zone(self) -> str: ...
+    @property
     def epoch(self) -> int:
         """Which process lifetime of the node (a restart begins a new one)."""
 
