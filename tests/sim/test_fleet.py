@@ -68,3 +68,40 @@ def test_a_zone_failure_leaves_every_key_owners_in_other_zones() -> None:
         assert all(zone[o] != "z3" for o in survivors)
         if all(zone[o] != "z3" for o in owners):
             assert survivors == owners
+
+
+def test_fits_free_is_plan_evicting_nothing() -> None:
+    """sim/node.py's ``fits_free`` arithmetic equals ``Residency.plan`` evicting nothing
+    (and not refusing), whatever is pinned, busy or loading."""
+    from shardline.router.residency import NoRoom, Residency
+    from shardline.sim.node import fits_free, free_room
+
+    rng = random.Random(11)
+    for _ in range(400):
+        residency = Residency(rng.randint(50, 400), max_models=rng.randint(1, 8))
+        keys = [f"k{i}" for i in range(12)]
+        now = 0.0
+        for key in rng.sample(keys, rng.randint(0, 8)):
+            size = rng.randint(1, 80)
+            try:
+                plan = residency.plan(key, size)
+            except NoRoom:
+                continue
+            for victim in plan.evict:
+                residency.remove(victim)
+            now += 1.0
+            residency.add(key, size, now)
+        loading = {k: rng.randint(1, 60) for k in rng.sample(keys, rng.randint(0, 3))}
+        pinned = set(rng.sample(keys, rng.randint(0, 3)))
+        busy = set(rng.sample(keys, rng.randint(0, 3)))
+        room = free_room(residency, loading)
+        for key in keys:
+            size = residency.resident.get(key) or rng.randint(1, 120)
+            try:
+                expected = not residency.plan(
+                    key, size, pinned=pinned, busy=busy, loading=loading
+                ).evict
+            except NoRoom:
+                expected = False
+            assert fits_free(residency, loading, key, size, room) is expected
+            assert fits_free(residency, loading, key, size) is expected
