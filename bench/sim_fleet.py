@@ -1,7 +1,7 @@
 """The fleet scenario (``sim/scenarios/fleet_1000_nodes.toml``) at a chosen scale, in one run.
 
     python -m bench.sim_fleet [--nodes 1000] [--models 100000] [--seconds 40] [--quick]
-                              [--seed N] [--json PATH]
+                              [--seed N] [--json PATH] [--progress S]
 
 Scales the scenario by the flags: ``--nodes`` (zones stay 10; the zone-z3 crash takes 10 %
 of the nodes), ``--models`` (the catalog), ``--seconds`` (traffic time; the crash stays at
@@ -24,6 +24,7 @@ import argparse
 import gc
 import json
 import sys
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="30 nodes, 2 000 models, 10 s")
+    parser.add_argument(
+        "--progress", type=float, default=0.0, help="print the virtual time every this many s"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -121,12 +125,22 @@ def main(argv: list[str] | None = None) -> int:
     world = World(spec, args.seed)
     thresholds = gc.get_threshold()
     gc.set_threshold(100_000, 50, 100)  # as World.run
+    done = threading.Event()
+
+    def progress() -> None:  # reads the clock only: the run is the same without it
+        while not done.wait(args.progress):
+            print(f"[{time.perf_counter() - start:.0f} s] virtual {world.loop.now:.1f} s "
+                  f"of {world.end_s:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
+
+    if args.progress > 0:
+        threading.Thread(target=progress, daemon=True).start()
     try:
         world.setup()
         setup_s = time.perf_counter() - start
         world._drive()
     finally:
         gc.set_threshold(*thresholds)
+        done.set()
     result = summarize(world)
     wall_s = time.perf_counter() - start
     out = report(result, wall_s, setup_s)

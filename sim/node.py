@@ -720,6 +720,8 @@ class SimNode(Host):
             self._may_evict = frozenset(first)
             rest = sorted(load - pinned - handed)
             room = self._free_room()
+            if room[0] <= 0 or room[1] < 1:  # full: only a key's own load can give it room
+                rest = [k for k in rest if k in self._loading_bytes]
             eager = first + [k for k in rest if self._fits_free(k, room)]
             self._lazy = frozenset(load.difference(eager))
             for key in eager:
