@@ -78,6 +78,8 @@ class Process(Protocol):
     @property
     def capacity(self) -> float: ...
     @property
+    def zone(self) -> str: ...
+    @property
     def epoch(self) -> int:
         """Which process lifetime of the node (a restart begins a new one)."""
 
@@ -128,6 +130,7 @@ class ControlClient:
             gossip_address=node.gossip_address,
             capacity=node.capacity,
             state=self.state,
+            zone=node.zone,
         )
 
     # ------------------------------------------------------------------ watch

@@ -452,9 +452,14 @@ class SimNode(Host):
                 self.models_of[node_id] = (
                     keys_after if fleet else tuple(sorted(keys_after))  # type: ignore[assignment]
                 )
-                for key in keys_before ^ keys_after:
+                changed = keys_before ^ keys_after
+                for key in changed:
                     self.cand.pop(key, None)  # only these keys' candidates can change
                 self._models_changed = True
+                if fleet and node_id != self.node_id and self._unconcerned(changed):
+                    # Placement reads other nodes' loaded sets only for keys on this node's
+                    # walks (handed over, releasable): nothing here for it to do.
+                    continue
                 self._placement_soon()
         replicas = replicas_of(snapshot)
         if self.residency is None:
@@ -714,7 +719,10 @@ class SimNode(Host):
             first = sorted(load & pinned) + sorted(handed - pinned)
             self._may_evict = frozenset(first)
             rest = sorted(load - pinned - handed)
-            eager = first + [k for k in rest if self._fits_free(k)]
+            room = self._free_room()
+            if room[0] <= 0 or room[1] < 1:  # full: only a key's own load can give it room
+                rest = [k for k in rest if k in self._loading_bytes]
+            eager = first + [k for k in rest if self._fits_free(k, room)]
             self._lazy = frozenset(load.difference(eager))
             for key in eager:
                 if key not in self._load_queue and key != self._loading:
@@ -734,19 +742,27 @@ class SimNode(Host):
         elif self.phase is Phase.DRAINED and not self._leaving:
             self._leave()
 
+    def _unconcerned(self, changed: set[str] | frozenset[str]) -> bool:
+        """None of ``changed`` is on this node's precomputed walks (a fleet) or held here."""
+        fleet = self.world.fleet
+        near = fleet.keys_near.get(self.node_id) if fleet is not None else None
+        if near is None or not near.isdisjoint(changed):
+            return False
+        executors = self.executors
+        return not any(k in executors for k in changed)
+
     def _busy(self) -> set[str]:
         return {k for k, e in self.executors.items() if e.pending}
 
-    def _fits_free(self, key: str) -> bool:
+    def _free_room(self) -> tuple[int, int]:
         assert self.residency is not None
-        try:
-            plan = self.residency.plan(
-                key, self.world.workflows[key].bytes, pinned=self.world.pinned,
-                busy=self._busy(), loading=self._loading_bytes,
-            )  # fmt: skip
-        except NoRoom:
-            return False
-        return not plan.evict
+        return free_room(self.residency, self._loading_bytes)
+
+    def _fits_free(self, key: str, room: tuple[int, int]) -> bool:
+        """``Residence.fits_free`` (see ``fits_free``)."""
+        assert self.residency is not None
+        size = self.world.workflows[key].bytes
+        return fits_free(self.residency, self._loading_bytes, key, size, room)
 
     def _make_room(self, key: str, size: int, *, evict: bool) -> bool:
         """``Residency.plan`` for a load of ``key``; evict what it names (when allowed)."""
@@ -870,3 +886,36 @@ class SimNode(Host):
             "models": sorted(self.executors),
             "in_flight": self.in_flight,
         }
+
+
+def free_room(residency: Residency, loading: Mapping[str, int]) -> tuple[int, int]:
+    """Bytes and model slots left under the budget with every load in ``loading`` (key ->
+    bytes; resident keys ignored) counted, as ``Residency.plan`` counts them."""
+    resident = residency.resident
+    pending = [b for k, b in loading.items() if k not in resident]
+    return (
+        residency.budget_bytes - residency.resident_bytes - sum(pending),
+        residency.max_models - len(resident) - len(pending),
+    )
+
+
+def fits_free(
+    residency: Residency,
+    loading: Mapping[str, int],
+    key: str,
+    size: int,
+    room: tuple[int, int] | None = None,
+) -> bool:
+    """``Residence.fits_free``: does ``Residency.plan(key, size, loading=loading, ...)``
+    evict nothing (and not raise ``NoRoom``)? It does exactly when ``key`` is resident or
+    fits in the free room (its own load in progress given back), whatever is pinned or busy
+    (tests/sim/test_fleet.py checks it against ``plan``). Answered from that arithmetic with
+    ``room`` (``free_room``) computed once per placement pass: ``plan`` with the busy set of
+    every executor costs O(resident) per key, and placement asks it for every lazy key."""
+    if key in residency:
+        return True
+    free_bytes, free_count = free_room(residency, loading) if room is None else room
+    own = loading.get(key)
+    if own is not None:
+        free_bytes, free_count = free_bytes + own, free_count + 1
+    return size <= free_bytes and free_count >= 1

@@ -77,6 +77,7 @@ class Request:
         "t0",
         "t_queued",
         "t_route",
+        "tried",
         "tries",
         "user",
     )
@@ -88,6 +89,7 @@ class Request:
     deadline: float
     ingress: Host
     tries: int  # client attempts so far, this one included
+    tried: tuple[Host, ...]  # the ingresses of the client's earlier attempts
     done: bool
     shadow: bool  # a fire-and-forget shadow copy
     idx: int  # which of ``attempts`` is being tried
@@ -108,6 +110,7 @@ class Request:
         self.done = True
         nxt = make_request(self.rid, self.t0, self.obj, self.user, self.deadline, ingress)
         nxt.tries = self.tries + 1
+        nxt.tried = (*self.tried, self.ingress)
         return nxt
 
 
@@ -124,6 +127,7 @@ def make_request(
     req.deadline = deadline
     req.ingress = ingress
     req.tries = 1
+    req.tried = ()
     req.done = False
     req.shadow = False
     req.idx = 0

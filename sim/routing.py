@@ -2,9 +2,11 @@
 them: where.
 
 ``candidates`` is ``shardline.router.handoff.serving_candidates`` with the node's warm-model test
-(memoized per node until its view or anyone's models change); ``choose`` is
-``ClusterRouter.choose`` around ``shardline.router.replica.choose_replica``; ``replicas_of`` reads R
-per model key from the catalog like ``shardline.node.cluster.placement.replicas_of``.
+(``lazy`` when the node has a memory budget, as ``ClusterRouter.serving``) and its warm part
+(``ClusterRouter.warm_part``), memoized per node until its view or anyone's models change;
+``choose`` is ``ClusterRouter.choose`` around ``shardline.router.replica.choose_replica`` (among the
+warm part); ``replicas_of`` reads R per model key from the catalog like
+``shardline.node.cluster.placement.replicas_of``.
 
 A candidate tuple is interned per world as a ``shardline.sim.candidates.Serving`` (``registry``: the
 request engine's), which memoizes what is pure in it. These functions read a node only as
@@ -16,7 +18,7 @@ from __future__ import annotations
 from shardline.membership.snapshot import ClusterSnapshot
 from shardline.router import handoff
 from shardline.router.replica import ReplicaPolicy, choose_replica
-from shardline.sim.candidates import Serving, interned
+from shardline.sim.candidates import Registry, Serving, interned
 from shardline.sim.request import Host
 
 POLICY = ReplicaPolicy()
@@ -48,13 +50,13 @@ def _replicas_of(snapshot: ClusterSnapshot) -> dict[str, int]:
     return out
 
 
-def candidates(
-    node: Host, key: str, owners: tuple[str, ...], registry: dict[tuple[str, ...], Serving]
-) -> Serving:
+def candidates(node: Host, key: str, owners: tuple[str, ...], registry: Registry) -> Serving:
     """``shardline.router.handoff.serving_candidates`` as ``shardline.node.cluster.routing`` calls
-    it, over the owners of ``key`` on the node's current ring (memoized in ``node.cand`` while they
-    have some: the node drops entries when its ring, its replica counts, its view's members or
-    anyone's models change); interned in ``registry``."""
+    it (``lazy`` with a memory budget: the warm owners, then the cold ones, which load on
+    demand, as failover targets), over the owners of ``key`` on the node's current ring, with
+    its warm part (``ClusterRouter.warm_part``: the replica is chosen among these) (memoized in
+    ``node.cand`` while they have some: the node drops entries when its ring, its replica
+    counts, its view's members or anyone's models change); interned in ``registry``."""
     hit = node.cand.get(key)
     if hit is not None:
         return hit
@@ -65,19 +67,16 @@ def candidates(
             return key in local
         return node_id in members and key in models.get(node_id, ())
 
-    serving = handoff.serving_candidates(key, owners, node.view, warm)
-    if node.cold is not None and serving != owners:
-        # With lazy loading, the cold owners follow the warm ones: when the only warm copy
-        # dies, a request fails over to an owner that loads the model on first use
-        # (serving_candidates alone offers the warm copies only: see docs/architecture.md).
-        serving = serving + tuple(o for o in owners if o not in serving)
-    found = interned(registry, serving)
+    lazy = node.cold is not None  # a cold owner loads on the first request
+    serving = handoff.serving_candidates(key, owners, node.view, warm, lazy=lazy)
+    warm_part = tuple([c for c in serving if warm(c)]) if lazy else serving
+    found = interned(registry, warm_part or serving, serving)
     if owners:
         node.cand[key] = found
     return found
 
 
-def serving_for(node: Host, key: str, registry: dict[tuple[str, ...], Serving]) -> Serving | None:
+def serving_for(node: Host, key: str, registry: Registry) -> Serving | None:
     """The candidates for ``key`` on ``node``'s ring (None: the ring has no owner)."""
     hit = node.cand.get(key)
     if hit is not None:

@@ -28,6 +28,7 @@ the safety checker is told of routes and answers (``Checker``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from heapq import heappush
 from math import floor as _floor
@@ -36,7 +37,7 @@ from typing import Protocol
 from shardline.router.decision import Decision, new_decision
 from shardline.router.forward import MAX_HOPS, RETRYABLE
 from shardline.router.rules import RequestContext, evaluate
-from shardline.sim.candidates import Serving
+from shardline.sim.candidates import Registry
 from shardline.sim.core import EventLoop, derive_rng
 from shardline.sim.executor import Executor
 from shardline.sim.metrics import FLUSH_VALUES, Metrics
@@ -53,6 +54,11 @@ from shardline.sim.request import (
 from shardline.sim.routing import candidates, choose, serving_for
 from shardline.sim.scenario import CATALOG_OBJECTIVE, Scenario
 from shardline.sim.workload import Workload
+
+# As ``shardline.node.sdk.client`` (not imported: it needs grpclib): one request on at most
+# this many nodes; a node whose connection failed is skipped this long.
+MAX_ATTEMPTS = 3
+DOWN_FOR_S = 1.0
 
 DEADLINE = "DEADLINE_EXCEEDED"
 UNAVAILABLE = "UNAVAILABLE"
@@ -120,9 +126,11 @@ class RequestEngine:
         self.nodes = world.nodes
         self._down = world.down_since  # where sent to one of these: check (Safety.routed)
         self.client_nodes: list[Host] = []  # the node list the clients last fetched
-        self.interned: dict[
-            tuple[str, ...], Serving
-        ] = {}  # candidate tuples (shardline.sim.candidates)
+        # The SDK client (``shardline.node.sdk.client.Client``) skips a node whose
+        # connection failed for DOWN_FOR_S, and one whose health Watch stream broke (its
+        # process died: the connection resets) until it serves again: node id -> until.
+        self.client_down: dict[str, float] = {}
+        self.interned: Registry = {}  # candidate tuples (shardline.sim.candidates)
         self._next_rid = 0
         self.shadows_sent = 0
         self.routes = 0
@@ -166,6 +174,8 @@ class RequestEngine:
             self.metrics.record_unrouted(rid, obj, t0, now)
             return
         node = nodes[_floor(pick * len(nodes))]  # (floor: int() of a float, but cheaper)
+        if self.client_down and node.node_id in self.client_down:
+            node = self._usable(nodes, pick, ())
         deadline = t0 + self.deadline_s[obj]
         req = make_request(rid, t0, obj, user, deadline, node)
         self.open[rid] = req
@@ -213,6 +223,9 @@ class RequestEngine:
     def arrive(self, req: Request) -> None:
         node = req.ingress
         if not node.accepting:  # connection refused
+            until = self.loop.now + DOWN_FOR_S
+            if self.client_down.get(node.node_id, 0.0) < until:
+                self.client_down[node.node_id] = until
             self._client_error(req, UNAVAILABLE, self.loop.now + self.net.client())
         elif node.frozen:
             node.defer(self.route, req)
@@ -220,20 +233,34 @@ class RequestEngine:
             self.route(req)
 
     def _client_error(self, req: Request, status: str, at: float) -> None:
-        """An error reaches the client at ``at``: one retry elsewhere on UNAVAILABLE."""
+        """An error reaches the client at ``at``: on UNAVAILABLE it retries on another node
+        (``Client.predict_raw``: at most MAX_ATTEMPTS nodes, skipping those known down)."""
         if req.done:
             return
         if at >= req.deadline:
             self.finish(req, DEADLINE, req.deadline)
             return
         nodes = self.client_nodes
-        if status == UNAVAILABLE and req.tries < 2 and len(nodes) > 1:
-            others = [n for n in nodes if n is not req.ingress]
-            nxt = req.retry(others[int(self._rng.random() * len(others))])
-            self.open[req.rid] = nxt
-            self.loop.at(at + self.net.client(), self.arrive, nxt)
-            return
+        if status == UNAVAILABLE and req.tries < MAX_ATTEMPTS:
+            tried = (*req.tried, req.ingress)
+            others = [n for n in nodes if n not in tried]
+            if others:
+                ingress = self._usable(others, self._rng.random(), tried)
+                nxt = req.retry(ingress)
+                self.open[req.rid] = nxt
+                self.loop.at(at + self.net.client(), self.arrive, nxt)
+                return
         self.finish(req, status, at)
+
+    def _usable(self, nodes: list[Host], pick: float, tried: tuple[Host, ...]) -> Host:
+        """``Client._pick``: a node the client does not know to be down, else any (``pick``
+        in [0, 1) chooses among them)."""
+        now = self.loop.now
+        down = self.client_down
+        for node_id in [n for n, until in down.items() if until <= now]:
+            del down[node_id]
+        usable = [n for n in nodes if n.node_id not in down and n not in tried] or nodes
+        return usable[_floor(pick * len(usable))]
 
     # ------------------------------------------------------------------ ingress
 
@@ -366,7 +393,7 @@ class RequestEngine:
             return
         owners = node.ring.owners(key, node.replicas.get(key, 2))
         skip = (node.node_id, req.ingress.node_id)
-        others = [o for o in candidates(node, key, owners, self.interned).ids if o not in skip]
+        others = [o for o in candidates(node, key, owners, self.interned).full if o not in skip]
         if not others:
             self._error_back(req, node, UNAVAILABLE, hops)
             return
@@ -497,8 +524,10 @@ class RequestEngine:
     # ------------------------------------------------------------------ crashes, shadows
 
     def node_crashed(self, node: Host, executors: list[ModelQueue]) -> None:
-        """Connections to ``node`` reset: its callers fail over, its clients retry."""
+        """Connections to ``node`` reset: its callers fail over, its clients retry (and
+        skip it until it serves again: their health Watch streams broke)."""
         now = self.loop.now
+        self.client_down[node.node_id] = math.inf
         for executor in executors:
             for req in executor.kill():
                 if req.done or req.shadow or req.ingress is node:

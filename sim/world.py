@@ -105,7 +105,7 @@ class World:
         replicas = {w.key: w.replicas for w in self.scenario.workflows}
         if self.scenario.catalog is not None:  # owners shared by every node
             members = [(n.node_id, n.capacity) for n in initial]
-            self.fleet = FleetOwners(members, replicas)
+            self.fleet = FleetOwners(members, replicas, {n.node_id: n.zone for n in initial})
             fleet_ring = self.fleet.ring(members)
             owned = {n.node_id: set[str]() for n in initial}
             for key, r in replicas.items():
@@ -118,7 +118,7 @@ class World:
             lease = etcd.grant(cluster.lease_ttl_s, 0.0)
             record = NodeRecord(
                 node.node_id, node.grpc_address, node.gossip_address,
-                capacity=node.capacity, state=NodeState.ACTIVE,
+                capacity=node.capacity, state=NodeState.ACTIVE, zone=node.zone,
             )  # fmt: skip
             etcd.put(f"nodes/{node.node_id}", record.to_json(), lease)
             node.boot(preloaded=self._preload(owned[node.node_id]), lease_id=lease)
@@ -297,6 +297,7 @@ class World:
         if node.up:
             return
         self.down_since.pop(node.node_id, None)
+        self.engine.client_down.pop(node.node_id, None)  # health Watch streams reconnect
         self.metrics.restarted(node.node_id, self.loop.now)
         node.boot()
 
