@@ -16,7 +16,7 @@ module but ``core`` and ``candidates``.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from shardline.membership.view import MembershipView
@@ -203,7 +203,7 @@ class Host:
         self.replica_rng = replica_rng  # ``choose_replica``'s generator
         self.view = MembershipView()
         self.ring = _EMPTY_RING
-        self.replicas: dict[str, int] = {}  # model key -> R, from the catalog
+        self.replicas: Mapping[str, int] = {}  # model key -> R, from the catalog
         self.objective_at: list[ObjectiveEntry | None] = []  # by the engine's objective index
         self.models_of: dict[str, tuple[str, ...]] = {}  # gossiped warm models per member
         self.in_flight_of: dict[str, int] = {}  # gossiped in-flight counts per member

@@ -166,7 +166,7 @@ async def test_standalone_request_goes_one_way(calls: list[tuple[str, str, list[
 async def test_cluster_request_goes_one_way(calls: list[tuple[str, str, list[str]]]) -> None:
     runtime = await _runtime()
     record = NodeRecord("n1", "127.0.0.1:1", "127.0.0.1:2", capacity=1.0, state=NodeState.ACTIVE)
-    view = MembershipView(1, {"n1": ViewMember(record, Liveness.ALIVE, models=(V1, V2))})
+    view = MembershipView(1, {"n1": ViewMember(record, Liveness.ALIVE, models=frozenset((V1, V2)))})
     manifests = {k: {"manifest": {"replicas": 1}} for k in (V1, V2)}
     router = ClusterRouter(runtime.executor, runtime.shadows, PeerPool())
     router.catalog_models = frozenset(manifests)

@@ -18,9 +18,7 @@ def view(states: dict[str, NodeState], models: dict[str, set[str]]) -> Membershi
     members = {}
     for i, (node_id, state) in enumerate(sorted(states.items())):
         rec = NodeRecord(node_id, f"127.0.0.1:{7000 + i}", f"127.0.0.1:{8000 + i}", state=state)
-        members[node_id] = ViewMember(
-            rec, Liveness.ALIVE, 0, tuple(sorted(models.get(node_id, ())))
-        )
+        members[node_id] = ViewMember(rec, Liveness.ALIVE, 0, frozenset(models.get(node_id, ())))
     return MembershipView(1, MappingProxyType(members))
 
 
