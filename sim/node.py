@@ -449,9 +449,7 @@ class SimNode(Host):
                 keys_after = after.keys if after is not None else frozenset()
                 if keys_before == keys_after:
                     continue
-                self.models_of[node_id] = (
-                    keys_after if fleet else tuple(sorted(keys_after))  # type: ignore[assignment]
-                )
+                self.models_of[node_id] = keys_after
                 changed = keys_before ^ keys_after
                 for key in changed:
                     self.cand.pop(key, None)  # only these keys' candidates can change
@@ -511,7 +509,7 @@ class SimNode(Host):
             self.ring_key = ring_key
             fleet = self.world.fleet
             if fleet is not None and fleet.covers(ring_key):
-                self.ring = fleet.ring(ring_key)  # type: ignore[assignment]
+                self.ring = fleet.ring(ring_key)
             else:
                 self.ring = handoff.ring_of(view)
             self.cand.clear()
@@ -677,7 +675,7 @@ class SimNode(Host):
         others = [o for o in self.ring.owners(key, self._r(key)) if o != self.node_id]
         if not others:
             return False
-        return all(key in self.models_of.get(o, ()) for o in others)
+        return all(key in self.models_of.get(o, frozenset()) for o in others)
 
     def _placement_budget(self, view: MembershipView) -> None:
         """``shardline.node.cluster.placement.reconcile`` with a budget: the keys

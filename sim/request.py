@@ -156,6 +156,14 @@ class ModelQueue(Protocol):
 _EMPTY_RING = Ring(())
 
 
+class Owners(Protocol):
+    """What the request path asks of a node's ring: the owners of a key (a ``Ring``, or in
+    fleet mode a ``shardline.sim.fleet.FleetRing``; a protocol, so compiled code checks no
+    class)."""
+
+    def owners(self, key: str, replicas: int) -> tuple[str, ...]: ...
+
+
 class Host:
     """A node as the request path sees it (``shardline.sim.node.SimNode`` adds the process).
 
@@ -202,10 +210,10 @@ class Host:
         """A new process: nothing known, nothing warm, nothing in flight or deferred."""
         self.replica_rng = replica_rng  # ``choose_replica``'s generator
         self.view = MembershipView()
-        self.ring = _EMPTY_RING
+        self.ring: Owners = _EMPTY_RING
         self.replicas: Mapping[str, int] = {}  # model key -> R, from the catalog
         self.objective_at: list[ObjectiveEntry | None] = []  # by the engine's objective index
-        self.models_of: dict[str, tuple[str, ...]] = {}  # gossiped warm models per member
+        self.models_of: dict[str, frozenset[str]] = {}  # warm models per member (etcd sets)
         self.in_flight_of: dict[str, int] = {}  # gossiped in-flight counts per member
         self.limits: dict[Serving, float] = {}  # emptied when in_flight_of changes (see choose)
         self.executors: dict[str, ModelQueue] = {}  # the warm models here

@@ -65,7 +65,7 @@ def candidates(node: Host, key: str, owners: tuple[str, ...], registry: Registry
     def warm(node_id: str) -> bool:
         if node_id == me:
             return key in local
-        return node_id in members and key in models.get(node_id, ())
+        return node_id in members and key in models.get(node_id, frozenset())
 
     lazy = node.cold is not None  # a cold owner loads on the first request
     serving = handoff.serving_candidates(key, owners, node.view, warm, lazy=lazy)
