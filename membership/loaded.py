@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 SECTION = "loaded"
 MAX_RECORD_BYTES = 1_000_000
 """The largest loaded-set record a node writes (etcd refuses requests over 1.5 MiB)."""
-MAX_KEY_CHARS = 128
+MAX_KEY_CHARS = 256
+"""Longest model key a record may list (a manifest's name and version, 64 characters each,
+give at most 129; the same bound as a request's ``model_override``)."""
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
 
@@ -149,6 +151,17 @@ class LoadedSet:
         )
 
 
+def lazy_there(size: int, budget: int, resident: int, settled: bool) -> bool:
+    """Is a model of ``size`` bytes, placed on a node with this ``budget``, ``resident`` bytes
+    and ``settled`` placement, lazy there (it loads on its first request) rather than about
+    to be loaded? It must fit the budget at all; then either the node's placement settled
+    without it, or the models resident fill the budget. (Pinned models are never lazy: the
+    caller checks.) Used by ``objective set``, ``deploy`` and a local cluster's readiness."""
+    if not budget or size > budget:
+        return False
+    return settled or budget < resident + size
+
+
 class LoadedPublisher:
     """Keeps ``<prefix>loaded/<node_id>`` equal to the latest :class:`LoadedSet`.
 
@@ -166,7 +179,10 @@ class LoadedPublisher:
         lease: Callable[[], int | None],
         *,
         timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._clock = clock
+        """Wall-clock time stamped on each record (readers measure propagation with it)."""
         self._client = client
         self._key = loaded_key(cluster, node_id)
         self._lease = lease
@@ -211,7 +227,7 @@ class LoadedPublisher:
             if loaded is None or lease is None or self._written == (loaded.version, lease):
                 continue
             try:
-                data = replace(loaded, published_at=time.time()).to_json()
+                data = replace(loaded, published_at=self._clock()).to_json()
                 async with unavailable_guard("etcd", self._timeout_s):
                     await self._client.put(self._key, data, lease=lease)
             except Exception as exc:

@@ -31,6 +31,7 @@ from shardline.membership.catalog import (
     ObjectiveRevision,
 )
 from shardline.membership.etcd import ControlPlaneUnavailable, node_key
+from shardline.membership.loaded import lazy_there
 from shardline.node._proto.shardline import v1
 from shardline.node.cluster.artifacts import ArtifactError, ArtifactStore, unpack
 from shardline.node.cluster.catalog_ops import catalog, declared_footprint, unimplemented_methods
@@ -306,9 +307,9 @@ class AdminService(v1.AdminBase):  # type: ignore[misc]
         for owner in state.owners(key):
             member = state.view.members.get(owner)
             loaded = member.loaded if member is not None else None
-            if loaded is None or not loaded.budget_bytes or size > loaded.budget_bytes:
-                continue
-            if loaded.resident_bytes + size > loaded.budget_bytes:
+            if loaded is not None and lazy_there(
+                size, loaded.budget_bytes, loaded.resident_bytes, loaded.settled
+            ):
                 return True
         return False
 

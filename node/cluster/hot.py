@@ -100,7 +100,6 @@ class HotCopies:
 
     async def observe_once(self, now: float) -> None:
         samples, self._samples = self._samples, {}
-        current = self.router.state  # its owners include the copies in force
         hot = self._hot()
         for key in list(self.states):
             if key not in self.executor.models:
@@ -112,7 +111,8 @@ class HotCopies:
             state = self.states.get(key) or HotState(copies=copies)
             if state.copies != copies:  # someone else changed it (a former decider)
                 state = HotState(copies=copies, changed_at=now)
-            warm = max(1, self._warm_copies(key, current))
+            members = self.router.state.view.members.values()
+            warm = sum(1 for m in members if key in m.models)  # (for the log line)
             mean = sum(values) / len(values) if values else 0.0
             # The queue time of the batches run since the last observation (none: 0).
             queue_ms = self.executor.queue_ms.pop(key, 0.0)
@@ -140,13 +140,6 @@ class HotCopies:
     def _hot(self) -> dict[str, int]:
         snapshot = self.router.snapshot
         return dict(snapshot.hot) if snapshot is not None else {}
-
-    @staticmethod
-    def _warm_copies(key: str, state: object) -> int:
-        view = getattr(state, "view", None)
-        if view is None:
-            return 0
-        return sum(1 for m in view.members.values() if key in m.models)
 
 
 __all__ = ["HotCopies"]

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from shardline.membership.loaded import lazy_there
 from shardline.node._proto.shardline import v1
 from shardline.node.sdk.admin_client import (
     STATE_DIR_ENV,
@@ -397,7 +398,8 @@ def _owner_state(
         return "too_big"
     if pinned:
         return "waiting"  # a pinned model is loaded at once, evicting others
-    if budget and member.resident_bytes + footprint > budget:
+    # (Not ``settled``: it may predate this deploy; the idle rounds stand in for it.)
+    if lazy_there(footprint, budget, member.resident_bytes, settled=False):
         return "lazy"
     return "lazy" if idle_rounds >= IDLE_ROUNDS else "waiting"
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from grpclib.client import Channel
 
+from shardline.membership.loaded import lazy_there
 from shardline.node._proto.shardline import v1
 from shardline.node.ops.etcd_process import EtcdServer, find_etcd
 from shardline.node.sdk.admin_client import TOKEN_FILE_NAME, state_root
@@ -136,12 +137,14 @@ def lazy_on(member: v1.MemberInfo | None, placement: v1.ModelPlacement) -> bool:
     """Is the model lazy on this owner: not pinned, it fits the owner's budget, and the
     owner's placement has settled without it (or the models resident there fill the budget),
     so it loads on its first request?"""
-    if member is None or placement.pinned or not member.budget_bytes:
+    if member is None or placement.pinned:
         return False
-    size, budget = int(placement.footprint_bytes), int(member.budget_bytes)
-    if size > budget:
-        return False
-    return bool(member.settled) or budget < int(member.resident_bytes) + size
+    return lazy_there(
+        int(placement.footprint_bytes),
+        int(member.budget_bytes),
+        int(member.resident_bytes),
+        bool(member.settled),
+    )
 
 
 async def wait_ready(
