@@ -307,8 +307,10 @@ class AdminService(v1.AdminBase):  # type: ignore[misc]
         for owner in state.owners(key):
             member = state.view.members.get(owner)
             loaded = member.loaded if member is not None else None
+            # (Not ``settled``: a node settles after a failed load too, and a failure on
+            # another node is not visible here; a full budget is the evidence.)
             if loaded is not None and lazy_there(
-                size, loaded.budget_bytes, loaded.resident_bytes, loaded.settled
+                size, loaded.budget_bytes, loaded.resident_bytes, settled=False
             ):
                 return True
         return False
