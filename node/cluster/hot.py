@@ -83,6 +83,20 @@ class HotCopies:
                 return False
         return False
 
+    def decides_cold(self, key: str) -> bool:
+        """No owner of ``key`` holds it warm: is this node its first live owner?
+
+        A model with extra copies can go cold everywhere (evicted by colder traffic on
+        every owner); its copies must still drop, so the first owner in owner order
+        decides for it then, observing no load.
+        """
+        state = self.router.state
+        members = state.view.members
+        owners = list(state.owners(key))
+        if any(key in m.models for o in owners if (m := members.get(o)) is not None):
+            return False
+        return bool(owners) and owners[0] == self.node_id
+
     async def _run(self) -> None:
         next_observe = time.monotonic() + self.observe_s
         while True:
@@ -101,11 +115,14 @@ class HotCopies:
     async def observe_once(self, now: float) -> None:
         samples, self._samples = self._samples, {}
         hot = self._hot()
+        cold = {k for k, n in hot.items() if n > 0 and k not in samples and self.decides_cold(k)}
         for key in list(self.states):
-            if key not in self.executor.models:
+            if key not in self.executor.models and key not in cold:
                 del self.states[key]  # no longer served here: another node decides
+        for key in cold:
+            samples[key] = []  # warm nowhere: no load to observe, so its copies can drop
         for key, values in samples.items():
-            if key not in self.executor.models or not self.decides(key):
+            if key not in cold and (key not in self.executor.models or not self.decides(key)):
                 continue
             copies = hot.get(key, 0)
             state = self.states.get(key) or HotState(copies=copies)
