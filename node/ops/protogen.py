@@ -41,7 +41,9 @@ CONTRACTS = (
     Contract(REPO / "node" / "proto", REPO / "node" / "_proto", upb=True),
     Contract(REPO / "membership" / "proto", REPO / "membership" / "_proto", upb=False),
     # The Open Inference Protocol, upstream files unchanged (node/proto_oip/README.md).
-    Contract(REPO / "node" / "proto_oip", REPO / "node" / "_proto_oip", upb=True, betterproto=False),
+    Contract(
+        REPO / "node" / "proto_oip", REPO / "node" / "_proto_oip", upb=True, betterproto=False
+    ),
 )
 
 
