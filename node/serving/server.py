@@ -51,6 +51,8 @@ from shardline.node.sdk.tls import peer_verified, server_context
 from shardline.node.serving.describe import describe
 from shardline.node.serving.graceful_server import GracefulServer, InFlight
 from shardline.node.serving.node_config import NodeConfig
+from shardline.node.serving.oip import SERVICE as OIP_SERVICE
+from shardline.node.serving.oip import OipService
 from shardline.node.serving.runtime import NodeRuntime
 from shardline.node.serving.service import ClusterService, InferenceService, recv_request
 from shardline.router.objectives import ObjectiveConfig, load_objective_file, load_objectives_dir
@@ -122,7 +124,9 @@ class NodeServer:
         self.config = runtime.config
         self.in_flight = InFlight(runtime.metrics.in_flight)
         wrapped: list[Any] = []
-        for service in (InferenceService(runtime), *services):
+        # shardline.v1 and the Open Inference Protocol (V2) share the one request path.
+        self.oip = OipService(runtime, self.readiness)
+        for service in (InferenceService(runtime), self.oip, *services):
             mapping = {
                 path: handler._replace(
                     func=self.in_flight.wrap(self._mtls(path, _compressed_ok(handler)))
@@ -140,7 +144,7 @@ class NodeServer:
         for service in wrapped:
             name = next(iter(service.__mapping__())).split("/")[1]
             checks[service] = [
-                self.ready_status if name == INFERENCE_SERVICE else self.alive_status
+                self.ready_status if name in (INFERENCE_SERVICE, OIP_SERVICE) else self.alive_status
             ]
         self.health = Health(checks)
         health = _Wrapped(
