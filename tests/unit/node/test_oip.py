@@ -6,7 +6,8 @@ import pytest
 
 from shardline.node._proto_oip import grpc_service_pb2 as v2
 from shardline.node.sdk.errors import InvalidArgument, NotFound
-from shardline.node.serving.oip import Target, _split_bytes, context_params, target_of
+from shardline.node.serving.oip import Target, context_params, target_of
+from shardline.node.serving.oip_tensors import split_bytes
 from shardline.router.objectives import ObjectiveConfig
 
 
@@ -61,7 +62,7 @@ def test_context_from_parameters_first_then_headers() -> None:
 
 def test_raw_bytes_elements() -> None:
     raw = b"".join(len(x).to_bytes(4, "little") + x for x in (b"a", b"", b"xyz"))
-    assert _split_bytes("f", raw, 3) == [b"a", b"", b"xyz"]
+    assert split_bytes("f", raw, 3) == [b"a", b"", b"xyz"]
     for bad, count in ((raw, 2), (raw, 4), (raw[:-1], 3), (raw + b"\x01", 3)):
         with pytest.raises(InvalidArgument):
-            _split_bytes("f", bad, count)
+            split_bytes("f", bad, count)
