@@ -4,6 +4,6 @@
 inputs and answers), the actor runtime and mailboxes, input decoding, admission and
 shedding, request errors.
 
-May import: ``shardline.node.observability``, ``shardline.node.sdk``, ``shardline.node._proto``,
-``shardline.node._proto_oip`` and the cores (``shardline.router``, ``shardline.membership``, ``shardline.workflows``); never
-``cluster`` or ``ops``."""
+May import: ``shardline.node.observability``, ``shardline.node.sdk``,
+``shardline.node._proto``, ``shardline.node._proto_oip`` and the cores (``shardline.router``,
+``shardline.membership``, ``shardline.workflows``); never ``cluster`` or ``ops``."""
