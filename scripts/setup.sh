@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (Python >= 3.11) and install shardline with its dev extra, idempotently.
+# Create .venv (Python >= 3.11) and install shardline with its dev and fast (uvloop) extras,
+# idempotently.
 # torch is pinned through constraints.txt (a CPU build); bring your own CUDA build on GPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing shardline and its dependencies into .venv (first run takes a minute or two)" >&2
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[dev,fast]'
   echo "$want" > "$stamp"
 fi
 # The simulator's cores compiled with mypyc (about twice as fast, same traces; see

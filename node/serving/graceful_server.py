@@ -25,6 +25,7 @@ from hyperframe.frame import GoAwayFrame
 from prometheus_client import Gauge
 
 from shardline.node.sdk.errors import Unavailable
+from shardline.node.serving.coalesce import CoalescingH2Protocol
 
 log = logging.getLogger("shardline.server")
 
@@ -79,12 +80,16 @@ class GracefulServer(Server):
     connections so that ``goaway`` can tell every client to open new streams elsewhere
     while the streams it already sent are answered here."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, coalesce_writes: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+        self.coalesce_writes = coalesce_writes
+        """Send the frames of one turn of the loop in one write (``coalesce``)."""
 
     def _protocol_factory(self) -> H2Protocol:
         protocol = super()._protocol_factory()
+        if self.coalesce_writes:  # the same protocol, writing through a CoalescingTransport
+            protocol = CoalescingH2Protocol(protocol.handler, protocol.config, protocol.h2_config)
         self._protocols.add(protocol)
         return protocol
 

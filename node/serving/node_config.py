@@ -96,6 +96,9 @@ class NodeConfig:
     # back between their small ops. Python's 5 ms default made batches wait on the GIL
     # (bench/serving.py: 1 ms took the node from ~3.8k to ~5.3k req/s in process).
     gil_switch_interval_s: float = 0.001
+    # Send the HTTP/2 frames written in one turn of the event loop in one socket write
+    # (node/serving/coalesce.py); off only to measure what it saves.
+    coalesce_writes: bool = True
     # Queue budget: refuse (RESOURCE_EXHAUSTED) rather than queue more than this much work.
     max_queue_wait_s: float = 0.25
     # Prediction log: JSON Lines under this directory (None: off), default sample rate.

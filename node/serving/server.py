@@ -157,6 +157,7 @@ class NodeServer:
         self.server = GracefulServer(
             ServerReflection.extend([*wrapped, health]),
             codec=WireCodec(self.config.max_message_bytes, MAX_CONTROL_BYTES),
+            coalesce_writes=self.config.coalesce_writes,
         )
         self.bound_port = 0
         self.metrics_port: int | None = None
