@@ -18,6 +18,7 @@ from grpclib.client import Channel, UnaryUnaryMethod
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from shardline.node._proto.shardline.v1 import peer_pb2
+from shardline.node.sdk.coalesce import CoalescingChannel
 from shardline.node.sdk.codec import RawBytes, WireCodec
 from shardline.node.sdk.errors import bounded
 from shardline.node.sdk.tls import TlsFiles, client_context
@@ -42,7 +43,7 @@ class PeerPool:
         entry = self._channels.get(address)
         if entry is None:
             host, port = split(address)
-            channel = Channel(host, port, codec=WireCodec(), ssl=self._ssl)
+            channel = CoalescingChannel(host, port, codec=WireCodec(), ssl=self._ssl)
             entry = (channel, UnaryUnaryMethod(channel, FORWARD_PATH, RawBytes, RawBytes))
             self._channels[address] = entry
         return entry[1]

@@ -48,6 +48,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from shardline.node._proto.shardline import v1
 from shardline.node._proto.shardline.v1 import inference_pb2 as pb
 from shardline.node.sdk import tensors
+from shardline.node.sdk.coalesce import CoalescingChannel
 from shardline.node.sdk.codec import RawBytes, WireCodec
 from shardline.node.sdk.targets import (
     DEFAULT_TARGET,
@@ -172,7 +173,7 @@ class Client:
         self._nodes = []
         for address in addresses:
             host, port = parse_target(address)
-            channel = Channel(host, port, codec=WireCodec(), ssl=ssl_context)
+            channel = CoalescingChannel(host, port, codec=WireCodec(), ssl=ssl_context)
             self._nodes.append(_Node(address, channel))
         self.channel = self._nodes[0].channel
         self._inference = v1.InferenceStub(self.channel)

@@ -24,8 +24,8 @@ from grpclib.server import Server, Stream
 from hyperframe.frame import GoAwayFrame
 from prometheus_client import Gauge
 
+from shardline.node.sdk.coalesce import CoalescingH2Protocol
 from shardline.node.sdk.errors import Unavailable
-from shardline.node.serving.coalesce import CoalescingH2Protocol
 
 log = logging.getLogger("shardline.server")
 

@@ -8,10 +8,12 @@ turn (``loop.call_soon``), so a unary answer — and the answers of every stream
 finished in the same turn — leave in one ``send``. Nothing waits on a timer: the flush runs
 as soon as the code that wrote has yielded to the loop.
 
-``CoalescingH2Protocol`` is grpclib's ``H2Protocol`` over such a transport (the node's
-gRPC server uses it; see ``graceful_server.GracefulServer``). Back-pressure is unchanged:
-the socket's ``pause_writing``/``resume_writing`` reach the protocol as before, and at most
-one turn's frames are ever held here.
+``CoalescingH2Protocol`` is grpclib's ``H2Protocol`` over such a transport: the node's
+gRPC server uses it (``serving.graceful_server.GracefulServer``), and so do
+``CoalescingChannel``, grpclib's client channel over it, which the SDK's clients and a
+node's peer pool call through (a unary request's HEADERS and DATA: one write).
+Back-pressure is unchanged: the socket's ``pause_writing``/``resume_writing`` reach the
+protocol as before, and at most one turn's frames are ever held here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+from grpclib.client import Channel, Handler
 from grpclib.protocol import H2Protocol
 
 
@@ -96,4 +99,11 @@ class CoalescingH2Protocol(H2Protocol):
         super().connection_made(CoalescingTransport(stream, asyncio.get_running_loop()))
 
 
-__all__ = ["CoalescingH2Protocol", "CoalescingTransport"]
+class CoalescingChannel(Channel):
+    """grpclib's client channel, writing through a ``CoalescingTransport``."""
+
+    def _protocol_factory(self) -> H2Protocol:
+        return CoalescingH2Protocol(Handler(), self._config, self._h2_config)
+
+
+__all__ = ["CoalescingChannel", "CoalescingH2Protocol", "CoalescingTransport"]
