@@ -62,7 +62,7 @@ from shardline.membership.etcd import connect
 from shardline.node._proto_oip import grpc_service_pb2 as oip
 from shardline.node.cluster.catalog_ops import catalog, register_tree
 from shardline.node.ops.localcluster import routing_table, wait_ready
-from shardline.node.sdk.client import build_request
+from shardline.node.sdk.client import build_request, parse_response
 from tests.etcd_server import EtcdServer
 from tests.procs import EXAMPLES, REPO, NodeProcess
 
@@ -327,6 +327,29 @@ def model_outputs(target: str, model: str, timeout_s: float = 10.0) -> list[str]
     return [t.name for t in meta.outputs]
 
 
+def same_answer(target: str, predict: bytes, infer: bytes, timeout_s: float = 10.0) -> str:
+    """Send ``predict`` (shardline.v1) and ``infer`` (V2) once: both must be answered by
+    the same model with the same outputs; returns that model key."""
+    with grpc.insecure_channel(target) as channel:
+        p = parse_response(channel.unary_unary(PREDICT)(predict, timeout=timeout_s))
+        v2 = oip.ModelInferResponse()
+        v2.ParseFromString(channel.unary_unary(MODEL_INFER)(infer, timeout=timeout_s))
+    key = str(v2.parameters["shardline.model_key"].string_param)
+    if key != p.model_key:
+        raise RuntimeError(f"V2 answered with {key!r}, Predict with {p.model_key!r}")
+    for i, out in enumerate(v2.outputs):
+        raw = v2.raw_output_contents[i] if v2.raw_output_contents else b""
+        if out.datatype == "BYTES":
+            got: Any = raw[4:].decode() if raw else out.contents.bytes_contents[0].decode()
+            same = got == str(p.outputs[out.name])
+        else:
+            got = float(np.frombuffer(raw, "<f4")[0]) if raw else out.contents.fp32_contents[0]
+            same = bool(np.isclose(got, float(p.outputs[out.name]), rtol=1e-5, atol=1e-6))
+        if not same:
+            raise RuntimeError(f"output {out.name}: V2 {got!r}, Predict {p.outputs[out.name]!r}")
+    return key
+
+
 # -- running perf_analyzer ------------------------------------------------------------------
 
 
@@ -509,6 +532,9 @@ def measure(
     predict = [build_request(OBJECTIVE, FRAUD, user_id=user)]
     infer = [v2_request(OBJECTIVE, FRAUD, FRAUD_DTYPES, user, outputs)]
     inputs_json = input_data(work / "inputs.json", FRAUD)
+    key = same_answer(setup.target, predict[0], infer[0])
+    if key != KEY:
+        raise RuntimeError(f"user {user!r} is answered by {key}, not {KEY}")
     runs: dict[str, list[LoadRun]] = {c: [] for c in CLIENTS}
 
     def grpcio(payloads: list[bytes], method: str) -> LoadRun:

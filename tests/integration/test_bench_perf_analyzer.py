@@ -27,6 +27,7 @@ from bench.perf_analyzer import (
     model_outputs,
     obtain,
     run_perf_analyzer,
+    same_answer,
     v2_request,
 )
 from shardline.node.sdk.client import build_request
@@ -48,12 +49,13 @@ def user() -> str:
 
 
 def test_grpcio_load_reports_throughput_and_server_cpu(fraud_node: NodeProcess, user: str) -> None:
-    predict = [build_request(OBJECTIVE, FRAUD, user_id=u) for u in plain_users(16)]
+    predict = [build_request(OBJECTIVE, FRAUD, user_id=u) for u in [user, *plain_users(16)]]
     infer = [
         v2_request(
             OBJECTIVE, FRAUD, FRAUD_DTYPES, user, model_outputs(fraud_node.target, OBJECTIVE)
         )
     ]
+    assert same_answer(fraud_node.target, predict[0], infer[0]) == "payment_fraud@1"
     for method, payloads in ((PREDICT, predict), (MODEL_INFER, infer)):
         run = run_load(
             [fraud_node.target],
