@@ -1,4 +1,5 @@
-"""Prometheus metrics of one node, and its HTTP endpoint: /metrics, /healthz, /readyz.
+"""Prometheus metrics of one node, and its HTTP endpoint: /metrics, /healthz, /readyz
+(and whatever else the node mounts there: the REST V2 protocol under /v2).
 
 Each node has its own registry (several nodes fit in one process for tests). Names
 follow Prometheus conventions (``shardline_…_total``, ``…_seconds``); the standard
@@ -9,12 +10,16 @@ fixed sets (codes, reasons): a request for an unknown objective is counted under
 200 while the process serves; ``/readyz`` answers 200 only when the node's readiness
 check passes (cluster: registered, active and its owned workflows warm; standalone:
 models loaded), else 503 with the reason — what a load balancer or Kubernetes probes.
+
+The HTTP server runs one thread per connection, at most ``MAX_HTTP_THREADS`` at once (more
+wait in the listen backlog), and drops a connection that sends nothing for
+``HTTP_IDLE_TIMEOUT_S``.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from socketserver import ThreadingMixIn
 from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -57,6 +62,11 @@ CONTROL_BUCKETS_S = (
 LOAD_BUCKETS_S = (0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 Readiness = Callable[[], tuple[bool, str]]
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+MAX_HTTP_THREADS = 256  # connections served at once on the HTTP port
+HTTP_BACKLOG = 128  # connections waiting to be accepted
+HTTP_IDLE_TIMEOUT_S = 30.0  # a connection silent this long (reading or writing) is dropped
 
 
 class _QueueDepths(Collector):
@@ -305,27 +315,68 @@ class NodeMetrics:
     def watch_prediction_log(self, log: Callable[[], PredlogCounts | None]) -> None:
         self.registry.register(_PredictionLog(log))
 
-    def serve_http(self, host: str, port: int, ready: Readiness | None = None) -> int:
-        """Serve /metrics, /healthz and /readyz on a background thread; returns the port."""
-        server = make_server(host, port, _app(self.registry, ready), _Server, _QuietHandler)
+    def serve_http(
+        self,
+        host: str,
+        port: int,
+        ready: Readiness | None = None,
+        mounts: Mapping[str, WsgiApp] | None = None,
+    ) -> int:
+        """Serve /metrics, /healthz and /readyz on a background thread; returns the port.
+        ``mounts`` maps a path prefix (``"/v2"``) to the WSGI application that answers it
+        and every path under it."""
+        app = _app(self.registry, ready, dict(mounts or {}))
+        server = make_server(host, port, app, _Server, _QuietHandler)
         threading.Thread(target=server.serve_forever, daemon=True, name="metrics-http").start()
         return int(server.server_address[1])
 
 
 class _Server(ThreadingMixIn, WSGIServer):
+    """One thread per connection, at most ``MAX_HTTP_THREADS`` at once: the accepting
+    thread waits for a free slot (the kernel's backlog holds the rest)."""
+
     daemon_threads = True
+    request_queue_size = HTTP_BACKLOG
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_HTTP_THREADS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = HTTP_IDLE_TIMEOUT_S
+    # HTTP/1.1 requests: answer "Expect: 100-continue" (curl sends it before a large body)
+    # at once. Each connection still serves one request (the answer says HTTP/1.0).
+    protocol_version = "HTTP/1.1"
+
     def log_message(self, format: str, *args: Any) -> None:
         """Probes every few seconds would flood the log."""
 
 
-def _app(registry: CollectorRegistry, ready: Readiness | None) -> Callable[..., Iterable[bytes]]:
+def _app(
+    registry: CollectorRegistry, ready: Readiness | None, mounts: Mapping[str, WsgiApp]
+) -> Callable[..., Iterable[bytes]]:
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        for prefix, mounted in mounts.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return mounted(environ, start_response)
         if path == "/healthz":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]

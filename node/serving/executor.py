@@ -28,6 +28,7 @@ from google.protobuf.message import DecodeError
 
 from shardline.membership.loaded import LoadedSet
 from shardline.node._proto.shardline.v1 import inference_pb2 as pb
+from shardline.node._proto_oip import grpc_service_pb2 as v2
 from shardline.node.observability.metrics import NodeMetrics
 from shardline.node.observability.predlog import (
     JsonlFileSink,
@@ -43,6 +44,7 @@ from shardline.node.serving.inputs import InputDecoder, check_head
 from shardline.node.serving.mailbox import ActorStoppedError, MailboxFullError
 from shardline.node.serving.model_actor import Job, JobResult, ModelActor, job_flow
 from shardline.node.serving.node_config import NodeConfig
+from shardline.node.serving.oip_tensors import encode_response
 from shardline.node.serving.request_head import context_of, objective_label
 from shardline.workflows.devices import DeviceExecutors
 from shardline.workflows.loader import LoadedWorkflow, load_package
@@ -240,7 +242,9 @@ class Executor:
 
         ``context`` is the one the ingress read from the head (None for a forwarded request:
         read from the request here); ``hops`` and ``started`` go into the provenance."""
-        request, result = await self._run(raw, model_key, cell, timeout_s, started, context)
+        request, result, oip = await self._run(raw, model_key, cell, timeout_s, started, context)
+        if oip is not None:
+            return self._encode_oip(request, oip, model_key, cell, result, started, hops)
         return self._encode(request, model_key, cell, result, started, hops)
 
     async def run_shadow(self, raw: bytes, model_key: str, context: ContextLike) -> None:
@@ -259,8 +263,10 @@ class Executor:
         timeout_s: float,
         started: float,
         context: ContextLike | None,
-    ) -> tuple[Any, JobResult]:
-        """Decode, queue on the model's actor and await the result (logged if sampled)."""
+    ) -> tuple[Any, JobResult, tuple[Any, bool] | None]:
+        """Decode, queue on the model's actor and await the result (logged if sampled);
+        for an Open Inference Protocol request, also its ``ModelInferRequest`` and whether
+        its inputs came as a batch of one."""
         model = self.models.get(model_key)
         if model is None:
             raise Unavailable(f"model {model_key} is not loaded on node {self.config.node_id}")
@@ -275,7 +281,19 @@ class Executor:
         objective = objective_label(request.objective, self.objective_names)
         flow = SHADOW_FLOW if shadow else objective
         self._shed_if_late(model, objective, flow, timeout_s)
-        inputs = model.inputs.decode(request.inputs)
+        oip: tuple[Any, bool] | None = None
+        if request.oip_request:
+            oip_request = v2.ModelInferRequest()
+            try:
+                oip_request.ParseFromString(request.oip_request)
+            except DecodeError:
+                raise InvalidArgument(
+                    "request", "not a valid inference.ModelInferRequest"
+                ) from None
+            inputs, batched = model.inputs.decode_oip(oip_request)
+            oip = (oip_request, batched)
+        else:
+            inputs = model.inputs.decode(request.inputs)
         job = Job(context or context_of(request), inputs, request.synthetic or shadow, flow)
         self.in_flight += 1
         busy = self.busy
@@ -291,7 +309,7 @@ class Executor:
                 del busy[model_key]
         if self.predlog is not None and self.predlog.sampled(request.objective, request.request_id):
             self._log_prediction(request, job, model_key, cell, result, started)
-        return request, result
+        return request, result, oip
 
     def _shed_if_late(
         self, model: LoadedModel, objective: str, flow: str, timeout_s: float
@@ -407,3 +425,31 @@ class Executor:
         t.batch_size = timing.batch_size
         t.total_ms = (time.perf_counter() - started) * 1000.0
         return response.SerializeToString()  # type: ignore[no-any-return]
+
+    def _encode_oip(
+        self,
+        request: Any,
+        oip: tuple[Any, bool],
+        model_key: str,
+        cell: str,
+        result: JobResult,
+        started: float,
+        hops: int,
+    ) -> bytes:
+        """The answer of an Open Inference Protocol request: a ``ModelInferResponse``."""
+        timing = result.timing
+        oip_request, batched = oip
+        provenance: dict[str, str | int | float] = {
+            "model_key": model_key,
+            "cell": cell,
+            "node_id": self.config.node_id,
+            "hops": hops,
+            "request_id": request.request_id,
+            "queue_ms": timing.queue_ms,
+            "preprocess_ms": timing.preprocess_ms,
+            "compute_ms": timing.compute_ms,
+            "postprocess_ms": timing.postprocess_ms,
+            "batch_size": timing.batch_size,
+            "total_ms": (time.perf_counter() - started) * 1000.0,
+        }
+        return encode_response(oip_request, batched, result.outputs, provenance)

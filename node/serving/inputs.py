@@ -14,7 +14,7 @@ longer than these limits in the node, and reaches a message only clipped (``erro
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from shardline.node.sdk import tensors
 from shardline.node.sdk.errors import InvalidArgument, check_length, clip
+from shardline.node.serving import oip_tensors
 from shardline.workflows.manifest import WorkflowManifest
 
 MAX_ELEMENTS = 50_000_000
@@ -176,8 +177,38 @@ class InputDecoder:
             # Typed contents, strings, wildcard shapes, and every malformed tensor.
             contents = t.contents if t.HasField("contents") else None
             out[name] = tensors.decode(spec.field, t.dtype, shape, data, t.strings, contents)
+        self._check_required(out)
+        return out
+
+    def decode_oip(self, request: Any) -> tuple[dict[str, np.ndarray], bool]:
+        """The inputs of an Open Inference Protocol ``ModelInferRequest``
+        (``oip_tensors.decode_input``), and whether they came as a batch of one."""
+        oip_tensors.check_request(request)
+        specs = self._specs
+        raw = request.raw_input_contents
+        out: dict[str, np.ndarray] = {}
+        batched = False
+        for i, t in enumerate(request.inputs):
+            name = t.name
+            spec = specs.get(name)
+            if spec is None:
+                check_length("inputs[].name", name, MAX_INPUT_NAME_CHARS)
+                expected = ", ".join(specs) or "none"
+                raise InvalidArgument(
+                    f"inputs.{clip(name, quote=False)}",
+                    f"unknown input for {self.model_key}; expected {expected}",
+                )
+            if name in out:
+                raise InvalidArgument(spec.field, "given more than once")
+            check_length(f"{spec.field}.datatype", t.datatype, MAX_DTYPE_CHARS)
+            array, one = oip_tensors.decode_input(spec, t, raw[i] if raw else None, MAX_ELEMENTS)
+            out[name] = array
+            batched |= one
+        self._check_required(out)
+        return out, batched
+
+    def _check_required(self, out: Mapping[str, np.ndarray]) -> None:
         if len(out) < len(self._required):
             for name in self._required:
                 if name not in out:
                     raise InvalidArgument(f"inputs.{name}", "required input is missing")
-        return out

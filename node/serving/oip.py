@@ -34,14 +34,11 @@ metrics, the prediction log); its answer is translated back. Peers never see V2.
 
 from __future__ import annotations
 
-import math
-import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata as _metadata
 from typing import Any
 
-import numpy as np
 from google.protobuf.message import DecodeError
 from grpclib.const import Cardinality, Handler
 from grpclib.server import Stream
@@ -51,7 +48,7 @@ from shardline.node._proto_oip import grpc_service_pb2 as v2
 from shardline.node._proto_oip import model_config_pb2 as mc
 from shardline.node.sdk.codec import RawBytes
 from shardline.node.sdk.errors import InvalidArgument, NotFound, clip
-from shardline.node.serving.inputs import MAX_ELEMENTS
+from shardline.node.serving.oip_tensors import WIRE_TO_V2, check_request
 from shardline.node.serving.runtime import NodeRuntime
 from shardline.node.serving.service import client_of, guarded
 from shardline.router.objectives import ObjectiveConfig
@@ -60,35 +57,6 @@ from shardline.workflows.manifest import TensorSpec, WorkflowManifest
 SERVICE = "inference.GRPCInferenceService"
 PLATFORM = "shardline"
 
-#: V2 datatype -> the workflow dtype it is (no conversion).
-V2_DTYPES: Mapping[str, str] = {
-    "BOOL": "bool",
-    "INT32": "int32",
-    "INT64": "int64",
-    "FP32": "float32",
-    "FP64": "float64",
-    "BYTES": "string",
-}
-#: Workflow dtype -> V2 datatype.
-WIRE_TO_V2: Mapping[str, str] = {wire: name for name, wire in V2_DTYPES.items()}
-#: V2 numeric datatypes a workflow has no dtype for: converted to the input's declared
-#: dtype when that is lossless (``numpy.can_cast(..., "safe")``).
-V2_CONVERTED: Mapping[str, np.dtype[Any]] = {
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "FP16": np.dtype("<f2"),
-}
-_NUMPY: Mapping[str, np.dtype[Any]] = {
-    "bool": np.dtype("?"),
-    "int32": np.dtype("<i4"),
-    "int64": np.dtype("<i8"),
-    "float32": np.dtype("<f4"),
-    "float64": np.dtype("<f8"),
-}
 #: Workflow dtype -> Triton model-configuration data type (the ModelConfig extension).
 TRITON_TYPES: Mapping[str, Any] = {
     "bool": mc.TYPE_BOOL,
@@ -98,31 +66,9 @@ TRITON_TYPES: Mapping[str, Any] = {
     "float64": mc.TYPE_FP64,
     "string": mc.TYPE_STRING,
 }
-#: Typed contents: workflow dtype -> (V2 ``InferTensorContents`` field, shardline
-#: ``TensorContents`` field).
-_CONTENTS: Mapping[str, tuple[str, str]] = {
-    "bool": ("bool_contents", "bool_contents"),
-    "int32": ("int_contents", "int_contents"),
-    "int64": ("int64_contents", "int64_contents"),
-    "float32": ("fp32_contents", "fp32_contents"),
-    "float64": ("fp64_contents", "fp64_contents"),
-}
-#: Typed contents of the converted datatypes (FP16 travels raw only).
-_CONVERTED_CONTENTS: Mapping[str, str] = {
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-}
-
 CONTEXT_FIELDS = ("user_id", "country", "device", "surface")
 ATTR_PARAM = "attr."  # request parameter prefix of a context attribute
 ATTR_HEADER = "attr-"  # metadata / header prefix of a context attribute
-MAX_TENSORS = 256  # inputs or requested outputs of one V2 request
-
-_LENGTH = struct.Struct("<I")
 
 
 def _version() -> str:
@@ -189,17 +135,6 @@ def _version_key(objective: str, version: str, config: ObjectiveConfig) -> str:
     )
 
 
-@dataclass(frozen=True)
-class Plan:
-    """How to translate the answer of one V2 request back."""
-
-    model_name: str
-    request_id: str
-    raw: bool  # answer in raw_output_contents
-    batched: bool  # inputs came with a leading batch dimension of 1: outputs get one
-    outputs: tuple[str, ...]  # requested outputs in order ("" = all)
-
-
 def _param_text(value: Any) -> str | None:
     kind = value.WhichOneof("parameter_choice")
     if kind is None:
@@ -246,228 +181,83 @@ def specs_of(manifest: WorkflowManifest | None, kind: str) -> dict[str, TensorSp
     return {s.name: s for s in (manifest.inputs if kind == "inputs" else manifest.outputs)}
 
 
+@dataclass(frozen=True)
+class Specs:
+    """A manifest's tensors by name: what the translation of each request looks up."""
+
+    manifest: WorkflowManifest | None
+    inputs: Mapping[str, TensorSpec]
+    outputs: Mapping[str, TensorSpec]
+
+
+_NO_SPECS = Specs(None, {}, {})
+_MAX_CACHED_SPECS = 4096  # manifests (a catalog's model versions); the cache starts over past it
+
+
 class Translator:
-    """V2 request -> ``PredictRequest`` bytes, and ``PredictResponse`` bytes -> V2 answer."""
+    """A V2 request -> the ``PredictRequest`` that carries it; the answer -> the V2 answer."""
 
     def __init__(self, runtime: NodeRuntime) -> None:
         self.runtime = runtime
+        self._specs: dict[int, Specs] = {}
 
     def manifest(self, target: Target) -> WorkflowManifest | None:
         rt = self.runtime
         key = target.override or rt.objectives[target.objective].default
         return rt.manifest_of(key)
 
+    def specs(self, target: Target) -> Specs:
+        """The tensors of the model ``target`` names by default (cached per manifest)."""
+        manifest = self.manifest(target)
+        if manifest is None:
+            return _NO_SPECS
+        specs = self._specs.get(id(manifest))
+        if specs is None or specs.manifest is not manifest:
+            if len(self._specs) >= _MAX_CACHED_SPECS:
+                self._specs.clear()
+            specs = Specs(manifest, specs_of(manifest, "inputs"), specs_of(manifest, "outputs"))
+            self._specs[id(manifest)] = specs
+        return specs
+
     def request(
-        self, req: Any, headers: Iterable[tuple[str, str | bytes]] | None = None
-    ) -> tuple[bytes, Plan]:
-        """The encoded ``PredictRequest`` a ``ModelInferRequest`` means, and its ``Plan``."""
+        self,
+        req: Any,
+        headers: Iterable[tuple[str, str | bytes]] | None = None,
+        encoded: bytes | None = None,
+    ) -> bytes:
+        """The encoded ``PredictRequest`` a ``ModelInferRequest`` means (``encoded``: its
+        bytes when the caller has them): the routing fields from the V2 name and context,
+        and the V2 request itself, whose tensors the node that runs it decodes."""
         target = target_of(req.model_name, req.model_version, self.runtime.objectives)
-        out = pb.PredictRequest(objective=target.objective, model_override=target.override)
-        fields, attributes, synthetic = context_params(req.parameters, headers)
-        ctx = out.context
-        for name, text in fields.items():
-            setattr(ctx, name, text)
-        if attributes:
-            ctx.attributes.update(attributes)
-        out.synthetic = synthetic
-        if req.id:
-            out.request_id = req.id
-        inputs = req.inputs
-        if len(inputs) > MAX_TENSORS:
-            raise InvalidArgument("inputs", f"more than {MAX_TENSORS} tensors ({len(inputs)})")
-        raw = req.raw_input_contents
-        if raw and len(raw) != len(inputs):
-            raise InvalidArgument(
-                "raw_input_contents",
-                f"{len(raw)} raw tensors for {len(inputs)} inputs: send every input raw, or none",
-            )
-        specs = specs_of(self.manifest(target), "inputs")
-        batched = False
-        for i, tensor in enumerate(inputs):
-            batched |= _input(out.inputs.add(), tensor, raw[i] if raw else None, specs)
-        requested = tuple(o.name for o in req.outputs)
-        if len(requested) > MAX_TENSORS:
-            raise InvalidArgument("outputs", f"more than {MAX_TENSORS} tensors")
-        declared = specs_of(self.manifest(target), "outputs")
-        for name in requested:
-            if declared and name not in declared:
-                raise InvalidArgument(
-                    f"outputs.{clip(name, quote=False)}",
-                    f"no such output; the model has {', '.join(declared)}",
-                )
-        plan = Plan(req.model_name, req.id, bool(raw), batched, requested)
-        return out.SerializeToString(), plan
-
-    def response(self, answer: bytes, plan: Plan) -> Any:
-        """The ``ModelInferResponse`` of an encoded ``PredictResponse``."""
-        got = pb.PredictResponse.FromString(answer)
-        prov = got.provenance
-        res = v2.ModelInferResponse(
-            model_name=plan.model_name,
-            model_version=prov.model_key.rpartition("@")[2],
-            id=plan.request_id or prov.request_id,
+        check_request(req)
+        declared = self.specs(target).outputs
+        if declared:
+            for output in req.outputs:
+                if output.name not in declared:
+                    raise InvalidArgument(
+                        f"outputs.{clip(output.name, quote=False)}",
+                        f"no such output; the model has {', '.join(declared)}",
+                    )
+        out = pb.PredictRequest(
+            objective=target.objective,
+            model_override=target.override,
+            request_id=req.id,
+            oip_request=encoded if encoded is not None else req.SerializeToString(),
         )
-        params = res.parameters
-        params["shardline.model_key"].string_param = prov.model_key
-        params["shardline.cell"].string_param = prov.cell
-        params["shardline.node_id"].string_param = prov.node_id
-        params["shardline.hops"].int64_param = prov.hops
-        params["shardline.request_id"].string_param = prov.request_id
-        timing = prov.timing
-        for name in ("queue_ms", "preprocess_ms", "compute_ms", "postprocess_ms", "total_ms"):
-            params[f"shardline.{name}"].double_param = getattr(timing, name)
-        params["shardline.batch_size"].int64_param = timing.batch_size
-        outputs = {t.name: t for t in got.outputs}
-        names = plan.outputs or tuple(outputs)
-        for name in names:
-            tensor = outputs.get(name)
-            if tensor is None:
-                raise InvalidArgument(
-                    f"outputs.{clip(name, quote=False)}",
-                    f"model {prov.model_key} has no such output; it has {', '.join(outputs)}",
-                )
-            _output(res, tensor, plan)
-        return res
+        if req.parameters or headers:
+            fields, attributes, synthetic = context_params(req.parameters, headers)
+            ctx = out.context
+            for name, text in fields.items():
+                setattr(ctx, name, text)
+            if attributes:
+                ctx.attributes.update(attributes)
+            out.synthetic = synthetic
+        return out.SerializeToString()  # type: ignore[no-any-return]
 
-
-def _shape(field: str, dims: Iterable[int]) -> list[int]:
-    shape = list(dims)
-    if any(d < 0 for d in shape):
-        raise InvalidArgument(field, f"shape {shape} has a negative dimension")
-    return shape
-
-
-def _count(field: str, shape: list[int]) -> int:
-    count = math.prod(shape)
-    if count > MAX_ELEMENTS:
-        raise InvalidArgument(field, f"shape {shape} holds more than {MAX_ELEMENTS} elements")
-    return count
-
-
-def _input(out: Any, tensor: Any, raw: bytes | None, specs: Mapping[str, TensorSpec]) -> bool:
-    """Fill shardline tensor ``out`` from V2 input ``tensor``; True when a leading batch
-    dimension of 1 was taken off."""
-    name = tensor.name
-    field = f"inputs.{clip(name, quote=False)}"
-    datatype = tensor.datatype
-    shape = _shape(field, tensor.shape)
-    spec = specs.get(name)
-    batched = spec is not None and len(shape) == len(spec.shape) + 1 and shape[:1] == [1]
-    if batched:
-        shape = shape[1:]
-    count = _count(field, shape)
-    out.name = name
-    out.shape.extend(shape)
-    wire = V2_DTYPES.get(datatype)
-    if wire == "string":
-        out.dtype = "string"
-        items = (
-            _split_bytes(field, raw, count) if raw is not None else tensor.contents.bytes_contents
-        )
-        try:
-            out.strings.extend(item.decode() for item in items)
-        except UnicodeDecodeError:
-            raise InvalidArgument(field, "a BYTES element is not UTF-8 text") from None
-        return batched
-    if wire is not None and (spec is None or spec.dtype == wire or spec.dtype == "string"):
-        out.dtype = wire
-        if raw is not None:
-            out.data = raw
-        else:
-            source, target = _CONTENTS[wire]
-            getattr(out.contents, target).extend(getattr(tensor.contents, source))
-        return batched
-    # A datatype the workflow declares differently: converted when lossless.
-    source_dtype = _NUMPY.get(wire) if wire is not None else V2_CONVERTED.get(datatype)
-    if source_dtype is None:
-        raise InvalidArgument(
-            field,
-            f"datatype {clip(datatype)} is not one of {', '.join([*V2_DTYPES, *V2_CONVERTED])}",
-        )
-    if spec is None or spec.dtype == "string":
-        raise InvalidArgument(
-            field, f"datatype {datatype} has no workflow dtype; send {', '.join(V2_DTYPES)}"
-        )
-    target_dtype = _NUMPY[spec.dtype]
-    if not np.can_cast(source_dtype, target_dtype, "safe"):
-        raise InvalidArgument(
-            field,
-            f"expected {WIRE_TO_V2[spec.dtype]}, got {datatype} (not convertible without loss)",
-        )
-    if raw is not None:
-        if len(raw) != count * source_dtype.itemsize:
-            raise InvalidArgument(
-                field,
-                f"{len(raw)} raw bytes for {count} {datatype} elements "
-                f"({count * source_dtype.itemsize} expected)",
-            )
-        values = np.frombuffer(raw, source_dtype)
-    else:
-        contents_field = (
-            _CONTENTS[wire][0] if wire is not None else _CONVERTED_CONTENTS.get(datatype)
-        )
-        if contents_field is None:
-            raise InvalidArgument(field, f"datatype {datatype} travels in raw_input_contents only")
-        values = np.asarray(getattr(tensor.contents, contents_field))
-        if values.size != count:
-            raise InvalidArgument(
-                field, f"{values.size} values in contents for shape {shape} ({count} expected)"
-            )
-        if values.size and source_dtype.kind in "iu":
-            info = np.iinfo(source_dtype)
-            if values.min() < info.min or values.max() > info.max:
-                raise InvalidArgument(field, f"a value in contents does not fit {datatype}")
-    out.dtype = spec.dtype
-    out.data = values.astype(target_dtype.newbyteorder("<")).tobytes()
-    return batched
-
-
-def _split_bytes(field: str, raw: bytes, count: int) -> list[bytes]:
-    """The elements of a raw BYTES tensor (each a 4-byte little-endian length, then bytes)."""
-    items: list[bytes] = []
-    at, end = 0, len(raw)
-    while at < end:
-        if len(items) >= count:
-            raise InvalidArgument(
-                field, f"raw BYTES hold more than the {count} elements of its shape"
-            )
-        if at + 4 > end:
-            raise InvalidArgument(field, "raw BYTES cut short in an element's length")
-        (size,) = _LENGTH.unpack_from(raw, at)
-        at += 4
-        if at + size > end:
-            raise InvalidArgument(field, "raw BYTES cut short in an element")
-        items.append(raw[at : at + size])
-        at += size
-    if len(items) != count:
-        raise InvalidArgument(field, f"raw BYTES hold {len(items)} elements, its shape {count}")
-    return items
-
-
-def _output(res: Any, tensor: Any, plan: Plan) -> None:
-    out = res.outputs.add()
-    out.name = tensor.name
-    dtype = tensor.dtype
-    out.datatype = WIRE_TO_V2.get(dtype, dtype.upper())
-    out.shape.extend([1, *tensor.shape] if plan.batched else tensor.shape)
-    if dtype == "string":
-        items = [s.encode() for s in tensor.strings]
-        if plan.raw:
-            res.raw_output_contents.append(
-                b"".join(_LENGTH.pack(len(item)) + item for item in items)
-            )
-        else:
-            out.contents.bytes_contents.extend(items)
-        return
-    data = tensor.data
-    if not data and tensor.HasField("contents"):  # an answer in typed values
-        data = np.asarray(getattr(tensor.contents, _CONTENTS[dtype][1]), _NUMPY[dtype]).tobytes()
-    if plan.raw:
-        res.raw_output_contents.append(data)
-    else:
-        getattr(out.contents, _CONTENTS[dtype][0]).extend(
-            np.frombuffer(data, _NUMPY[dtype]).tolist()
-        )
+    @staticmethod
+    def response(answer: bytes) -> Any:
+        """The ``ModelInferResponse`` the node that ran a V2 request answered with."""
+        return v2.ModelInferResponse.FromString(answer)
 
 
 # -- metadata ------------------------------------------------------------------------------
@@ -503,10 +293,9 @@ class OipService:
                 raise InvalidArgument(
                     "request", "not a valid inference.ModelInferRequest"
                 ) from None
-            predict, plan = self.translator.request(req, headers)
-            answer = await self.runtime.ingress.predict(predict, remaining, client)
-            encoded: bytes = self.translator.response(answer, plan).SerializeToString()
-            return encoded
+            predict = self.translator.request(req, headers, raw)
+            # The node that runs it answers with an encoded ModelInferResponse.
+            return await self.runtime.ingress.predict(predict, remaining, client)
 
         await stream.send_message(await guarded(infer, "ModelInfer"))
 
@@ -636,4 +425,4 @@ def model_config_of(name: str, manifest: WorkflowManifest) -> Any:
     )
 
 
-__all__ = ["SERVICE", "OipService", "Plan", "Target", "Translator", "target_of"]
+__all__ = ["SERVICE", "OipService", "Target", "Translator", "target_of"]

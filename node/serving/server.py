@@ -53,6 +53,7 @@ from shardline.node.serving.graceful_server import GracefulServer, InFlight
 from shardline.node.serving.node_config import NodeConfig
 from shardline.node.serving.oip import SERVICE as OIP_SERVICE
 from shardline.node.serving.oip import OipService
+from shardline.node.serving.oip_rest import RestV2
 from shardline.node.serving.runtime import NodeRuntime
 from shardline.node.serving.service import ClusterService, InferenceService, recv_request
 from shardline.router.objectives import ObjectiveConfig, load_objective_file, load_objectives_dir
@@ -212,8 +213,14 @@ class NodeServer:
         sockets = listener.sockets if listener is not None else ()
         self.bound_port = sockets[0].getsockname()[1] if sockets else self.config.port
         if self.config.metrics_port is not None:
+            rest = RestV2(
+                self.oip,
+                asyncio.get_running_loop(),
+                max_body_bytes=self.config.max_message_bytes,
+                default_deadline_s=self.config.default_deadline_s,
+            )
             self.metrics_port = self.runtime.metrics.serve_http(
-                self.config.host, self.config.metrics_port, self.readiness
+                self.config.host, self.config.metrics_port, self.readiness, {"/v2": rest}
             )
         self.refresh_health()
         self._health_task = asyncio.create_task(self._health_loop(), name="health")

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import tritonclient.grpc as tg  # a V2 client nobody here wrote
 
 from shardline.membership.etcd import connect
 from shardline.node.cluster.catalog_ops import catalog, register_tree
@@ -111,6 +112,42 @@ async def test_forwarded_answers_report_one_hop(cluster: dict[str, NodeProcess])
                 hops.add((a.node_id == node.target, a.hops))
                 assert a.hops in (0, 1)
     assert any(h == 1 for _, h in hops), "no request was forwarded"
+
+
+def test_open_inference_protocol_from_every_ingress(cluster: dict[str, NodeProcess]) -> None:
+    """tritonclient (V2 gRPC) through every node: non-owners forward it like a Predict."""
+
+    arrays = {
+        "amount": ("FP32", np.array([float(FRAUD["amount"])], np.float32)),
+        "currency": ("BYTES", np.array([str(FRAUD["currency"]).encode()], object)),
+        "country_mismatch": ("BOOL", np.array([bool(FRAUD["country_mismatch"])])),
+        "account_age_days": ("FP32", np.array([float(FRAUD["account_age_days"])], np.float32)),
+        "tx_last_24h": ("INT64", np.array([int(FRAUD["tx_last_24h"])], np.int64)),
+        "card_present": ("BOOL", np.array([bool(FRAUD["card_present"])])),
+    }
+    inputs = []
+    for name, (datatype, array) in arrays.items():
+        tensor = tg.InferInput(name, [1], datatype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    answers = {}
+    for node_id, node in cluster.items():
+        client = tg.InferenceServerClient(node.target)
+        assert client.is_model_ready("payment_fraud")
+        result = client.infer("payment_fraud", inputs, parameters={"user_id": "v2-same"})
+        params = result.get_response().parameters
+        answers[node_id] = (
+            params["shardline.model_key"].string_param,
+            params["shardline.node_id"].string_param,
+            params["shardline.hops"].int64_param,
+            float(result.as_numpy("probability")[0]),
+        )
+    keys = {a[0] for a in answers.values()}
+    assert len(keys) == 1, answers  # one decision for the user, whichever node is asked
+    for ingress, (_, served_by, hops, probability) in answers.items():
+        assert hops == (0 if served_by == ingress else 1), answers
+        assert probability == pytest.approx(next(iter(answers.values()))[3], rel=1e-5)
+    assert any(a[2] == 1 for a in answers.values()), f"no V2 request was forwarded: {answers}"
 
 
 async def test_smart_client_goes_straight_to_an_owner(cluster: dict[str, NodeProcess]) -> None:

@@ -20,17 +20,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("node", "router", "membership", "workflows", "sim")
-GENERATED = ("node/_proto/", "membership/_proto/")
+GENERATED = ("node/_proto/", "node/_proto_oip/", "membership/_proto/")
 CORES = {"router", "membership", "workflows"}
 #: Where each part may import from (parts are top-level packages, or rooms of node).
 ALLOWED = {
     "sdk": {"sdk", "_proto", "router", "membership"},
     "observability": {"observability", "sdk", "_proto", *CORES},
-    "serving": {"serving", "observability", "sdk", "_proto", *CORES},
+    "serving": {"serving", "observability", "sdk", "_proto", "_proto_oip", *CORES},
     "cluster": {"cluster", "serving", "observability", "sdk", "_proto", *CORES},
     "ops": {"ops", "cluster", "serving", "observability", "sdk", "_proto", "sim", *CORES},
     "node": {"_proto", *CORES},  # node/__init__.py
     "_proto": {"_proto"},
+    "_proto_oip": {"_proto_oip"},
     "sim": {"sim", *CORES},
     "router": {"router", "membership"},
     "membership": {"membership"},

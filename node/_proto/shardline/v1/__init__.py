@@ -339,6 +339,14 @@ class PredictRequest(betterproto.Message):
     request_id: str = betterproto.string_field(5)
     """Caller-chosen id, echoed in the answer and the logs."""
 
+    oip_request: bytes = betterproto.bytes_field(14)
+    """
+    An Open Inference Protocol (KServe V2) `inference.ModelInferRequest`, as a node's V2
+     front received it (clients leave it empty). When set, its tensors are the inputs,
+     decoded once by the node that runs the request, and the answer is an encoded
+     `inference.ModelInferResponse` instead of a PredictResponse (docs/v2.md).
+    """
+
     inputs: List["Tensor"] = betterproto.message_field(15)
     """Domain inputs. Kept last and never decoded by routing."""
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cshardline/v1/inference.proto\x12\x0cshardline.v1\"\x83\x01\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0f\n\x07strings\x18\x05 \x03(\t\x12.\n\x08\x63ontents\x18\x06 \x01(\x0b\x32\x1c.shardline.v1.TensorContents\"\x83\x01\n\x0eTensorContents\x12\x15\n\rbool_contents\x18\x01 \x03(\x08\x12\x14\n\x0cint_contents\x18\x02 \x03(\x05\x12\x16\n\x0eint64_contents\x18\x03 \x03(\x03\x12\x15\n\rfp32_contents\x18\x04 \x03(\x02\x12\x15\n\rfp64_contents\x18\x05 \x03(\x01\"\xc8\x01\n\x0eRequestContext\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x0f\n\x07surface\x18\x04 \x01(\t\x12@\n\nattributes\x18\x05 \x03(\x0b\x32,.shardline.v1.RequestContext.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb7\x01\n\x0ePredictRequest\x12\x11\n\tobjective\x18\x01 \x01(\t\x12-\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1c.shardline.v1.RequestContext\x12\x16\n\x0emodel_override\x18\x03 \x01(\t\x12\x11\n\tsynthetic\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12$\n\x06inputs\x18\x0f \x03(\x0b\x32\x14.shardline.v1.Tensor\"\x95\x01\n\x12PredictRequestHead\x12\x11\n\tobjective\x18\x01 \x01(\t\x12-\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1c.shardline.v1.RequestContext\x12\x16\n\x0emodel_override\x18\x03 \x01(\t\x12\x11\n\tsynthetic\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x83\x01\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x16\n\x0epostprocess_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\x12\x12\n\nbatch_size\x18\x06 \x01(\r\"\x86\x01\n\nProvenance\x12\x11\n\tmodel_key\x18\x01 \x01(\t\x12\x0c\n\x04\x63\x65ll\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0c\n\x04hops\x18\x04 \x01(\r\x12$\n\x06timing\x18\x05 \x01(\x0b\x32\x14.shardline.v1.Timing\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"f\n\x0fPredictResponse\x12%\n\x07outputs\x18\x01 \x03(\x0b\x32\x14.shardline.v1.Tensor\x12,\n\nprovenance\x18\x02 \x01(\x0b\x32\x18.shardline.v1.Provenance\"\x17\n\x15ListObjectivesRequest\"a\n\x0cTensorSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x10\n\x08optional\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"\xce\x01\n\rObjectiveInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x15\n\rdefault_model\x18\x03 \x01(\t\x12\x12\n\nmodel_keys\x18\x04 \x03(\t\x12\x16\n\x0e\x61llow_override\x18\x05 \x01(\x08\x12*\n\x06inputs\x18\x06 \x03(\x0b\x32\x1a.shardline.v1.TensorSchema\x12+\n\x07outputs\x18\x07 \x03(\x0b\x32\x1a.shardline.v1.TensorSchema\"I\n\x16ListObjectivesResponse\x12/\n\nobjectives\x18\x01 \x03(\x0b\x32\x1b.shardline.v1.ObjectiveInfo2\xb0\x01\n\tInference\x12\x46\n\x07Predict\x12\x1c.shardline.v1.PredictRequest\x1a\x1d.shardline.v1.PredictResponse\x12[\n\x0eListObjectives\x12#.shardline.v1.ListObjectivesRequest\x1a$.shardline.v1.ListObjectivesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cshardline/v1/inference.proto\x12\x0cshardline.v1\"\x83\x01\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0f\n\x07strings\x18\x05 \x03(\t\x12.\n\x08\x63ontents\x18\x06 \x01(\x0b\x32\x1c.shardline.v1.TensorContents\"\x83\x01\n\x0eTensorContents\x12\x15\n\rbool_contents\x18\x01 \x03(\x08\x12\x14\n\x0cint_contents\x18\x02 \x03(\x05\x12\x16\n\x0eint64_contents\x18\x03 \x03(\x03\x12\x15\n\rfp32_contents\x18\x04 \x03(\x02\x12\x15\n\rfp64_contents\x18\x05 \x03(\x01\"\xc8\x01\n\x0eRequestContext\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x0f\n\x07surface\x18\x04 \x01(\t\x12@\n\nattributes\x18\x05 \x03(\x0b\x32,.shardline.v1.RequestContext.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcc\x01\n\x0ePredictRequest\x12\x11\n\tobjective\x18\x01 \x01(\t\x12-\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1c.shardline.v1.RequestContext\x12\x16\n\x0emodel_override\x18\x03 \x01(\t\x12\x11\n\tsynthetic\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x13\n\x0boip_request\x18\x0e \x01(\x0c\x12$\n\x06inputs\x18\x0f \x03(\x0b\x32\x14.shardline.v1.Tensor\"\x95\x01\n\x12PredictRequestHead\x12\x11\n\tobjective\x18\x01 \x01(\t\x12-\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1c.shardline.v1.RequestContext\x12\x16\n\x0emodel_override\x18\x03 \x01(\t\x12\x11\n\tsynthetic\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x83\x01\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x16\n\x0epostprocess_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\x12\x12\n\nbatch_size\x18\x06 \x01(\r\"\x86\x01\n\nProvenance\x12\x11\n\tmodel_key\x18\x01 \x01(\t\x12\x0c\n\x04\x63\x65ll\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0c\n\x04hops\x18\x04 \x01(\r\x12$\n\x06timing\x18\x05 \x01(\x0b\x32\x14.shardline.v1.Timing\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"f\n\x0fPredictResponse\x12%\n\x07outputs\x18\x01 \x03(\x0b\x32\x14.shardline.v1.Tensor\x12,\n\nprovenance\x18\x02 \x01(\x0b\x32\x18.shardline.v1.Provenance\"\x17\n\x15ListObjectivesRequest\"a\n\x0cTensorSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x10\n\x08optional\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"\xce\x01\n\rObjectiveInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x15\n\rdefault_model\x18\x03 \x01(\t\x12\x12\n\nmodel_keys\x18\x04 \x03(\t\x12\x16\n\x0e\x61llow_override\x18\x05 \x01(\x08\x12*\n\x06inputs\x18\x06 \x03(\x0b\x32\x1a.shardline.v1.TensorSchema\x12+\n\x07outputs\x18\x07 \x03(\x0b\x32\x1a.shardline.v1.TensorSchema\"I\n\x16ListObjectivesResponse\x12/\n\nobjectives\x18\x01 \x03(\x0b\x32\x1b.shardline.v1.ObjectiveInfo2\xb0\x01\n\tInference\x12\x46\n\x07Predict\x12\x1c.shardline.v1.PredictRequest\x1a\x1d.shardline.v1.PredictResponse\x12[\n\x0eListObjectives\x12#.shardline.v1.ListObjectivesRequest\x1a$.shardline.v1.ListObjectivesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,23 +42,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REQUESTCONTEXT_ATTRIBUTESENTRY']._serialized_start=466
   _globals['_REQUESTCONTEXT_ATTRIBUTESENTRY']._serialized_end=515
   _globals['_PREDICTREQUEST']._serialized_start=518
-  _globals['_PREDICTREQUEST']._serialized_end=701
-  _globals['_PREDICTREQUESTHEAD']._serialized_start=704
-  _globals['_PREDICTREQUESTHEAD']._serialized_end=853
-  _globals['_TIMING']._serialized_start=856
-  _globals['_TIMING']._serialized_end=987
-  _globals['_PROVENANCE']._serialized_start=990
-  _globals['_PROVENANCE']._serialized_end=1124
-  _globals['_PREDICTRESPONSE']._serialized_start=1126
-  _globals['_PREDICTRESPONSE']._serialized_end=1228
-  _globals['_LISTOBJECTIVESREQUEST']._serialized_start=1230
-  _globals['_LISTOBJECTIVESREQUEST']._serialized_end=1253
-  _globals['_TENSORSCHEMA']._serialized_start=1255
-  _globals['_TENSORSCHEMA']._serialized_end=1352
-  _globals['_OBJECTIVEINFO']._serialized_start=1355
-  _globals['_OBJECTIVEINFO']._serialized_end=1561
-  _globals['_LISTOBJECTIVESRESPONSE']._serialized_start=1563
-  _globals['_LISTOBJECTIVESRESPONSE']._serialized_end=1636
-  _globals['_INFERENCE']._serialized_start=1639
-  _globals['_INFERENCE']._serialized_end=1815
+  _globals['_PREDICTREQUEST']._serialized_end=722
+  _globals['_PREDICTREQUESTHEAD']._serialized_start=725
+  _globals['_PREDICTREQUESTHEAD']._serialized_end=874
+  _globals['_TIMING']._serialized_start=877
+  _globals['_TIMING']._serialized_end=1008
+  _globals['_PROVENANCE']._serialized_start=1011
+  _globals['_PROVENANCE']._serialized_end=1145
+  _globals['_PREDICTRESPONSE']._serialized_start=1147
+  _globals['_PREDICTRESPONSE']._serialized_end=1249
+  _globals['_LISTOBJECTIVESREQUEST']._serialized_start=1251
+  _globals['_LISTOBJECTIVESREQUEST']._serialized_end=1274
+  _globals['_TENSORSCHEMA']._serialized_start=1276
+  _globals['_TENSORSCHEMA']._serialized_end=1373
+  _globals['_OBJECTIVEINFO']._serialized_start=1376
+  _globals['_OBJECTIVEINFO']._serialized_end=1582
+  _globals['_LISTOBJECTIVESRESPONSE']._serialized_start=1584
+  _globals['_LISTOBJECTIVESRESPONSE']._serialized_end=1657
+  _globals['_INFERENCE']._serialized_start=1660
+  _globals['_INFERENCE']._serialized_end=1836
 # @@protoc_insertion_point(module_scope)

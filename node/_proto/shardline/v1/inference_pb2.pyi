@@ -58,20 +58,22 @@ class RequestContext(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., country: _Optional[str] = ..., device: _Optional[str] = ..., surface: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("objective", "context", "model_override", "synthetic", "request_id", "inputs")
+    __slots__ = ("objective", "context", "model_override", "synthetic", "request_id", "oip_request", "inputs")
     OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     MODEL_OVERRIDE_FIELD_NUMBER: _ClassVar[int]
     SYNTHETIC_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OIP_REQUEST_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     objective: str
     context: RequestContext
     model_override: str
     synthetic: bool
     request_id: str
+    oip_request: bytes
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
-    def __init__(self, objective: _Optional[str] = ..., context: _Optional[_Union[RequestContext, _Mapping]] = ..., model_override: _Optional[str] = ..., synthetic: _Optional[bool] = ..., request_id: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
+    def __init__(self, objective: _Optional[str] = ..., context: _Optional[_Union[RequestContext, _Mapping]] = ..., model_override: _Optional[str] = ..., synthetic: _Optional[bool] = ..., request_id: _Optional[str] = ..., oip_request: _Optional[bytes] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
 
 class PredictRequestHead(_message.Message):
     __slots__ = ("objective", "context", "model_override", "synthetic", "request_id")

@@ -1,0 +1,303 @@
+"""Open Inference Protocol (V2) tensors <-> numpy, where a request runs.
+
+A V2 request reaches the node that runs it as it came (``PredictRequest.oip_request``, see
+``shardline.node.serving.oip``): its tensors are decoded once, here, against the model's
+input specs — exactly where a ``Predict`` request's are — and the answer is encoded
+straight into a ``ModelInferResponse``. Nothing re-encodes the inputs on the way.
+
+Datatypes: ``BOOL``, ``INT32``, ``INT64``, ``FP32``, ``FP64``, ``BYTES`` are the workflow
+dtypes; ``INT8``, ``INT16``, ``UINT8``…``UINT64`` and ``FP16`` are converted to the input's
+declared dtype when numpy does it without loss. A leading dimension of 1 is taken off an
+input whose declared rank is one less: a scalar sent as ``[1]`` (how metadata describes
+it), or a batch of one of a tensor, which puts the batch of one back on every output.
+Scalar outputs always go back as ``[1]``.
+Every malformed tensor is ``InvalidArgument`` naming it (``inputs.amount: …``).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from shardline.node._proto_oip import grpc_service_pb2 as v2
+from shardline.node.sdk import tensors
+from shardline.node.sdk.errors import InvalidArgument, clip
+
+#: V2 datatype -> the workflow dtype it is (no conversion).
+V2_DTYPES: Mapping[str, str] = {
+    "BOOL": "bool",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP32": "float32",
+    "FP64": "float64",
+    "BYTES": "string",
+}
+#: Workflow dtype -> V2 datatype.
+WIRE_TO_V2: Mapping[str, str] = {wire: name for name, wire in V2_DTYPES.items()}
+#: V2 numeric datatypes a workflow has no dtype for: converted to the input's declared
+#: dtype when that is lossless (``numpy.can_cast(..., "safe")``).
+V2_CONVERTED: Mapping[str, np.dtype[Any]] = {
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "FP16": np.dtype("<f2"),
+}
+#: Typed contents of the converted datatypes (FP16 travels raw only).
+_CONVERTED_CONTENTS: Mapping[str, str] = {
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+}
+MAX_TENSORS = 256  # inputs or requested outputs of one V2 request
+_LENGTH = struct.Struct("<I")
+
+
+class InputSpec(Protocol):
+    """What decoding needs of a declared input (``inputs._Spec`` is one)."""
+
+    @property
+    def field(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def np_dtype(self) -> np.dtype[Any] | None: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def exact(self) -> bool: ...
+    @property
+    def nbytes(self) -> int: ...
+
+    def shape_ok(self, shape: tuple[int, ...]) -> bool: ...
+
+
+def field_of(name: str) -> str:
+    return f"inputs.{clip(name, quote=False)}"
+
+
+def check_request(req: Any) -> None:
+    """The checks of a whole request, before any tensor: counts of inputs and raw tensors."""
+    inputs, raw = req.inputs, req.raw_input_contents
+    if len(inputs) > MAX_TENSORS:
+        raise InvalidArgument("inputs", f"more than {MAX_TENSORS} tensors ({len(inputs)})")
+    if raw and len(raw) != len(inputs):
+        raise InvalidArgument(
+            "raw_input_contents",
+            f"{len(raw)} raw tensors for {len(inputs)} inputs: send every input raw, or none",
+        )
+    if len(req.outputs) > MAX_TENSORS:
+        raise InvalidArgument("outputs", f"more than {MAX_TENSORS} tensors")
+
+
+def decode_input(
+    spec: InputSpec, tensor: Any, raw: bytes | None, max_elements: int
+) -> tuple[np.ndarray, bool]:
+    """One V2 input as the array the workflow declared; True when it came as a batch of one
+    (a leading dimension of 1 taken off an input of rank >= 1; a scalar sent as ``[1]`` is
+    just how V2 clients send a scalar, not a batch)."""
+    shape = tuple(tensor.shape)
+    batched = False
+    if len(shape) == len(spec.shape) + 1 and shape[0] == 1:
+        shape = shape[1:]
+        batched = bool(spec.shape)
+    datatype = tensor.datatype
+    wire = V2_DTYPES.get(datatype)
+    np_dtype = spec.np_dtype
+    if (  # the common case: raw elements of the declared dtype and fixed shape
+        raw is not None
+        and wire == spec.dtype
+        and spec.exact
+        and np_dtype is not None
+        and shape == spec.shape
+        and len(raw) == spec.nbytes
+    ):
+        return np.frombuffer(raw, dtype=np_dtype).reshape(shape), batched
+    field = spec.field
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(field, f"shape {list(shape)[:16]} has a negative dimension")
+    count = math.prod(shape)
+    if count > max_elements:
+        raise InvalidArgument(
+            field, f"shape {list(shape)[:16]} holds more than {max_elements} elements"
+        )
+    if wire is None or (wire not in ("string", spec.dtype) and spec.dtype != "string"):
+        data = _converted(field, datatype, spec, tensor, raw, count)
+        array = tensors.decode(field, spec.dtype, shape, data, ())
+    elif wire == "string":
+        if raw is not None:
+            items: Iterable[bytes] = split_bytes(field, raw, count)
+        else:
+            items = tensor.contents.bytes_contents
+        try:
+            strings = [item.decode() for item in items]
+        except UnicodeDecodeError:
+            raise InvalidArgument(field, "a BYTES element is not UTF-8 text") from None
+        array = tensors.decode(field, wire, shape, b"", strings)
+    else:
+        contents = tensor.contents if raw is None and tensor.HasField("contents") else None
+        array = tensors.decode(field, wire, shape, raw or b"", (), contents)
+    return _checked(spec, array, datatype), batched
+
+
+def _checked(spec: InputSpec, array: np.ndarray, datatype: str) -> np.ndarray:
+    wire = tensors.wire_dtype(array)
+    if wire != spec.dtype or not spec.shape_ok(array.shape):
+        got = WIRE_TO_V2.get(wire, datatype)
+        raise InvalidArgument(
+            spec.field,
+            f"expected {WIRE_TO_V2.get(spec.dtype, spec.dtype)} of shape "
+            f"{_fmt(spec.shape)} (or [1, …] for a batch of one), got {clip(got)} of shape "
+            f"{_fmt(array.shape[:16])}",
+        )
+    return array
+
+
+def _fmt(shape: Iterable[int]) -> str:
+    return "[" + ", ".join("N" if d < 0 else str(d) for d in shape) + "]"
+
+
+def _converted(
+    field: str, datatype: str, spec: InputSpec, tensor: Any, raw: bytes | None, count: int
+) -> bytes:
+    """The little-endian bytes of a tensor converted to the declared dtype (when lossless)."""
+    wire = V2_DTYPES.get(datatype)
+    source = tensors.WIRE_DTYPES.get(wire) if wire is not None else V2_CONVERTED.get(datatype)
+    if source is None:
+        known = ", ".join([*V2_DTYPES, *V2_CONVERTED])
+        raise InvalidArgument(field, f"datatype {clip(datatype)} is not one of {known}")
+    target = spec.np_dtype
+    if target is None or not np.can_cast(source, target, "safe"):
+        raise InvalidArgument(
+            field,
+            f"expected {WIRE_TO_V2.get(spec.dtype, spec.dtype)}, got {datatype} "
+            "(not convertible without loss)",
+        )
+    if raw is not None:
+        if len(raw) != count * source.itemsize:
+            raise InvalidArgument(
+                field,
+                f"{len(raw)} raw bytes for {count} {datatype} elements "
+                f"({count * source.itemsize} expected)",
+            )
+        values = np.frombuffer(raw, source)
+    else:
+        name = (
+            tensors.CONTENTS_FIELDS[wire] if wire is not None else _CONVERTED_CONTENTS.get(datatype)
+        )
+        if name is None:
+            raise InvalidArgument(field, f"datatype {datatype} travels in raw_input_contents only")
+        values = np.asarray(getattr(tensor.contents, name))
+        if values.size != count:
+            raise InvalidArgument(
+                field, f"{values.size} values in contents.{name} for {count} elements"
+            )
+        if values.size and source.kind in "iu":
+            info = np.iinfo(source)
+            if values.min() < info.min or values.max() > info.max:
+                raise InvalidArgument(field, f"a value in contents does not fit {datatype}")
+    return values.astype(target).tobytes()
+
+
+def split_bytes(field: str, raw: bytes, count: int) -> list[bytes]:
+    """The elements of a raw BYTES tensor (each a 4-byte little-endian length, then bytes)."""
+    items: list[bytes] = []
+    at, end = 0, len(raw)
+    while at < end:
+        if len(items) >= count:
+            raise InvalidArgument(field, f"raw BYTES hold more than its shape's {count} elements")
+        if at + 4 > end:
+            raise InvalidArgument(field, "raw BYTES cut short in an element's length")
+        (size,) = _LENGTH.unpack_from(raw, at)
+        at += 4
+        if at + size > end:
+            raise InvalidArgument(field, "raw BYTES cut short in an element")
+        items.append(raw[at : at + size])
+        at += size
+    if len(items) != count:
+        raise InvalidArgument(field, f"raw BYTES hold {len(items)} elements, its shape {count}")
+    return items
+
+
+# -- the answer ----------------------------------------------------------------------------
+
+
+def encode_response(
+    req: Any,
+    batched: bool,
+    outputs: Mapping[str, Any],
+    provenance: Mapping[str, str | int | float],
+) -> bytes:
+    """The encoded ``ModelInferResponse`` of a V2 request's outputs (requested ones only,
+    raw when the request was), with shardline's provenance in its parameters."""
+    model_key = str(provenance["model_key"])
+    res = v2.ModelInferResponse(
+        model_name=req.model_name,
+        model_version=model_key.rpartition("@")[2],
+        id=req.id or str(provenance["request_id"]),
+    )
+    params = res.parameters
+    for key, value in provenance.items():
+        param = params[f"shardline.{key}"]
+        if isinstance(value, str):
+            param.string_param = value
+        elif isinstance(value, int):
+            param.int64_param = value
+        else:
+            param.double_param = value
+    raw = bool(req.raw_input_contents)
+    names = [o.name for o in req.outputs] or list(outputs)
+    for name in names:
+        array = outputs.get(name)
+        if array is None:
+            raise InvalidArgument(
+                f"outputs.{clip(name, quote=False)}",
+                f"{model_key} has no such output; it has {', '.join(outputs)}",
+            )
+        _encode_output(res, name, array, batched, raw)
+    return res.SerializeToString()  # type: ignore[no-any-return]
+
+
+def _encode_output(res: Any, name: str, value: Any, batched: bool, raw: bool) -> None:
+    array = np.asarray(value)
+    if array.dtype.kind == "f" and array.dtype.itemsize not in (4, 8):
+        array = array.astype("<f4")
+    wire = tensors.wire_dtype(array)
+    # Scalars go back as [1] (what the metadata says); anything else gets the batch back.
+    shape = [1, *array.shape] if batched else (list(array.shape) or [1])
+    out = res.outputs.add(name=name, datatype=WIRE_TO_V2[wire], shape=shape)
+    if wire == tensors.STRING:
+        items = [str(s).encode() for s in array.reshape(-1).tolist()]
+        if raw:
+            res.raw_output_contents.append(
+                b"".join(_LENGTH.pack(len(item)) + item for item in items)
+            )
+        else:
+            out.contents.bytes_contents.extend(items)
+        return
+    data = np.ascontiguousarray(array, dtype=tensors.WIRE_DTYPES[wire])
+    if raw:
+        res.raw_output_contents.append(data.tobytes())
+    else:
+        getattr(out.contents, tensors.CONTENTS_FIELDS[wire]).extend(data.reshape(-1).tolist())
+
+
+__all__ = [
+    "MAX_TENSORS",
+    "V2_CONVERTED",
+    "V2_DTYPES",
+    "WIRE_TO_V2",
+    "check_request",
+    "decode_input",
+    "encode_response",
+    "split_bytes",
+]
