@@ -35,6 +35,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,7 @@ import threading
 import time
 import urllib.request
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -428,8 +430,14 @@ def run_perf_analyzer(
         except subprocess.TimeoutExpired as e:
             raise RuntimeError(f"perf_analyzer ran past {timeout_s:.0f} s: {' '.join(cmd)}") from e
     if out.returncode != 0 or not csv_path.exists() or not export.exists():
-        tail = (out.stdout + out.stderr).strip()[-3000:]
-        raise RuntimeError(f"perf_analyzer failed (exit status {out.returncode}):\n{tail}")
+        said_lines = (out.stdout + out.stderr).splitlines()
+        lines = Counter(
+            re.sub(r"Thread \[\d+\]", "Thread [n]", ln) for ln in said_lines if ln.strip()
+        )
+        said = "\n".join(f"{ln}{f'  (x{n})' if n > 1 else ''}" for ln, n in lines.items())
+        raise RuntimeError(
+            f"perf_analyzer failed (exit status {out.returncode}): {' '.join(cmd)}\n{said[-3000:]}"
+        )
     return parse_results(csv_path, export, cpu)
 
 
