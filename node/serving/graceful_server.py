@@ -15,7 +15,7 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -24,8 +24,12 @@ from grpclib.server import Server, Stream
 from hyperframe.frame import GoAwayFrame
 from prometheus_client import Gauge
 
+from shardline.node.sdk.errors import Unavailable
+
 log = logging.getLogger("shardline.server")
 
+SHUTTING_DOWN = "node is shutting down; retry on another node"
+T = TypeVar("T")
 PING_ACK_TIMEOUT_S = 1.0  # longest wait for a client's PING ack between the two GOAWAYs
 
 
@@ -42,19 +46,29 @@ class InFlight:
     def wrap(self, handler: Callable[[Stream[Any, Any]], Awaitable[None]]) -> Any:
         async def guarded(stream: Stream[Any, Any]) -> None:
             if self.draining:
-                raise GRPCError(Status.UNAVAILABLE, "node is shutting down; retry on another node")
-            self.count += 1
-            self.gauge.inc()
-            self._idle.clear()
-            try:
-                await handler(stream)
-            finally:
-                self.count -= 1
-                self.gauge.dec()
-                if self.count == 0:
-                    self._idle.set()
+                raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
+            await self.run(handler(stream))
 
         return guarded
+
+    async def run(self, call: Awaitable[T]) -> T:
+        """Await ``call`` counted in flight (a request that came another way than gRPC: the
+        REST binding's); ``Unavailable`` once the node has closed its doors."""
+        if self.draining:
+            close = getattr(call, "close", None)
+            if close is not None:
+                close()  # never awaited: no "coroutine was never awaited" warning
+            raise Unavailable(SHUTTING_DOWN)
+        self.count += 1
+        self.gauge.inc()
+        self._idle.clear()
+        try:
+            return await call
+        finally:
+            self.count -= 1
+            self.gauge.dec()
+            if self.count == 0:
+                self._idle.set()
 
     async def wait_idle(self) -> None:
         await self._idle.wait()

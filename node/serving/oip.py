@@ -16,20 +16,22 @@ same port (gRPC: ``inference.GRPCInferenceService``) and on its HTTP port (REST:
   parameters leave out, from gRPC metadata / HTTP headers (``user-id``, ``country``,
   ``device``, ``surface``, ``attr-<name>``). Without a user id the request is an anonymous
   user, bucketed as ``Predict`` buckets one (deterministically).
-- Tensors: V2 datatypes map to the workflow's dtypes (``V2_DTYPES``); other numeric types
-  (INT8, UINT16, FP16, ...) are converted to the input's declared dtype when numpy can
-  do so without loss, else INVALID_ARGUMENT naming the tensor. ``raw_input_contents``
-  (BYTES as a 4-byte little-endian length and the bytes, per element) or typed
-  ``contents``; the answer is raw when the request was. A leading dimension of 1 on an
-  input (a batch of one: ``[1]`` for a scalar input, ``[1, n]`` for ``[-1]``) is taken
-  off, and then put on every output.
+- Tensors (``shardline.node.serving.oip_tensors``): V2 datatypes map to the workflow's
+  dtypes; other numeric types (INT8, UINT16, FP16, ...) are converted to the input's
+  declared dtype when numpy can do so without loss, else INVALID_ARGUMENT naming the
+  tensor. ``raw_input_contents`` (BYTES as a 4-byte little-endian length and the bytes, per
+  element) or typed ``contents``; the answer is raw when the request was. Scalars travel as
+  ``[1]``; a batch of one of a tensor input (``[1, n]`` for ``[-1]``) is taken off, and put
+  back on every output.
 - The provenance ``Predict`` answers with comes back in the response ``parameters``
   (``shardline.model_key``, ``.cell``, ``.node_id``, ``.hops``, ``.request_id`` and the
   timings in ms).
 
-One request path: a V2 request is translated into the ``PredictRequest`` it means and
-handed to the same ``Ingress.predict`` (admission, rules, forwarding, batching, shadows,
-metrics, the prediction log); its answer is translated back. Peers never see V2.
+One request path: a V2 request becomes the ``PredictRequest`` it means — its routing fields,
+and the V2 request itself in ``oip_request`` — handed to the same ``Ingress.predict``
+(admission, rules, forwarding, batching, shadows, metrics, the prediction log). The node
+that runs it decodes the V2 tensors once and answers a ``ModelInferResponse``, which the
+ingress relays as it is.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ from shardline.workflows.manifest import TensorSpec, WorkflowManifest
 
 SERVICE = "inference.GRPCInferenceService"
 PLATFORM = "shardline"
+#: What ServerMetadata lists (Triton's extension names).
+EXTENSIONS = ("model_configuration", "binary_tensor_data", "parameters")
 
 #: Workflow dtype -> Triton model-configuration data type (the ModelConfig extension).
 TRITON_TYPES: Mapping[str, Any] = {
@@ -315,7 +319,7 @@ class OipService:
             v2.ServerMetadataResponse(
                 name=PLATFORM,
                 version=VERSION,
-                extensions=["model_configuration", "binary_tensor_data", "parameters"],
+                extensions=list(EXTENSIONS),
             )
         )
 
@@ -352,8 +356,8 @@ class OipService:
                 name=req.name,
                 versions=[k.rpartition("@")[2] for k in keys],
                 platform=PLATFORM,
-                inputs=[_tensor_meta(s) for s in manifest.inputs],
-                outputs=[_tensor_meta(s) for s in manifest.outputs],
+                inputs=[tensor_meta(s) for s in manifest.inputs],
+                outputs=[tensor_meta(s) for s in manifest.outputs],
             )
 
         await stream.send_message(await guarded(meta, "ModelMetadata"))
@@ -396,7 +400,7 @@ class OipService:
         }
 
 
-def _tensor_meta(spec: TensorSpec) -> Any:
+def tensor_meta(spec: TensorSpec) -> Any:
     return v2.ModelMetadataResponse.TensorMetadata(
         name=spec.name, datatype=WIRE_TO_V2[spec.dtype], shape=_dims(spec)
     )

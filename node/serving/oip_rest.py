@@ -69,18 +69,17 @@ from shardline.node.sdk.errors import (
     bounded,
     clip,
 )
+from shardline.node.serving.graceful_server import InFlight
 from shardline.node.serving.inputs import MAX_ELEMENTS
 from shardline.node.serving.oip import (
-    MAX_TENSORS,
+    EXTENSIONS,
     PLATFORM,
-    V2_CONVERTED,
-    V2_DTYPES,
     VERSION,
     OipService,
-    Plan,
-    _tensor_meta,
     model_config_of,
+    tensor_meta,
 )
+from shardline.node.serving.oip_tensors import MAX_TENSORS, V2_CONVERTED, V2_DTYPES
 
 log = logging.getLogger("shardline.oip_rest")
 
@@ -88,7 +87,6 @@ T = TypeVar("T")
 StartResponse = Callable[..., Any]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-EXTENSIONS = ("model_configuration", "binary_tensor_data", "parameters")
 LOOP_GRACE_S = 1.0  # beyond the request's deadline, how long a thread waits for the loop
 MAX_RANK = 32  # dimensions of a tensor's shape
 MAX_DRAIN_FACTOR = 2  # an oversized body up to this many times the limit is read and dropped
@@ -544,11 +542,14 @@ class RestV2:
         *,
         max_body_bytes: int,
         default_deadline_s: float,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.oip = oip
         self.loop = loop
         self.max_body_bytes = max_body_bytes
         self.default_deadline_s = default_deadline_s
+        self.in_flight = in_flight
+        """The node's count of requests in flight: a drain waits for REST requests too."""
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
@@ -618,7 +619,7 @@ class RestV2:
         keys = [target.override] if target.override else sorted(config.model_keys())
 
         def tensors(specs: Iterable[Any]) -> list[dict[str, Any]]:
-            metas = (_tensor_meta(s) for s in specs)
+            metas = (tensor_meta(s) for s in specs)
             return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in metas]
 
         return {
@@ -651,16 +652,16 @@ class RestV2:
         if agent:
             client = f"{client} ({str(agent)[:128]})"
         coro = self._infer(req, _headers(environ), wanted.timeout_s, client)
-        answer, plan = self._on_loop(coro, wanted.timeout_s)
+        answer = self._on_loop(coro, wanted.timeout_s)
         # Formatting the answer needs nothing of the node's: done here, off the loop.
-        return infer_reply(self.oip.translator.response(answer, plan), wanted)
+        return infer_reply(self.oip.translator.response(answer), wanted)
 
     async def _infer(
         self, req: Any, headers: list[tuple[str, str]], timeout_s: float | None, client: str
-    ) -> tuple[bytes, Plan]:
-        predict, plan = self.oip.translator.request(req, headers)
-        answer = await self.oip.runtime.ingress.predict(predict, timeout_s, client)
-        return answer, plan
+    ) -> bytes:
+        predict = self.oip.translator.request(req, headers)
+        call = self.oip.runtime.ingress.predict(predict, timeout_s, client)
+        return await (call if self.in_flight is None else self.in_flight.run(call))
 
     def _on_loop(self, coro: Coroutine[Any, Any, T], timeout_s: float | None) -> T:
         """Run ``coro`` on the node's loop; wait at most the deadline and a grace."""

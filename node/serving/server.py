@@ -218,6 +218,7 @@ class NodeServer:
                 asyncio.get_running_loop(),
                 max_body_bytes=self.config.max_message_bytes,
                 default_deadline_s=self.config.default_deadline_s,
+                in_flight=self.in_flight,
             )
             self.metrics_port = self.runtime.metrics.serve_http(
                 self.config.host, self.config.metrics_port, self.readiness, {"/v2": rest}

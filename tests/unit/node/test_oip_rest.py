@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import struct
@@ -10,11 +11,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, Gauge
 
 from shardline.node._proto_oip import grpc_service_pb2 as v2
 from shardline.node.observability import metrics as metrics_mod
 from shardline.node.observability.metrics import NodeMetrics
-from shardline.node.sdk.errors import InvalidArgument
+from shardline.node.sdk.errors import InvalidArgument, Unavailable
+from shardline.node.serving.graceful_server import InFlight
 from shardline.node.serving.oip_rest import HEADER_LENGTH, Wanted, infer_reply, infer_request
 
 
@@ -157,3 +160,26 @@ def test_http_port_serves_a_bounded_number_of_connections(
     for t in threads:
         t.join(30)
     assert answers == [200] * 4 and active[1] == 2
+
+
+async def test_rest_requests_count_in_flight_and_are_refused_once_draining() -> None:
+    """A drain waits for REST requests as for gRPC ones (``InFlight.run``)."""
+    in_flight = InFlight(Gauge("g", "g", registry=CollectorRegistry()))
+    release = asyncio.Event()
+
+    async def request() -> str:
+        await release.wait()
+        return "answer"
+
+    task = asyncio.create_task(in_flight.run(request()))
+    await asyncio.sleep(0)  # one turn of the loop: the task runs to its first await
+    assert in_flight.count == 1
+    idle = asyncio.create_task(in_flight.wait_idle())
+    in_flight.draining = True
+    with pytest.raises(Unavailable, match="shutting down"):
+        await in_flight.run(request())
+    assert not idle.done()
+    release.set()
+    assert await task == "answer"
+    await asyncio.wait_for(idle, 5)
+    assert in_flight.count == 0
