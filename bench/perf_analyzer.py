@@ -129,7 +129,7 @@ class PerfAnalyzer:
         return (out.stdout or out.stderr).strip()
 
 
-def _run(cmd: Sequence[str], what: str, cwd: Path, timeout_s: float = 600.0) -> None:
+def _run(cmd: Sequence[str], what: str, cwd: Path, timeout_s: float = 300.0) -> None:
     try:
         out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -146,7 +146,8 @@ def _pip_download(requirement: str, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     before = set(dest.glob("*.whl"))
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-d", str(dest), requirement]  # fmt: skip
+           "--disable-pip-version-check", "--retries", "2", "--timeout", "30",
+           "-d", str(dest), requirement]  # fmt: skip
     _run(cmd, f"fetching {requirement} from PyPI", dest)
     name = requirement.split("=")[0].split(">")[0].split("<")[0].strip().replace("-", "_")
     wheels = sorted(
