@@ -229,6 +229,13 @@ class LoadRun:
     client_cpu_ms_per_request: float | None
     first_error: str | None = None
     errors_outside_window: dict[str, int] = field(default_factory=dict)
+    part_cpu_s: float | None = None  # of ``part_pids`` (one of the servers, e.g. the ingress)
+
+    @property
+    def part_cpu_ms_per_request(self) -> float | None:
+        if self.part_cpu_s is None or not self.requests:
+            return None
+        return self.part_cpu_s * 1000.0 / self.requests
 
     @property
     def server_cpu_ms_per_request(self) -> float:
@@ -251,9 +258,11 @@ def run_load(
     timeout_s: float = 5.0,
     metadata: Sequence[tuple[str, str]] = (),
     startup_timeout_s: float = 120.0,
+    part_pids: Sequence[int] = (),
 ) -> LoadRun:
     """Run ``python -m bench.grpcio_load`` against ``targets``; sample the CPU time of
-    ``server_pids`` when it announces the measured window's start and end."""
+    ``server_pids`` (and apart, of ``part_pids``) when it announces the measured window's
+    start and end."""
     with tempfile.TemporaryDirectory(prefix="grpcio-load-") as tmp:
         cmd = [
             sys.executable, "-m", "bench.grpcio_load",
@@ -288,6 +297,8 @@ def run_load(
                 event = msg.get("event") if isinstance(msg, dict) else None
                 if event in ("measuring", "measured"):
                     cpu[event] = cpu_seconds(server_pids)
+                    if part_pids:
+                        cpu[f"part-{event}"] = cpu_seconds(part_pids)
                 elif isinstance(msg, dict) and "requests" in msg:
                     result = msg
             code = proc.wait()
@@ -297,7 +308,7 @@ def run_load(
                 proc.kill()
                 proc.wait()
             drain.join(5)
-        if code != 0 or result is None or len(cpu) != 2:
+        if code != 0 or result is None or len(cpu) != (4 if part_pids else 2):
             tail = "".join(stderr[-30:])
             raise RuntimeError(
                 f"grpcio load generator failed (exit status {code}"
@@ -315,6 +326,7 @@ def run_load(
         client_cpu_ms_per_request=result["client_cpu_ms_per_request"],
         first_error=result["first_error"],
         errors_outside_window={str(k): int(v) for k, v in result["errors_outside_window"].items()},
+        part_cpu_s=cpu["part-measured"] - cpu["part-measuring"] if part_pids else None,
     )
 
 
