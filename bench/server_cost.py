@@ -16,6 +16,8 @@ throughput stands for each), ``payment_fraud`` requests over users whose decisio
   hops=1            3-node cluster, the client calls the node that owns none (it forwards)
   smart / direct    the Python SDK: SmartClient (routes to an owner itself) vs Client
                     pointed at an owner, at 64 in flight and at 1
+  client            one node, pre-encoded requests, answers not decoded: the client's own
+                    CPU per request on grpcio vs on the SDK's transport (grpclib)
 
 Columns: req/s, p50/p99 (client side), server CPU ms per request summed over every server
 process (``/proc/<pid>/stat``, sampled at the measured window's edges), and for hops=1 the
@@ -73,21 +75,24 @@ async def _sdk_load(
 
     users = plain_users(256)
     client: Any = SmartClient(targets) if mode == "smart" else Client(targets[0])
+    payloads = fraud_payloads() if mode == "raw" else []
     if mode == "smart":
         await client.refresh()
     latencies: list[float] = []
     errors = 0
-    measuring = False
     stop_at = time.monotonic() + warmup_s + duration_s
     start_at = time.monotonic() + warmup_s
 
     async def worker(w: int) -> None:
-        nonlocal errors, measuring
+        nonlocal errors
         i = w
         while time.monotonic() < stop_at:
             t0 = time.perf_counter()
             try:
-                await client.predict("payment_fraud", FRAUD, user_id=users[i % len(users)])
+                if payloads:  # the transport alone: pre-encoded requests, answers not decoded
+                    await client.predict_raw(payloads[i % len(payloads)])
+                else:
+                    await client.predict("payment_fraud", FRAUD, user_id=users[i % len(users)])
             except Exception:
                 errors += 1
             else:
@@ -97,11 +102,15 @@ async def _sdk_load(
 
     start_mark = [float("inf")]
 
+    own_cpu = [0.0, 0.0]
+
     async def marks() -> None:
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         start_mark[0] = time.perf_counter()
+        own_cpu[0] = time.process_time()
         print(json.dumps({"event": "measuring"}), flush=True)
         await asyncio.sleep(duration_s)
+        own_cpu[1] = time.process_time()
         print(json.dumps({"event": "measured"}), flush=True)
 
     await asyncio.gather(marks(), *(worker(w) for w in range(concurrency)))
@@ -114,6 +123,7 @@ async def _sdk_load(
         "rps": n / duration_s,
         "p50_ms": 1000 * latencies[n // 2] if n else float("nan"),
         "p99_ms": 1000 * latencies[min(n - 1, int(n * 0.99))] if n else float("nan"),
+        "client_cpu_ms_per_request": 1000 * (own_cpu[1] - own_cpu[0]) / n if n else None,
     }
 
 
@@ -150,7 +160,8 @@ def run_sdk(
     errors = {"error": result["errors"]} if result["errors"] else {}
     return LoadRun(
         result["requests"], errors, duration_s, result["rps"], result["p50_ms"],
-        result["p99_ms"], cpu["measured"] - cpu["measuring"], None,
+        result["p99_ms"], cpu["measured"] - cpu["measuring"],
+        result["client_cpu_ms_per_request"],
     )  # fmt: skip
 
 
@@ -161,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     if args_in[:1] == ["sdk"]:
         sdk = argparse.ArgumentParser(prog="bench.server_cost sdk")
-        sdk.add_argument("--mode", choices=["smart", "direct"], required=True)
+        sdk.add_argument("--mode", choices=["smart", "direct", "raw"], required=True)
         sdk.add_argument("--concurrency", type=int, default=64)
         sdk.add_argument("--duration", type=float, default=6.0)
         sdk.add_argument("--warmup", type=float, default=2.0)
@@ -175,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--setups", default="echo,standalone,cluster,smart")
+    parser.add_argument("--setups", default="echo,standalone,cluster,smart,client")
     args = parser.parse_args(args_in)
     setups = set(args.setups.split(","))
     console = Console()
@@ -202,10 +213,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             for _ in range(args.rounds):
                 grpcio("echo grpclib", f"127.0.0.1:{port}", [echo.pid], ECHO_PATH)
                 grpcio("echo grpc.aio", f"127.0.0.1:{port_aio}", [echo_aio.pid], ECHO_PATH)
-        if "standalone" in setups:
+        if "standalone" in setups or "client" in setups:
             with standalone() as (node,):
                 for _ in range(args.rounds):
-                    grpcio("standalone", node.target, node.server_pids)
+                    if "standalone" in setups:
+                        grpcio("standalone", node.target, node.server_pids)
+                    if "client" in setups:  # the client's own CPU: grpcio vs the SDK's grpclib
+                        grpcio("client: grpcio (raw)", node.target, node.server_pids)
+                        name = "client: SDK on grpclib (raw)"
+                        r = run_sdk("raw", [node.target], node.server_pids,
+                                    concurrency=args.concurrency, duration_s=args.duration,
+                                    warmup_s=args.warmup)  # fmt: skip
+                        rows.setdefault(name, []).append(Row(name, r))
         if "cluster" in setups or "smart" in setups:
             with cluster() as (owner, other):
                 pids = owner.server_pids
@@ -267,7 +286,7 @@ def report(rows: dict[str, list[Row]], args: argparse.Namespace) -> Table:
         f"{args.duration:g} s measured, median of {args.rounds} alternating rounds)"
     )
     for col in ("setup", "req/s", "p50 ms", "p99 ms", "errors", "server CPU ms/req",
-                "ingress CPU ms/req"):  # fmt: skip
+                "ingress CPU ms/req", "client CPU ms/req"):  # fmt: skip
         table.add_column(col, justify="left" if col == "setup" else "right")
     med = {name: _median(runs) for name, runs in rows.items()}
     for name, row in med.items():
@@ -276,6 +295,7 @@ def report(rows: dict[str, list[Row]], args: argparse.Namespace) -> Table:
             name, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.error_count),
             f"{r.server_cpu_ms_per_request:.3f}",
             "" if row.ingress_cpu_ms is None else f"{row.ingress_cpu_ms:.3f}",
+            "" if r.client_cpu_ms_per_request is None else f"{r.client_cpu_ms_per_request:.3f}",
         )  # fmt: skip
     lines = []
 
