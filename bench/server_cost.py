@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--setups", default="echo,standalone,cluster,smart,client")
     args = parser.parse_args(args_in)
     setups = set(args.setups.split(","))
-    console = Console()
+    console = Console(width=max(Console().width, 140))  # one line per setup, even in a log
     payloads = fraud_payloads()
     kw = {"concurrency": args.concurrency, "duration_s": args.duration, "warmup_s": args.warmup}
     rows: dict[str, list[Row]] = {}
