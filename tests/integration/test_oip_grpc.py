@@ -23,7 +23,8 @@ from tritonclient.grpc import service_pb2_grpc as tstub
 from tritonclient.utils import InferenceServerException
 
 from shardline.node.sdk.client import Client
-from tests.procs import NodeProcess
+from tests.integration.test_standalone_node import metric
+from tests.procs import NodeProcess, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -324,3 +325,25 @@ async def test_ten_thousand_malformed_requests_get_clean_errors(node: NodeProces
     assert sum(statuses.values()) == 10_000
     assert not unclean, f"{len(unclean)} unclean answers, e.g. {unclean[:5]}; {by_mutation}"
     assert node.proc.poll() is None
+
+
+def test_v2_requests_are_counted_and_shadowed_as_predicts_are(node: NodeProcess) -> None:
+    """One request path: V2 requests show in the same request and shadow metrics."""
+    client = tg.InferenceServerClient(node.target)
+    before = node.metrics_text()
+    for i in range(20):
+        client.infer("shadow_all", _inputs(FRAUD), parameters={"user_id": f"sh-{i}"})
+
+    def counted() -> str | None:
+        text = node.metrics_text()
+        shadows = metric(text, "shardline_shadow_requests_total", model_key="payment_fraud@2")
+        done = shadows - metric(
+            before, "shardline_shadow_requests_total", model_key="payment_fraud@2"
+        )
+        return text if done >= 20 else None
+
+    text = asyncio.run(eventually(counted))
+    served = metric(text, "shardline_requests_total", objective="shadow_all", code="OK")
+    assert (
+        served - metric(before, "shardline_requests_total", objective="shadow_all", code="OK") == 20
+    )
