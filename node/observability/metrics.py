@@ -148,7 +148,8 @@ class NodeMetrics:
         # Requests.
         self.requests = counter(
             "shardline_requests_total",
-            "Predict requests by objective, model key, cell, gRPC status code and path "
+            "Predict and V2 ModelInfer requests by objective, model key, cell, gRPC status "
+            "code and path "
             "(served here, forwarded to an owner, or served after a failover).",
             ["objective", "model_key", "cell", "code", "path"],
         )
