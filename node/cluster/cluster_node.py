@@ -137,6 +137,7 @@ class ClusterNode:
             ready=self.readiness,
         )
         self.server.peer_link.handler = forward_handler(self.router)  # forwards, link side
+        self.runtime.metrics.registry.register(self.server.peer_link.collector())
         self.membership: ClusterMembership | None = None
         self.draining = asyncio.Event()
         self.drained = asyncio.Event()

@@ -247,6 +247,7 @@ class PeerLink:
         self.max_answer_bytes = max_answer_bytes
         self._client: _Client | None = None
         self._connecting: asyncio.Task[_Client] | None = None
+        self._closed = False
         self.connections = 0
         """Connections opened so far (tests: a reconnect after a drop)."""
 
@@ -272,11 +273,16 @@ class PeerLink:
             ) from None
         finally:
             self._connecting = None
+        if self._closed:  # the peer left the view meanwhile
+            client.close()
+            raise LinkFailure("CONNECTION", f"{where} left the view")
         self.connections += 1
         self._client = client
         return client
 
     async def _ready(self) -> _Client:
+        if self._closed:
+            raise LinkFailure("CONNECTION", f"{self.host}:{self.port} left the view")
         client = self._client
         if client is not None and not client.closed:
             return client
@@ -292,12 +298,12 @@ class PeerLink:
         return await client.call(body, deadline)
 
     def close(self) -> None:
+        """Close the link: the calls on it fail with CONNECTION (never ``CancelledError``:
+        a connect in progress is left to finish, and its connection closed then)."""
+        self._closed = True
         if self._client is not None:
             self._client.close()
             self._client = None
-        if self._connecting is not None:
-            self._connecting.cancel()
-            self._connecting = None
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

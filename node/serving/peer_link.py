@@ -46,11 +46,13 @@ import math
 import struct
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, cast
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from shardline.node.sdk.coalesce import CoalescingTransport
 from shardline.node.sdk.errors import RequestError, bounded
@@ -152,7 +154,23 @@ class LinkServing:
         self.handler = handler
         self.max_streams = max_streams
         self.requests = 0
-        """Requests taken over peer links since start (for tests and benchmarks)."""
+        """Requests taken over peer links since start (``collector``: a metric)."""
+
+    def collector(self) -> Collector:
+        """``shardline_peer_link_requests_total``: forwards this node took over the link."""
+        return _Requests(self)
+
+
+class _Requests(Collector):
+    def __init__(self, serving: LinkServing) -> None:
+        self.serving = serving
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "shardline_peer_link_requests",
+            "Forwarded requests this node took over the peer link (not over gRPC).",
+            value=self.serving.requests,
+        )
 
 
 def _peer_name(transport: asyncio.BaseTransport) -> str:

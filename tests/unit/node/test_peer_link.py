@@ -264,6 +264,42 @@ async def test_a_peer_that_is_gone_is_a_connection_failure(pool: PeerPool) -> No
     assert err.value.status == "CONNECTION"
 
 
+async def test_a_peer_leaving_the_view_mid_connect_fails_the_call_cleanly(
+    pool: PeerPool,
+) -> None:
+    """``retain`` (the view dropped the peer) while a call waits for the link's hello: the
+    call fails with CONNECTION, which the router fails over; never ``CancelledError``,
+    which would take the client's whole request down with it."""
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()  # never answers the hello
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        call = asyncio.ensure_future(
+            pool.forward(
+                "leaving",
+                address,
+                b"r",
+                model_key="echo",
+                cell="c",
+                hops=1,
+                ingress_node="i",
+                timeout_s=WAIT_S,
+            )  # fmt: skip
+        )
+        await asyncio.wait_for(accepted.wait(), WAIT_S)
+        pool.retain(set())
+        with pytest.raises(AttemptFailed) as err:
+            await asyncio.wait_for(call, WAIT_S)
+        assert err.value.status == "CONNECTION"
+    finally:
+        server.close()
+
+
 # -- backpressure --------------------------------------------------------------------------------
 
 
