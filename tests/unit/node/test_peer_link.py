@@ -289,7 +289,7 @@ async def test_a_peer_leaving_the_view_mid_connect_fails_the_call_cleanly(
                 hops=1,
                 ingress_node="i",
                 timeout_s=WAIT_S,
-            )  # fmt: skip
+            )
         )
         await asyncio.wait_for(accepted.wait(), WAIT_S)
         pool.retain(set())
