@@ -69,8 +69,14 @@ def link_requests(node: NodeProcess) -> float:
     return float(m.group(1))
 
 
+def failovers(node: NodeProcess) -> float:
+    pattern = rf'^shardline_failovers_total{{model_key="{re.escape(KEY)}"}} (\S+)$'
+    m = re.search(pattern, node.metrics_text(), re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 def forward_request(user: str) -> bytes:
-    return build_request("payment_fraud", FRAUD, user_id=user)
+    return build_request("payment_fraud", FRAUD, user_id=user, model_override=KEY)
 
 
 async def test_forwards_between_nodes_use_the_link(cluster: dict[str, NodeProcess]) -> None:
@@ -78,7 +84,7 @@ async def test_forwards_between_nodes_use_the_link(cluster: dict[str, NodeProces
     before = sum(link_requests(cluster[o]) for o in owners)
     async with Client(cluster[ingress].target) as client:
         answers = [
-            await client.predict("payment_fraud", FRAUD, user_id=f"u{i}", model=KEY)
+            await client.predict("payment_fraud", FRAUD, user_id=f"u{i}", model_override=KEY)
             for i in range(10)
         ]
     assert all(a.hops == 1 for a in answers), [a.hops for a in answers]
@@ -109,8 +115,10 @@ async def test_a_real_owner_answers_the_same_over_link_and_grpc(
         finally:
             pool.close()
         answer = inference_pb2.PredictResponse.FromString(raw)
-        decoded[transport] = (answer.model_key, answer.node_id, sorted(answer.outputs))
+        outputs = sorted(t.name for t in answer.outputs)
+        decoded[transport] = (answer.provenance.model_key, answer.provenance.node_id, outputs)
     assert decoded["link"] == decoded["grpc"]
+    assert decoded["link"][:2] == (KEY, owners[0]) and decoded["link"][2]
 
 
 async def test_a_hostile_frame_closes_only_its_connection(
@@ -133,7 +141,7 @@ async def test_a_hostile_frame_closes_only_its_connection(
     assert b"not a ForwardRequest" in message
     writer.close()
     async with Client(cluster[ingress].target) as client:  # the node serves on
-        answer = await client.predict("payment_fraud", FRAUD, user_id="after", model=KEY)
+        answer = await client.predict("payment_fraud", FRAUD, user_id="after", model_override=KEY)
     assert answer.hops == 1
     assert cluster[owners[0]].proc.poll() is None
 
@@ -157,12 +165,13 @@ async def test_an_owner_killed_mid_request_fails_no_request(
                 i += 1
                 try:
                     await client.predict(
-                        "payment_fraud", FRAUD, user_id=f"k{worker}-{i}", model=KEY
+                        "payment_fraud", FRAUD, user_id=f"k{worker}-{i}", model_override=KEY
                     )
                     answered.add()
                 except PredictError as exc:
                     errors.append(str(exc))
 
+    failed_over = failovers(cluster[ingress])
     workers = [asyncio.create_task(load(w)) for w in range(8)]
     try:
         await answered.reach(100)
@@ -173,3 +182,4 @@ async def test_an_owner_killed_mid_request_fails_no_request(
         stop.set()
         await asyncio.gather(*workers)
     assert errors == [], errors[:5]
+    assert failovers(cluster[ingress]) > failed_over  # the victim's calls went elsewhere
