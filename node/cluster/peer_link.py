@@ -257,7 +257,7 @@ class PeerLink:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 _, client = await loop.create_connection(
-                    lambda: _Client(self.max_answer_bytes, where),
+                    lambda: self._opened(_Client(self.max_answer_bytes, where)),
                     self.host,
                     self.port,
                     ssl=self.ssl,
@@ -277,14 +277,17 @@ class PeerLink:
             client.close()
             raise LinkFailure("CONNECTION", f"{where} left the view")
         self.connections += 1
-        self._client = client
+        return client
+
+    def _opened(self, client: _Client) -> _Client:
+        self._client = client  # ``close`` closes it even before the hello
         return client
 
     async def _ready(self) -> _Client:
         if self._closed:
             raise LinkFailure("CONNECTION", f"{self.host}:{self.port} left the view")
         client = self._client
-        if client is not None and not client.closed:
+        if client is not None and client.greeted and not client.closed:
             return client
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect())

@@ -19,7 +19,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from grpclib.client import Channel
@@ -56,6 +56,12 @@ from shardline.router.forward import AttemptFailed
 WAIT_S = 20.0  # generous bound for any wait on a contended machine
 MAX_MESSAGE = 4 * 1024 * 1024
 BIG = 512 * 1024
+
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - the [fast] extra
+    uvloop = None  # type: ignore[assignment]
 
 
 @dataclass
@@ -321,7 +327,9 @@ async def test_streams_per_connection_are_bounded() -> None:
         await node.server.wait_closed()
 
 
-async def test_a_peer_that_does_not_read_gets_no_unbounded_buffer(node: Node) -> None:
+async def test_a_peer_that_does_not_read_gets_no_unbounded_buffer(
+    node: Node, pool: PeerPool
+) -> None:
     """The server holds answers (and stops reading) while its peer does not read them."""
     count = 64
     sock = socket.socket()
@@ -360,8 +368,7 @@ async def test_the_client_waits_for_a_peer_that_does_not_read(pool: PeerPool) ->
     async def stalling(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readexactly(len(MAGIC))
         writer.write(MAGIC_OK)
-        transport = writer.transport
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, writer.transport)  # uvloop's: no subclass
         transport.pause_reading()  # never reads another byte
         stalled.append(transport)
         await asyncio.Event().wait()
@@ -545,3 +552,41 @@ async def test_the_link_needs_a_cluster_certificate(
         node.server.close()
         await node.server.wait_closed()
         node.server.close_connections()
+
+
+# -- the same on uvloop (a node's loop when installed: its transports switch protocols and
+# report TLS certificates their own way) --------------------------------------------------------
+
+ON_NODE_AND_POOL = [
+    test_forward_over_the_link_and_grpc_on_the_same_port,
+    test_errors_keep_their_status,
+    test_the_owner_sees_the_time_left_and_stops_at_the_deadline,
+    test_a_caller_that_goes_away_cancels_the_work,
+    test_a_dropped_connection_fails_pending_calls_then_reconnects,
+    test_a_peer_that_does_not_read_gets_no_unbounded_buffer,
+    test_drain_counts_link_requests_and_refuses_new_ones,
+]
+
+
+@pytest.mark.skipif(uvloop is None, reason="no uvloop (the [fast] extra)")
+def test_on_uvloop(pki: tuple[Any, Any], caplog: pytest.LogCaptureFixture) -> None:
+    async def each() -> None:
+        for case in ON_NODE_AND_POOL:
+            node = await start_node()
+            pool = PeerPool()
+            try:
+                await case(node, pool)  # type: ignore[operator]
+            finally:
+                pool.close()
+                node.server.close()
+                await node.server.wait_closed()
+                node.server.close_connections()
+        pool = PeerPool()
+        try:
+            await test_the_client_waits_for_a_peer_that_does_not_read(pool)
+        finally:
+            pool.close()
+        await test_the_link_needs_a_cluster_certificate(pki, caplog)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(each())
