@@ -153,7 +153,13 @@ def main(log_level: str) -> None:
 @click.option("--capacity", default=1.0, show_default=True, help="Cluster mode: ring weight.")
 @click.option("--gossip-port", default=0, show_default=True, help="UDP gossip port (0: any).")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus /metrics here.")
-@click.option("--cpu-threads", type=int, default=None, help="Torch intra-op threads on CPU.")
+@click.option(
+    "--cpu-threads",
+    type=int,
+    default=None,
+    help="Torch intra-op threads on CPU [default: the usable cores (affinity, cgroup quota) "
+    "but one, for the event loop; at least 1].",
+)
 @click.option(
     "--event-loop",
     type=click.Choice(["auto", "uvloop", "asyncio"]),

@@ -352,6 +352,8 @@ class SmartClient:
         self._configs: dict[str, ObjectiveConfig] = {}
         self._owners: dict[str, list[str]] = {}  # model key -> addresses of warm owners
         self._nodes: list[str] = []
+        self._refreshing: asyncio.Task[None] | None = None
+        """The one table refresh in flight (requests meanwhile use the table they have)."""
 
     def _client(self, target: str) -> Client:
         client = self._clients.get(target)
@@ -371,6 +373,20 @@ class SmartClient:
             self._install(table)
             return
         raise PredictError(Status.UNAVAILABLE, f"no node answered for the routing table: {last}")
+
+    async def _refresh_once(self) -> None:
+        """One refresh for every request that finds the table old: the first request
+        without a table waits for it; with a table, requests go on with it while the
+        refresh runs in the background (64 requests in flight used to fetch 64 tables)."""
+        task = self._refreshing
+        if task is None or task.done():
+            task = self._refreshing = asyncio.create_task(self._refresh_quietly())
+        if self._table is None:
+            await asyncio.shield(task)
+
+    async def _refresh_quietly(self) -> None:
+        with contextlib.suppress(PredictError):  # keep the stale table; nodes route anyway
+            await self.refresh()
 
     def _install(self, table: v1.RoutingTable) -> None:
         address = {m.node_id: m.grpc_address for m in table.members}
@@ -408,8 +424,7 @@ class SmartClient:
         **request: Any,
     ) -> Prediction:
         if time.monotonic() - self._fetched_at > self.refresh_s:
-            with contextlib.suppress(PredictError):  # keep the stale table; nodes route anyway
-                await self.refresh()
+            await self._refresh_once()
         raw = build_request(objective, inputs, **request)
         context = RequestContext(
             user_id=request.get("user_id", ""),
@@ -436,6 +451,8 @@ class SmartClient:
         raise last
 
     def close(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
         for client in self._clients.values():
             client.close()
         self._clients.clear()

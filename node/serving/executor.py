@@ -77,7 +77,7 @@ class Executor:
         self.config = config
         self.metrics = metrics
         self.system = ActorSystem(f"node:{config.node_id}")
-        self.devices = DeviceExecutors(cpu_threads=config.cpu_threads)
+        self.devices = DeviceExecutors(cpu_threads=config.torch_cpu_threads)
         self.models: dict[str, LoadedModel] = {}
         self.in_flight = 0
         """Requests executing on this node's model actors (what gossip reports as load)."""

@@ -200,7 +200,8 @@ class InputDecoder:
                 )
             if name in out:
                 raise InvalidArgument(spec.field, "given more than once")
-            check_length(f"{spec.field}.datatype", t.datatype, MAX_DTYPE_CHARS)
+            if len(t.datatype) > MAX_DTYPE_CHARS:
+                check_length(f"{spec.field}.datatype", t.datatype, MAX_DTYPE_CHARS)
             array, one = oip_tensors.decode_input(spec, t, raw[i] if raw else None, MAX_ELEMENTS)
             out[name] = array
             batched |= one

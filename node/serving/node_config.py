@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -35,6 +36,37 @@ def machine_memory_bytes() -> int:
             if text != "max" and 0 < int(text) < (total or 2**62):
                 total = int(text)
     return total or 8 * 2**30
+
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def usable_cores(cgroup: Path = CGROUP) -> int:
+    """The CPUs this process may use: its affinity mask, capped by the cgroup's CPU quota
+    (a container limited to 2 CPUs on a 64-core host has 2, where ``os.cpu_count()`` and
+    torch's own default see 64)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = period = ""
+    with contextlib.suppress(OSError, ValueError):  # cgroup v2: "quota period"
+        quota, period = (cgroup / "cpu.max").read_text().split()
+    if not quota:
+        with contextlib.suppress(OSError):  # cgroup v1
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+    with contextlib.suppress(ValueError):
+        if quota not in ("", "max", "-1") and int(period) > 0:
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    return max(1, cores)
+
+
+def default_cpu_threads() -> int:
+    """Torch intra-op threads of a node's CPU worker when ``--cpu-threads`` is not given:
+    every usable core but one, which the event loop needs (it does most of a small model's
+    per-request work: decoding, routing, HTTP/2); at least 1. bench/torch_threads.py."""
+    return max(1, usable_cores() - 1)
 
 
 def default_memory_budget() -> int:
@@ -116,6 +148,11 @@ class NodeConfig:
     hot_policy: HotPolicy = field(default_factory=HotPolicy)
 
     @property
+    def torch_cpu_threads(self) -> int:
+        """The intra-op threads in force: ``cpu_threads``, or ``default_cpu_threads``."""
+        return self.cpu_threads if self.cpu_threads is not None else default_cpu_threads()
+
+    @property
     def memory_budget(self) -> int:
         """The budget in force: the configured one, or the machine's default."""
         if self.memory_budget_bytes is not None:
@@ -123,6 +160,8 @@ class NodeConfig:
         return default_memory_budget()
 
     def __post_init__(self) -> None:
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be >= 1, got {self.cpu_threads}")
         if self.memory_budget_bytes is not None and self.memory_budget_bytes < 1:
             raise ValueError(f"memory budget must be > 0 bytes, got {self.memory_budget_bytes}")
         if not 1 <= self.max_resident_models <= MAX_RESIDENT_MODELS_LIMIT:

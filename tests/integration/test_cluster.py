@@ -166,6 +166,29 @@ async def test_smart_client_goes_straight_to_an_owner(cluster: dict[str, NodePro
         assert a.model_key.startswith("payment_fraud@")
 
 
+async def test_smart_client_refreshes_its_table_once_for_concurrent_requests(
+    cluster: dict[str, NodeProcess],
+) -> None:
+    """64 requests that find the table old share one refresh (they used to fetch 64)."""
+    async with SmartClient([cluster["node-1"].target], refresh_s=3600.0) as client:
+        await client.refresh()
+        fetches = 0
+        real = client.refresh
+
+        async def counted() -> None:
+            nonlocal fetches
+            fetches += 1
+            await real()
+
+        client.refresh = counted  # type: ignore[method-assign]
+        client._fetched_at = -1e9  # the table is old
+        answers = await asyncio.gather(
+            *(client.predict("payment_fraud", FRAUD, user_id=f"c-{i}") for i in range(64))
+        )
+        assert all(a.model_key.startswith("payment_fraud@") for a in answers)
+        assert fetches == 1, fetches
+
+
 def test_cluster_metrics_and_readiness(cluster: dict[str, NodeProcess]) -> None:
     for node in cluster.values():
         text = node.metrics_text()
