@@ -34,7 +34,8 @@ from shardline.node.cluster.admin import AdminService
 from shardline.node.cluster.artifacts import DirectoryStore, artifact_path
 from shardline.node.cluster.hot import HotCopies
 from shardline.node.cluster.membership_shell import ClusterConfig, ClusterMembership
-from shardline.node.cluster.peers import PeerPool
+from shardline.node.cluster.peer_link import forward_handler
+from shardline.node.cluster.peers import PeerPool, transport_from_env
 from shardline.node.cluster.placement import Placement
 from shardline.node.cluster.residence import Residence
 from shardline.node.cluster.routing import ClusterRouter
@@ -104,7 +105,7 @@ class ClusterNode:
         self.cluster = cluster
         self.runtime = NodeRuntime(config)
         self.runtime.ingress.starting = True
-        self.peers = PeerPool(config.tls)
+        self.peers = PeerPool(config.tls, transport=transport_from_env())
         self.budget_bytes = config.memory_budget
         self.residence = Residence(
             self.runtime.executor,
@@ -135,6 +136,8 @@ class ClusterNode:
             ],
             ready=self.readiness,
         )
+        self.server.peer_link.handler = forward_handler(self.router)  # forwards, link side
+        self.runtime.metrics.registry.register(self.server.peer_link.collector())
         self.membership: ClusterMembership | None = None
         self.draining = asyncio.Event()
         self.drained = asyncio.Event()

@@ -3,7 +3,10 @@ count of the calls in flight.
 
 ``GracefulServer`` keeps its connections so that ``goaway`` can tell every client to open
 new streams elsewhere while the streams it already sent are answered here (the standard
-two GOAWAYs, a PING round trip apart). ``InFlight`` wraps every handler: it counts the
+two GOAWAYs, a PING round trip apart). With ``peer_link`` set it also serves the peer link
+(``shardline.node.serving.peer_link``) on the same port: each new connection is sniffed,
+and one that opens with the link's magic is a peer link, any other is grpclib's HTTP/2.
+``InFlight`` wraps every handler: it counts the
 calls in flight (a gauge), lets a shutdown wait until none is left, and refuses new ones
 with UNAVAILABLE once the node has closed its doors. ``shardline.node.serving.server.NodeServer``
 uses both.
@@ -26,6 +29,7 @@ from prometheus_client import Gauge
 
 from shardline.node.sdk.coalesce import CoalescingH2Protocol
 from shardline.node.sdk.errors import Unavailable
+from shardline.node.serving.peer_link import LinkConnection, LinkServing, Sniffer
 
 log = logging.getLogger("shardline.server")
 
@@ -80,18 +84,44 @@ class GracefulServer(Server):
     connections so that ``goaway`` can tell every client to open new streams elsewhere
     while the streams it already sent are answered here."""
 
-    def __init__(self, *args: Any, coalesce_writes: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        coalesce_writes: bool = True,
+        peer_link: LinkServing | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+        self._links: weakref.WeakSet[LinkConnection] = weakref.WeakSet()
         self.coalesce_writes = coalesce_writes
         """Send the frames of one turn of the loop in one write (``coalesce``)."""
+        self.peer_link = peer_link
+        """Serve the peer link on this port too (None: HTTP/2 only)."""
 
-    def _protocol_factory(self) -> H2Protocol:
+    def _h2_factory(self) -> H2Protocol:
         protocol = super()._protocol_factory()
         if self.coalesce_writes:  # the same protocol, writing through a CoalescingTransport
             protocol = CoalescingH2Protocol(protocol.handler, protocol.config, protocol.h2_config)
         self._protocols.add(protocol)
         return protocol
+
+    def _protocol_factory(self) -> Any:
+        h2 = self._h2_factory()
+        if self.peer_link is None:
+            return h2
+        return Sniffer(h2, self._link, h2.handler.close)
+
+    def _link(self, transport: asyncio.Transport) -> LinkConnection | None:
+        """A peer link on ``transport`` (the sniffer saw its magic); counted among grpclib's
+        handlers so that ``close`` cancels its requests and ``wait_closed`` waits for them."""
+        serving = self.peer_link
+        if serving is None or self._server_closed_fut is None or self._server_closed_fut.done():
+            return None
+        link = LinkConnection(serving, transport)
+        self._handlers.add(link)  # type: ignore[arg-type]
+        self._links.add(link)
+        return link
 
     def _open(self) -> list[Any]:
         """The grpclib connections still open."""
@@ -155,3 +185,5 @@ class GracefulServer(Server):
     def close_connections(self) -> None:
         for connection in self._open():
             connection.close()
+        for link in list(self._links):
+            link.close_connection()

@@ -54,6 +54,7 @@ from shardline.node.serving.node_config import NodeConfig
 from shardline.node.serving.oip import SERVICE as OIP_SERVICE
 from shardline.node.serving.oip import OipService
 from shardline.node.serving.oip_rest import RestV2
+from shardline.node.serving.peer_link import LinkServing
 from shardline.node.serving.runtime import NodeRuntime
 from shardline.node.serving.service import ClusterService, InferenceService, recv_request
 from shardline.router.objectives import ObjectiveConfig, load_objective_file, load_objectives_dir
@@ -154,10 +155,18 @@ class NodeServer:
                 for path, h in self.health.__mapping__().items()
             }
         )
+        # The peer link shares the port; it takes forwards once a cluster node gives it a
+        # handler (``peer_link.handler``), counted in flight, mutual TLS as Peer.Forward.
+        self.peer_link = LinkServing(
+            self.in_flight,
+            self.config.max_message_bytes,
+            require_client_cert=self.config.tls is not None,
+        )
         self.server = GracefulServer(
             ServerReflection.extend([*wrapped, health]),
             codec=WireCodec(self.config.max_message_bytes, MAX_CONTROL_BYTES),
             coalesce_writes=self.config.coalesce_writes,
+            peer_link=self.peer_link,
         )
         self.bound_port = 0
         self.metrics_port: int | None = None
