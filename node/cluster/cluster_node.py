@@ -35,7 +35,7 @@ from shardline.node.cluster.artifacts import DirectoryStore, artifact_path
 from shardline.node.cluster.hot import HotCopies
 from shardline.node.cluster.membership_shell import ClusterConfig, ClusterMembership
 from shardline.node.cluster.peer_link import forward_handler
-from shardline.node.cluster.peers import PeerPool, transport_from_env
+from shardline.node.cluster.peers import PeerPool
 from shardline.node.cluster.placement import Placement
 from shardline.node.cluster.residence import Residence
 from shardline.node.cluster.routing import ClusterRouter
@@ -105,7 +105,7 @@ class ClusterNode:
         self.cluster = cluster
         self.runtime = NodeRuntime(config)
         self.runtime.ingress.starting = True
-        self.peers = PeerPool(config.tls, transport=transport_from_env())
+        self.peers = PeerPool(config.tls, transport=cluster.peer_transport)
         self.budget_bytes = config.memory_budget
         self.residence = Residence(
             self.runtime.executor,

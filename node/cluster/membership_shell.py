@@ -51,10 +51,14 @@ class ClusterConfig:
     etcd_key: str | None = None
     etcd_user: str | None = None
     etcd_password: str | None = None
+    # How this node forwards to owners: the peer link, or gRPC Peer.Forward (peers.py).
+    peer_transport: str = "link"
 
     def __post_init__(self) -> None:
         if not self.cluster:
             raise ValueError("cluster name must not be empty")
+        if self.peer_transport not in ("link", "grpc"):
+            raise ValueError(f"peer_transport must be link or grpc, got {self.peer_transport!r}")
         if self.capacity <= 0:
             raise ValueError("capacity must be > 0")
         if self.lease_ttl_s < 2:

@@ -1,7 +1,7 @@
 """Peer-to-peer forwarding client: one pooled connection per peer address.
 
-Two transports, chosen per pool (``PeerPool(transport=...)``; a node reads
-``$SHARDLINE_PEER_TRANSPORT``, default ``link``):
+Two transports, chosen per pool (``PeerPool(transport=...)``; a node takes
+``shardline serve --peer-transport``, or ``$SHARDLINE_PEER_TRANSPORT``, default ``link``):
 
 - ``link``: the peer link (``shardline.node.cluster.peer_link``), a length-prefixed,
   multiplexed protocol on the peer's gRPC port, which costs a fraction of HTTP/2's CPU on
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 from grpclib.client import Channel, UnaryUnaryMethod
@@ -45,21 +44,9 @@ log = logging.getLogger("shardline.peers")
 
 FORWARD_PATH = "/shardline.v1.Peer/Forward"
 TRANSPORTS = ("link", "grpc")
-TRANSPORT_ENV = "SHARDLINE_PEER_TRANSPORT"
 GRPC_FALLBACK_S = 60.0
 """How long a peer that did not speak the peer link is called over gRPC before the link
 is tried on it again (it may have been upgraded)."""
-
-
-def transport_from_env(default: str = "link") -> str:
-    """``$SHARDLINE_PEER_TRANSPORT`` (``link`` or ``grpc``), else ``default``; a bad value is
-    refused with a clear error."""
-    raw = os.environ.get(TRANSPORT_ENV, "").strip().lower()
-    if not raw:
-        return default
-    if raw not in TRANSPORTS:
-        raise ValueError(f"{TRANSPORT_ENV}={raw!r}: give one of {', '.join(TRANSPORTS)}")
-    return raw
 
 
 def split(address: str) -> tuple[str, int]:

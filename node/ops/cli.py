@@ -223,6 +223,15 @@ def main(log_level: str) -> None:
     help="Default share of predictions logged (objectives may set their own).",
 )
 @click.option(
+    "--peer-transport",
+    type=click.Choice(["link", "grpc"]),
+    default="link",
+    show_default=True,
+    envvar="SHARDLINE_PEER_TRANSPORT",
+    help="Cluster mode: forward to owners over the peer link (a length-prefixed protocol on "
+    "the gRPC port) or over gRPC Peer.Forward (HTTP/2, as nodes before the link did).",
+)
+@click.option(
     "--drain-grace-s",
     type=click.FloatRange(0, 3600),
     default=None,
@@ -287,6 +296,7 @@ def serve(
     etcd_password_file: str | None,
     predlog_dir: str | None,
     predlog_rate: float,
+    peer_transport: str,
     drain_grace_s: float | None,
     max_context_chars: int,
     max_attributes: int,
@@ -337,6 +347,7 @@ def serve(
                 etcd_key=etcd_key, etcd_user=etcd_user,
                 etcd_password=Path(etcd_password_file).read_text().strip()
                 if etcd_password_file else None,
+                peer_transport=peer_transport,
             )  # fmt: skip
             token = (
                 admin_token_file.read_text().strip()
