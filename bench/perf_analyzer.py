@@ -480,8 +480,8 @@ class Setup:
 
 
 @contextmanager
-def standalone() -> Iterator[list[Setup]]:
-    node = NodeProcess.start(metrics=False, args=["--cpu-threads", "1"])
+def standalone(extra_args: Sequence[str] = ()) -> Iterator[list[Setup]]:
+    node = NodeProcess.start(metrics=False, args=["--cpu-threads", "1", *extra_args])
     try:
         yield [Setup("standalone", node.target, [node.proc.pid])]
     finally:
@@ -489,7 +489,7 @@ def standalone() -> Iterator[list[Setup]]:
 
 
 @contextmanager
-def cluster() -> Iterator[list[Setup]]:
+def cluster(extra_args: Sequence[str] = ()) -> Iterator[list[Setup]]:
     with EtcdServer() as etcd:
 
         async def register() -> None:
@@ -502,7 +502,15 @@ def cluster() -> Iterator[list[Setup]]:
         try:
             for i in (1, 2, 3):
                 nodes[f"node-{i}"] = NodeProcess.start(
-                    ["--cluster", CLUSTER, "--node-id", f"node-{i}", "--cpu-threads", "1"],
+                    [
+                        "--cluster",
+                        CLUSTER,
+                        "--node-id",
+                        f"node-{i}",
+                        "--cpu-threads",
+                        "1",
+                        *extra_args,
+                    ],
                     etcd=f"127.0.0.1:{etcd.client_port}",
                     metrics=False,
                 )

@@ -187,8 +187,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--setups", default="echo,standalone,cluster,smart,client")
+    parser.add_argument(
+        "--node-args", default="",
+        help="extra `shardline serve` arguments for every node, e.g. "
+        "'--event-loop asyncio --no-coalesce-writes --peer-transport grpc' (the state "
+        "before those changes)",
+    )  # fmt: skip
     args = parser.parse_args(args_in)
     setups = set(args.setups.split(","))
+    node_args = args.node_args.split()
     console = Console(width=max(Console().width, 140))  # one line per setup, even in a log
     payloads = fraud_payloads()
     kw = {"concurrency": args.concurrency, "duration_s": args.duration, "warmup_s": args.warmup}
@@ -214,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 grpcio("echo grpclib", f"127.0.0.1:{port}", [echo.pid], ECHO_PATH)
                 grpcio("echo grpc.aio", f"127.0.0.1:{port_aio}", [echo_aio.pid], ECHO_PATH)
         if "standalone" in setups or "client" in setups:
-            with standalone() as (node,):
+            with standalone(node_args) as (node,):
                 for _ in range(args.rounds):
                     if "standalone" in setups:
                         grpcio("standalone", node.target, node.server_pids)
@@ -226,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     warmup_s=args.warmup)  # fmt: skip
                         rows.setdefault(name, []).append(Row(name, r))
         if "cluster" in setups or "smart" in setups:
-            with cluster() as (owner, other):
+            with cluster(node_args) as (owner, other):
                 pids = owner.server_pids
                 ingress_pid = _pid_of(other.target, pids)
                 for _ in range(args.rounds):
@@ -283,7 +290,9 @@ def _listens(pid: int, port: int) -> bool:
 def report(rows: dict[str, list[Row]], args: argparse.Namespace) -> Table:
     table = Table(
         title=f"Server CPU per request ({args.concurrency} in flight unless named, "
-        f"{args.duration:g} s measured, median of {args.rounds} alternating rounds)"
+        f"{args.duration:g} s measured, median of {args.rounds} alternating rounds"
+        + (f"; nodes: {args.node_args}" if args.node_args else "")
+        + ")"
     )
     for col in ("setup", "req/s", "p50 ms", "p99 ms", "errors", "server CPU ms/req",
                 "ingress CPU ms/req", "client CPU ms/req"):  # fmt: skip
