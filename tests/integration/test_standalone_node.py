@@ -215,7 +215,9 @@ async def test_full_queue_is_resource_exhausted_and_deadline_is_honoured(
         )
         shed = [r for r in results if isinstance(r, PredictError)]
         assert shed and all(e.status == Status.RESOURCE_EXHAUSTED for e in shed), results
-        assert "queue is full" in shed[0].message
+        # The mailbox's bound, or the queue budget once the node has learned (from earlier
+        # tests on this session's node) that a batch of slow@1 takes ~0.3 s: both refuse.
+        assert "queue is full" in shed[0].message or "overloaded" in shed[0].message, shed
         assert any(isinstance(r, Prediction) for r in results)
         await expect_error(
             client.predict("slow", {"x": 1.0}, timeout_s=0.05), Status.DEADLINE_EXCEEDED
