@@ -265,8 +265,9 @@ def command(
 
 
 class Generator:
-    """One generator process, started now; ``wait()`` reads its events and its result,
-    sampling the CPU of ``server_pids`` when it announces the window's edges."""
+    """One generator process, started now. A thread reads its events as they come,
+    sampling the CPU of ``server_pids`` when it announces the window's edges (so several
+    generators can run at once); ``wait()`` returns its result."""
 
     def __init__(self, cmd: Sequence[str], server_pids: Sequence[int], budget_s: float) -> None:
         self.server_pids = list(server_pids)
@@ -275,39 +276,45 @@ class Generator:
             list(cmd), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         self._stderr: list[str] = []
+        self._cpu: dict[str, float] = {}
+        self._result: dict[str, Any] | None = None
         assert self.proc.stderr is not None
         self._drain = threading.Thread(
             target=self._stderr.extend, args=(self.proc.stderr,), daemon=True
         )
         self._drain.start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._watchdog = threading.Timer(budget_s, self.proc.kill)
+        self._watchdog.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # not ours (a library's print)
+            if not isinstance(msg, dict):
+                continue
+            event = msg.get("event")
+            if event in ("measuring", "measured"):
+                self._cpu[event] = cpu_seconds(self.server_pids)
+            elif "scheduled" in msg:
+                self._result = msg
 
     def wait(self, name: str) -> OpenLoad:
         proc = self.proc
-        assert proc.stdout is not None
-        watchdog = threading.Timer(self.budget_s, proc.kill)
-        watchdog.start()
-        cpu: dict[str, float] = {}
-        result: dict[str, Any] | None = None
         try:
-            for line in proc.stdout:
-                try:
-                    msg = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # not ours (a library's print)
-                if not isinstance(msg, dict):
-                    continue
-                event = msg.get("event")
-                if event in ("measuring", "measured"):
-                    cpu[event] = cpu_seconds(self.server_pids)
-                elif "scheduled" in msg:
-                    result = msg
             code = proc.wait()
+            self._reader.join(10)
         finally:
-            watchdog.cancel()
+            self._watchdog.cancel()
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
             self._drain.join(5)
+        result, cpu = self._result, self._cpu
         if code != 0 or result is None or len(cpu) != 2:
             tail = "".join(self._stderr[-30:])
             killed = f", killed after {self.budget_s:.0f} s" if code < 0 else ""

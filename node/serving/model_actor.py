@@ -89,6 +89,13 @@ batch took on the device worker)."""
 
 PIPELINE_DEPTH = 2  # batches handed to the device at once: one running, one ready
 PIPELINE_MAX_BATCH_S = 0.004  # ...while batches are this quick; slower ones go one at a time
+# ...unless a full batch is already queued (a backlog: overload). Then the next batch is
+# closed shortly before the running one is expected to end and queued behind it, so the
+# device does not wait for a busy event loop between batches. How shortly: this much,
+# plus twice how late the loop has been waking the actor lately (an average), at most
+# half a batch.
+PIPELINE_LEAD_S = 0.001
+LAG_WEIGHT = 0.2
 
 
 def _observe(cost: BatchCostModel, size: int, done: asyncio.Future[float]) -> None:
@@ -115,6 +122,8 @@ class ModelActor(Actor[Job]):
         # Device time per batch, fitted as batches finish; shared with whoever passes it
         # in (the node sheds by it), and kept across restarts of the actor.
         self.cost = cost if cost is not None else BatchCostModel()
+        self.lag_s = 0.0
+        """How late the event loop has lately woken this actor (seconds, an average)."""
 
     async def next_batch(self, mailbox: Mailbox[Job]) -> list[Envelope[Job]]:
         """Block for a first request, take whatever is already queued (up to the max size),
@@ -138,19 +147,18 @@ class ModelActor(Actor[Job]):
     async def run(self, mailbox: Mailbox[Job]) -> None:
         """Batches flow through a two-deep pipeline: while the device runs batch N, the
         actor closes batch N+1 and queues it on the device's worker, so the device never
-        waits for the event loop between batches. Results are delivered as each batch
-        completes. A failing batch fails its own requests only."""
+        waits for the event loop between batches. For a slow model (a batch longer than a
+        trip through the loop) that happens only when a full batch is queued, shortly
+        before batch N is expected to end (see ``PIPELINE_LEAD_S``): below that, a batch
+        closed early would hold its requests back and take none that arrive meanwhile.
+        Results are delivered as each batch completes. A failing batch fails its own
+        requests only."""
         loop = asyncio.get_running_loop()
-        running: collections.deque[asyncio.Future[float]] = collections.deque()
+        # Each batch handed to the device: its future, and when it is expected to end.
+        running: collections.deque[tuple[asyncio.Future[float], float]] = collections.deque()
         try:
             while True:
-                # Pipelining pays when a batch is as quick as a trip through the loop; for
-                # a slow model a batch closed early only holds its requests back a whole
-                # batch and takes none that arrive meanwhile, so it waits for the device.
-                depth = PIPELINE_DEPTH if self._quick() else 1
-                while len(running) >= depth:
-                    await asyncio.wait({running[0]})
-                    running.popleft()
+                await self._wait_for_device(mailbox, running)
                 batch = await self.next_batch(mailbox)
                 now = loop.time()
                 live: list[Envelope[Job]] = []
@@ -176,10 +184,47 @@ class ModelActor(Actor[Job]):
                 )
                 done.add_done_callback(functools.partial(self._deliver, live, slots))
                 done.add_done_callback(functools.partial(_observe, self.cost, len(slots)))
-                running.append(done)
+                starts = max(now, running[-1][1]) if running else now
+                running.append((done, starts + self.cost.batch_seconds(len(slots))))
         finally:
             if running:  # stopping: let what the device already has finish and answer
-                await asyncio.wait(set(running))
+                await asyncio.wait({done for done, _ in running})
+
+    async def _wait_for_device(
+        self,
+        mailbox: Mailbox[Job],
+        running: collections.deque[tuple[asyncio.Future[float], float]],
+    ) -> None:
+        """Return when the next batch should be closed: the device has fewer than
+        ``PIPELINE_DEPTH`` batches and, for a slow model, is free, or a full batch is
+        queued and the running batch is about to end."""
+        loop = asyncio.get_running_loop()
+        while running:
+            done, ends = running[0]
+            if done.done():
+                running.popleft()
+                continue
+            if len(running) >= PIPELINE_DEPTH:
+                await asyncio.wait({done})
+                continue
+            if self._quick():
+                return
+            target = ends - self._lead_s()
+            delay = target - loop.time()
+            if delay > 0:
+                await asyncio.wait({done}, timeout=delay)
+                if done.done():
+                    continue
+                late = max(0.0, loop.time() - target)
+                self.lag_s += LAG_WEIGHT * (late - self.lag_s)
+            if mailbox.qsize() >= self.policy.max_batch_size:
+                return  # a backlog: queue a full batch behind the running one
+            await asyncio.wait({done})
+
+    def _lead_s(self) -> float:
+        """How long before the running batch's expected end the next one is closed."""
+        half = self.cost.batch_seconds(self.policy.max_batch_size) / 2.0
+        return min(half, PIPELINE_LEAD_S + 2.0 * self.lag_s)
 
     def _quick(self) -> bool:
         """Whether a full batch is expected to take under ``PIPELINE_MAX_BATCH_S`` (or
