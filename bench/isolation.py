@@ -1,6 +1,6 @@
 """Benchmark: does a flood on one objective hurt another objective on the same model?
 
-    python -m bench.isolation [--duration 15] [--a-limit SHARE] [--rows 512]
+    python -m bench.isolation [--duration 15] [--a-limit SHARE] [--rows 1024]
 
 The hard case of ``bench.overload``: one standalone node process serves its CPU-bound
 ``bench@1`` (a 4-layer MLP over ``--rows`` candidates per request, one torch thread)

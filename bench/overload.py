@@ -1,7 +1,7 @@
 """Benchmark: goodput and latency of one node, CPU-bound, offered 1x, 2x, 5x and 10x its
 capacity by a grpcio client in its own process.
 
-    python -m bench.overload [--step-s 15] [--rows 512] [--cpu-threads 1]
+    python -m bench.overload [--step-s 15] [--rows 1024] [--cpu-threads 1]
 
 The hard case: the model does real CPU work and the node saturates its cores. One
 standalone node process (``--cpu-threads 1``: one torch thread, the other core left to
@@ -108,7 +108,7 @@ class Bench(Workflow):
 class ModelSpec:
     """The CPU-bound model and its batching policy."""
 
-    rows: int = 512  # candidates scored per request
+    rows: int = 1024  # candidates scored per request
     hidden: int = 256
     layers: int = 4
     max_batch_size: int = 8
