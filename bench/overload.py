@@ -226,14 +226,18 @@ def bench_node(
 
 
 def measure_capacity(
-    node: BenchNode, objective: str, spec: ModelSpec, duration_s: float = 8.0
+    node: BenchNode,
+    objective: str,
+    spec: ModelSpec,
+    duration_s: float = 8.0,
+    warmup_s: float = WARMUP_S,
 ) -> LoadRun:
     """Requests/s at saturation: a grpcio closed loop with three batches' worth in flight
     (one running, two queued, so every batch closes full at once), well inside the queue
     budget so nothing is shed. Its ``rps`` is the capacity; errors are reported."""
     return run_load(
         [node.target], server_pids=[node.pid], payloads=node.payloads[objective],
-        concurrency=3 * spec.max_batch_size, duration_s=duration_s, warmup_s=WARMUP_S,
+        concurrency=3 * spec.max_batch_size, duration_s=duration_s, warmup_s=warmup_s,
         timeout_s=DEADLINE_S,
     )  # fmt: skip
 
@@ -350,13 +354,19 @@ class Step:
 
 
 def open_step(
-    label: str, node: BenchNode, objective: str, rate_per_s: float, duration_s: float, seed: int
+    label: str,
+    node: BenchNode,
+    objective: str,
+    rate_per_s: float,
+    duration_s: float,
+    seed: int,
+    warmup_s: float = WARMUP_S,
 ) -> Step:
     meter = Meter(node)
     meter.start()
     load = run_open_load(
         [node.target], node.payloads[objective], rate_per_s=rate_per_s, duration_s=duration_s,
-        name=label, server_pids=[node.pid], warmup_s=WARMUP_S, deadline_s=DEADLINE_S,
+        name=label, server_pids=[node.pid], warmup_s=warmup_s, deadline_s=DEADLINE_S,
         channels=CHANNELS, seed=seed,
     )  # fmt: skip
     return Step(label, load, meter.stop())
@@ -434,14 +444,22 @@ def cost_table(steps: list[Step]) -> Table:
     return table
 
 
-def run(spec: ModelSpec, step_s: float) -> tuple[LoadRun, list[Step]]:
+def run(
+    spec: ModelSpec,
+    step_s: float,
+    *,
+    steps: tuple[float, ...] = STEPS,
+    capacity_s: float = 8.0,
+    warmup_s: float = WARMUP_S,
+) -> tuple[LoadRun, list[Step]]:
+    """Measure the capacity, then offer each of ``steps`` times it for ``step_s``."""
     with bench_node(spec, {"bench": None}) as node:
-        cap = measure_capacity(node, "bench", spec)
-        steps = [
-            open_step(f"{x:g}x", node, "bench", x * cap.rps, step_s, seed=i)
-            for i, x in enumerate(STEPS)
+        cap = measure_capacity(node, "bench", spec, capacity_s, warmup_s)
+        out = [
+            open_step(f"{x:g}x", node, "bench", x * cap.rps, step_s, i, warmup_s)
+            for i, x in enumerate(steps)
         ]
-    return cap, steps
+    return cap, out
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
