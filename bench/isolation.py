@@ -1,9 +1,10 @@
 """Benchmark: does a flood on one objective hurt another objective on the same model?
 
-    python -m bench.isolation [--duration 15] [--a-limit SHARE] [--rows 1024]
+    python -m bench.isolation [--duration 8] [--rounds 3] [--a-limit SHARE] [--rows 1024]
 
 The hard case of ``bench.overload``: one standalone node process serves its CPU-bound
-``bench@1`` (a 4-layer MLP over ``--rows`` candidates per request, one torch thread)
+``bench@1`` (a 4-layer MLP over ``--rows`` candidates per request, one torch thread,
+TorchScript unless ``--eager``)
 through two objectives that both route to it, with **no limits** on either:
   flood   (A): no ``[limits]`` (``--a-limit SHARE`` gives it ``rate_per_s`` at SHARE of
           the measured capacity, to compare);
@@ -11,7 +12,8 @@ through two objectives that both route to it, with **no limits** on either:
 Fair queues (the model's mailbox takes one request from each objective in turn) and
 the node's shedding (queue budget, deadlines) are all that protects B.
 The node's capacity is measured first (grpcio closed loop on B). Then, open loop,
-Poisson arrivals, 1 s deadlines, ``--duration`` seconds per phase after 2 s of warm-up:
+Poisson arrivals, 1 s deadlines, ``--duration`` seconds per phase after 2 s of warm-up,
+the three phases in turn ``--rounds`` times, each phase's rounds merged:
   B alone         B at 30 % of capacity, nothing else (reference);
   without flood   A at 30 % of capacity, B at 30 %;
   with flood      A at 10x capacity, B at 30 %.
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 from rich.console import Console
@@ -46,6 +49,7 @@ from bench.overload import (
     bench_node,
     capacity_line,
     measure_capacity,
+    merge_steps,
     spec_of,
     step_table,
     usage_table,
@@ -87,8 +91,11 @@ def phase(
 
 
 def run(
-    spec: ModelSpec, duration_s: float, a_limit: float | None
-) -> tuple[LoadRun, float | None, list[dict[str, Step]]]:
+    spec: ModelSpec, duration_s: float, a_limit: float | None, rounds: int = 1
+) -> tuple[LoadRun, float | None, list[dict[str, Step]], list[float]]:
+    """The capacity, then the three phases in turn ``rounds`` times (a shared machine's
+    changing load falls on every phase alike), each phase's rounds merged; also each
+    round's B p99 with / without the flood."""
     a_rate: float | None = None
     if a_limit is not None:  # the limit needs the capacity: measure it on a first node
         with bench_node(spec, {A: None, B: None}) as probe:
@@ -102,10 +109,22 @@ def run(
             ("without flood", {A: steady, B: steady}),
             ("with flood", {A: FLOOD_X * cap.rps, B: steady}),
         ]
-        out = [
-            phase(label, node, rates, duration_s, seed=i) for i, (label, rates) in enumerate(phases)
+        per_round = [
+            [
+                phase(label, node, rates, duration_s, seed=k * 10 + i)
+                for i, (label, rates) in enumerate(phases)
+            ]
+            for k in range(rounds)
         ]
-    return cap, a_rate, out
+    merged = [
+        {obj: merge_steps(f"{label}: {TAG[obj]}", [r[i][obj] for r in per_round]) for obj in rates}
+        for i, (label, rates) in enumerate(phases)
+    ]
+    ratios = [
+        r[2][B].result.p99_ms / r[1][B].result.p99_ms if r[1][B].result.p99_ms else float("nan")
+        for r in per_round
+    ]
+    return cap, a_rate, merged, ratios
 
 
 def b_table(phases: list[dict[str, Step]]) -> Table:
@@ -128,6 +147,7 @@ def report(
     spec: ModelSpec,
     a_rate: float | None,
     phases: list[dict[str, Step]],
+    ratios: Sequence[float] = (),
 ) -> float:
     """Print the tables; return B's p99 with / without the flood."""
     console.print(f"{capacity_line(capacity, spec)} (on B)")
@@ -136,7 +156,8 @@ def report(
     else:
         console.print(f"A's limit: rate_per_s = {a_rate:g} ({a_rate / capacity.rps:.0%})")
     steps = [s for p in phases for s in p.values()]
-    console.print(step_table("open loop, Poisson arrivals, per phase", steps))
+    rounds = f", {len(ratios)} rounds merged" if len(ratios) > 1 else ""
+    console.print(step_table(f"open loop, Poisson arrivals, per phase{rounds}", steps))
     per_phase = [replace(p[B], label=p[B].label.split(":")[0]) for p in phases]
     console.print(
         usage_table("the node and the machine during each phase (client CPU: B's)", per_phase)
@@ -153,6 +174,10 @@ def report(
         f"B errors with flood: {flood.error_count} of {flood.scheduled} "
         f"({flood.error_rate:.2%}, target ~0)"
     )
+    if len(ratios) > 1:
+        console.print(
+            "B p99 with / without flood, per round: " + ", ".join(f"{r:.2f}" for r in ratios)
+        )
     alone = phases[0][B].result
     if alone.p99_ms:
         console.print(f"B p99 with flood / B alone: {flood.p99_ms / alone.p99_ms:.2f} (reference)")
@@ -161,7 +186,8 @@ def report(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds per phase")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per phase")
+    parser.add_argument("--rounds", type=int, default=3, help="times every phase is run")
     parser.add_argument(
         "--a-limit", type=float, default=None,
         help="give A a rate limit at this share of capacity (default: no limit)",
@@ -171,8 +197,8 @@ def main() -> None:
     spec = spec_of(args)
     console = Console(width=max(Console().width, 120))
     console.print(f"machine: {os.cpu_count()} CPUs; model: {spec.describe()}")
-    capacity, a_rate, phases = run(spec, args.duration, args.a_limit)
-    report(console, capacity, spec, a_rate, phases)
+    capacity, a_rate, phases, ratios = run(spec, args.duration, args.a_limit, args.rounds)
+    report(console, capacity, spec, a_rate, phases, ratios)
 
 
 if __name__ == "__main__":

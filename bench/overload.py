@@ -1,16 +1,18 @@
 """Benchmark: goodput and latency of one node, CPU-bound, offered 1x, 2x, 5x and 10x its
 capacity by a grpcio client in its own process.
 
-    python -m bench.overload [--step-s 15] [--rows 1024] [--cpu-threads 1]
+    python -m bench.overload [--step-s 8] [--rounds 3] [--rows 1024] [--eager]
 
 The hard case: the model does real CPU work and the node saturates its cores. One
 standalone node process (``--cpu-threads 1``: one torch thread, the other core left to
 the event loop and the client) serves a generated ``bench@1`` workflow through the
 objective ``bench`` (no admission limits: the node's queue budget,
 ``NodeConfig.max_queue_wait_s``, and deadline shedding do the work). The model scores
-``--rows`` candidates per request with a 4-layer MLP (256 wide): a batch of 8 takes some
-20 ms of one core, ~3 ms of CPU per request, an order of magnitude above the transport's
-~0.25 ms, so the model, not the transport, bounds the capacity.
+``--rows`` candidates per request with a 4-layer MLP (256 wide), as TorchScript (one
+call from Python per batch; ``--eager`` runs it op by op, taking the GIL back after
+each): a batch of 8 takes ~55 ms of one core, ~7 ms of CPU per request, some 25x the
+transport's ~0.3 ms, so the model, not the transport, bounds the capacity, and 10x the
+capacity (~1 400 requests/s) is a rate one grpcio client process sends on time.
 
 The load comes from grpcio (C-core) generator processes (``bench.grpcio_load`` and
 ``bench.grpcio_open_loop``), so the client is not the bottleneck and its CPU is apart
@@ -18,12 +20,14 @@ from the node's. Capacity is measured with a closed loop (three batches' worth i
 so every batch closes full, well inside the queue budget); then an open loop (Poisson
 arrivals, 1 s deadline counted from each request's scheduled send time, latency from
 that time too) offers 1x, 2x, 5x and 10x that capacity for ``--step-s`` seconds each
-after 2 s of warm-up. Printed per step: offered, sent, goodput (successful requests/s),
-p50/p99 of the successes, errors by gRPC status; what the node did: its shed counters by
-reason, mean batch size, how busy the model was (its worker's time per batch), the CPU
-of the node and of the client over the measured window, the CPU of every other process
-on the (shared) machine; and the node's CPU per answered request and per refusal (the
-refusals' CPU estimated against the 1x step).
+after 2 s of warm-up, all four in turn ``--rounds`` times (a shared machine's changing
+load then falls on every step alike), each step's rounds merged. Printed per step:
+offered, sent, goodput (successful requests/s), p50/p99/max of the successes, errors by
+gRPC status; what the node did: its shed counters by reason, mean batch size, how busy
+the model was (its worker's time in batches), the CPU of the node and of the client over
+the measured windows, the CPU of every other process on the (shared) machine; and the
+node's CPU per answered request and per refusal (the refusals' CPU estimated against the
+1x step).
 Targets: goodput at 10x >= 80 % of goodput at 1x; every answer within the 1 s deadline.
 
 ``bench.isolation`` reuses the package, node, load and table helpers defined here.
@@ -38,7 +42,7 @@ import re
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,12 +72,27 @@ BENCH_WORKFLOW = '''
 
 Each request scores ``rows`` fixed candidates (scaled by its input ``x``) with an MLP and
 answers the best score: a batch of n requests is one (n * rows) x hidden matrix through
-the network, so the work grows with the batch, as a ranking model's does.
+the network, so the work grows with the batch, as a ranking model's does. With
+``script = true`` the network runs as TorchScript (one call from Python per batch, the
+GIL released throughout), else eagerly (the GIL taken back after every op).
 """
 import numpy as np
 import torch
 
 from shardline.workflows.sdk import Workflow, get_float, load_module, mlp
+
+
+class Ranker(torch.nn.Module):
+    def __init__(self, net, candidates):
+        super().__init__()
+        self.net = net
+        self.candidates = candidates  # rows x hidden
+
+    def forward(self, scale: torch.Tensor) -> torch.Tensor:
+        rows = self.candidates.shape[0]
+        hidden = self.candidates.shape[1]
+        x = (self.candidates.unsqueeze(0) * scale.view(-1, 1, 1)).reshape(-1, hidden)
+        return self.net(x).view(scale.shape[0], rows).max(dim=1).values
 
 
 class Bench(Workflow):
@@ -83,18 +102,16 @@ class Bench(Workflow):
         layers = int(self.params["layers"])
         with torch.device("meta"):
             net = mlp([hidden] * (layers + 1) + [1])
-        self.net = load_module(net, weights, "net.", device)
-        self.candidates = weights["candidates"].to(device)  # rows x hidden
+        net = load_module(net, weights, "net.", device)
+        ranker = Ranker(net, weights["candidates"].to(device)).eval()
+        self.ranker = torch.jit.script(ranker) if self.params["script"] else ranker
 
     def preprocess(self, context, inputs):
         return get_float(inputs, "x", -1e6, 1e6)
 
     def forward(self, batch):
-        scale = torch.tensor(batch, dtype=torch.float32, device=self.device).view(-1, 1, 1)
-        rows, hidden = self.candidates.shape
-        x = (self.candidates.unsqueeze(0) * scale).reshape(-1, hidden)
-        scores = self.net(x).view(len(batch), rows)
-        return scores.max(dim=1).values.tolist()
+        scale = torch.tensor(batch, dtype=torch.float32, device=self.device)
+        return self.ranker(scale).tolist()
 
     def postprocess(self, context, inputs, raw):
         return {"y": np.float32(raw)}
@@ -115,12 +132,13 @@ class ModelSpec:
     max_delay_ms: float = 2.0
     queue_capacity: int = 1024
     cpu_threads: int = 1  # the node's torch threads (--cpu-threads)
+    script: bool = True  # TorchScript (one GIL release per batch) or eager
 
     def describe(self) -> str:
         return (
             f"MLP {self.layers} x {self.hidden} over {self.rows} candidates per request, "
             f"max_batch_size {self.max_batch_size}, max_delay_ms {self.max_delay_ms:g}, "
-            f"{self.cpu_threads} torch thread(s)"
+            f"{self.cpu_threads} torch thread(s), {'TorchScript' if self.script else 'eager'}"
         )
 
 
@@ -164,6 +182,7 @@ def make_bench_package(root: Path, spec: ModelSpec) -> Path:
             [params]
             hidden = {spec.hidden}
             layers = {spec.layers}
+            script = {str(spec.script).lower()}
             """
         )
     )
@@ -353,6 +372,52 @@ class Step:
         return self.load.result
 
 
+def merge_steps(label: str, steps: list[Step]) -> Step:
+    """One step from the same step's rounds: counts, errors and latencies pooled, the
+    time summed (goodput is the mean over the rounds), CPU and node figures averaged."""
+    rs = [s.result for s in steps]
+    errors: dict[str, int] = {}
+    for r in rs:
+        for k, v in r.errors.items():
+            errors[k] = errors.get(k, 0) + v
+    result = OpenLoopResult(
+        name=label,
+        offered_per_s=sum(r.offered_per_s for r in rs) / len(rs),
+        seconds=sum(r.seconds for r in rs),
+        scheduled=sum(r.scheduled for r in rs),
+        sent=sum(r.sent for r in rs),
+        ok=sum(r.ok for r in rs),
+        errors=errors,
+        latencies_ms=tuple(x for r in rs for x in r.latencies_ms),
+        max_lag_ms=max(r.max_lag_ms for r in rs),
+    )
+    loads = [s.load for s in steps]
+    load = OpenLoad(
+        result=result,
+        server_cpu_s=sum(ld.server_cpu_s for ld in loads),
+        client_cpu_s=sum(ld.client_cpu_s for ld in loads),
+        window_s=sum(ld.window_s for ld in loads),
+        first_error=next((ld.first_error for ld in loads if ld.first_error), None),
+    )
+    us = [s.usage for s in steps]
+    n = len(us)
+    shed: dict[str, float] = {}
+    for u in us:
+        for reason, count in u.shed.items():
+            shed[reason] = shed.get(reason, 0.0) + count
+    batches = sum(u.batches for u in us)
+    usage = Usage(
+        machine_cpu=sum(u.machine_cpu for u in us) / n,
+        node_wait=sum(u.node_wait for u in us) / n,
+        shed=shed,
+        batches=batches,
+        mean_batch=sum(u.mean_batch * u.batches for u in us) / batches if batches else 0.0,
+        model_busy=sum(u.model_busy for u in us) / n,
+        batch_ms=sum(u.batch_ms * u.batches for u in us) / batches if batches else 0.0,
+    )
+    return Step(label, load, usage)
+
+
 def open_step(
     label: str,
     node: BenchNode,
@@ -449,17 +514,29 @@ def run(
     step_s: float,
     *,
     steps: tuple[float, ...] = STEPS,
+    rounds: int = 1,
     capacity_s: float = 8.0,
     warmup_s: float = WARMUP_S,
-) -> tuple[LoadRun, list[Step]]:
-    """Measure the capacity, then offer each of ``steps`` times it for ``step_s``."""
+) -> tuple[LoadRun, list[Step], list[float]]:
+    """Measure the capacity, then offer each of ``steps`` times it for ``step_s``, all
+    the steps in turn ``rounds`` times (so a shared machine's changing load falls on
+    every step alike); each step's rounds are merged (``merge_steps``). Also returns each
+    round's goodput at the last step over the first."""
     with bench_node(spec, {"bench": None}) as node:
         cap = measure_capacity(node, "bench", spec, capacity_s, warmup_s)
-        out = [
-            open_step(f"{x:g}x", node, "bench", x * cap.rps, step_s, i, warmup_s)
-            for i, x in enumerate(steps)
+        per_round = [
+            [
+                open_step(f"{x:g}x", node, "bench", x * cap.rps, step_s, k * 10 + i, warmup_s)
+                for i, x in enumerate(steps)
+            ]
+            for k in range(rounds)
         ]
-    return cap, out
+    merged = [merge_steps(f"{x:g}x", [r[i] for r in per_round]) for i, x in enumerate(steps)]
+    ratios = [
+        r[-1].result.goodput / r[0].result.goodput if r[0].result.goodput else float("nan")
+        for r in per_round
+    ]
+    return cap, merged, ratios
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -469,16 +546,31 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cpu-threads", type=int, default=d.cpu_threads, help="the node's torch threads"
     )
+    parser.add_argument(
+        "--eager", action="store_true", help="run the model eagerly, not as TorchScript"
+    )
 
 
 def spec_of(args: argparse.Namespace) -> ModelSpec:
-    return ModelSpec(rows=args.rows, max_batch_size=args.max_batch, cpu_threads=args.cpu_threads)
+    return ModelSpec(
+        rows=args.rows,
+        max_batch_size=args.max_batch,
+        cpu_threads=args.cpu_threads,
+        script=not args.eager,
+    )
 
 
-def report(console: Console, capacity: LoadRun, spec: ModelSpec, steps: list[Step]) -> float:
-    """Print the tables; return goodput 10x / 1x."""
+def report(
+    console: Console,
+    capacity: LoadRun,
+    spec: ModelSpec,
+    steps: list[Step],
+    ratios: Sequence[float] = (),
+) -> float:
+    """Print the tables; return goodput 10x / 1x (all rounds together)."""
     console.print(capacity_line(capacity, spec))
-    title = f"open loop, Poisson arrivals, {DEADLINE_S:g} s deadline, per step"
+    rounds = f", {len(ratios)} rounds merged" if len(ratios) > 1 else ""
+    title = f"open loop, Poisson arrivals, {DEADLINE_S:g} s deadline, per step{rounds}"
     console.print(step_table(title, steps))
     console.print(usage_table("the node and the machine during each step", steps))
     console.print(cost_table(steps))
@@ -490,19 +582,24 @@ def report(console: Console, capacity: LoadRun, spec: ModelSpec, steps: list[Ste
         f"{'met' if good >= 0.8 else 'MISSED'}; answers past the {DEADLINE_S:g} s deadline: "
         f"{late} (target 0)"
     )
+    if len(ratios) > 1:
+        console.print(
+            "goodput last / first step, per round: " + ", ".join(f"{r:.2f}" for r in ratios)
+        )
     return good
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--step-s", type=float, default=15.0, help="seconds per load step")
+    parser.add_argument("--step-s", type=float, default=8.0, help="seconds per load step")
+    parser.add_argument("--rounds", type=int, default=3, help="times every step is run")
     add_model_args(parser)
     args = parser.parse_args()
     spec = spec_of(args)
     console = Console(width=max(Console().width, 120))
     console.print(f"machine: {os.cpu_count()} CPUs; model: {spec.describe()}")
-    capacity, steps = run(spec, args.step_s)
-    report(console, capacity, spec, steps)
+    capacity, steps, ratios = run(spec, args.step_s, rounds=args.rounds)
+    report(console, capacity, spec, steps, ratios)
 
 
 if __name__ == "__main__":

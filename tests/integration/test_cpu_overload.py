@@ -18,9 +18,9 @@ EXPECTED = {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", CLIENT_OVERRUN}
 
 def test_overload_bench_reports_goodput_and_only_overload_errors() -> None:
     spec = ModelSpec()  # the bench's own model: ~8 ms of CPU a request, 10x ~1 000/s
-    capacity, steps = run(spec, 2.0, steps=(1.0, 10.0), capacity_s=2.0, warmup_s=0.5)
+    capacity, steps, ratios = run(spec, 2.0, steps=(1.0, 10.0), capacity_s=2.0, warmup_s=0.5)
     assert capacity.rps > 0 and not capacity.errors, capacity.first_error
-    assert [s.label for s in steps] == ["1x", "10x"]
+    assert [s.label for s in steps] == ["1x", "10x"] and len(ratios) == 1
     assert steps[0].result.ok > 0, (steps[0].result.errors, steps[0].load.first_error)
     for s in steps:
         r = s.result
@@ -29,6 +29,6 @@ def test_overload_bench_reports_goodput_and_only_overload_errors() -> None:
         assert s.load.server_cpu_s > 0 and s.load.client_cpu_s > 0
     assert steps[-1].result.offered_per_s > 5 * steps[0].result.offered_per_s
     out = io.StringIO()
-    report(Console(file=out, width=160), capacity, spec, steps)
+    report(Console(file=out, width=160), capacity, spec, steps, ratios)
     text = out.getvalue()
     assert "goodput 10x / 1x" in text and "CPU/refusal" in text

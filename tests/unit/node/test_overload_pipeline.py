@@ -17,8 +17,9 @@ from shardline.node.serving.model_actor import PIPELINE_DEPTH, Job, ModelActor, 
 from shardline.workflows.batching import BatchPolicy
 from shardline.workflows.devices import DeviceExecutors
 from shardline.workflows.loader import LoadedWorkflow
+from shardline.workflows.manifest import WorkflowManifest
 from shardline.workflows.sdk import StaticContext
-from tests.unit.node.test_model_actor import MANIFEST, Doubler, WorkflowManifest, job
+from tests.unit.node.test_model_actor import MANIFEST, Doubler, job
 
 
 class Recorder(Doubler):
