@@ -173,3 +173,59 @@ async def test_fair_mailbox_takes_a_flow_out_of_turn_and_puts_back_at_its_head()
     assert not arrival.done()
     mb.put_nowait(Envelope(("b", 2), enqueued_at=loop.time()))
     assert arrival.done()
+
+
+def _actor_with_cost(base_s: float, per_item_s: float) -> ModelActor:
+    wf = Doubler(WorkflowManifest.from_dict(MANIFEST))
+    loaded = LoadedWorkflow(wf.manifest, wf, Path("."), torch.device("cpu"))
+    actor = ModelActor(loaded, DeviceExecutors(), BatchPolicy(8, 0.0))
+    for size in (1, 8, 4, 8, 2, 8):
+        actor.cost.observe(size, base_s + per_item_s * size)
+    return actor
+
+
+def test_batches_shrink_while_several_flows_ask_as_far_as_the_cost_allows() -> None:
+    """One flow: full batches. Two flows within the window: the smallest batch keeping
+    90 % of a full batch's throughput (per-item cost dominating: 2; a large base: 7).
+    A flow silent for longer than the window no longer counts."""
+    per_item = _actor_with_cost(0.001, 0.010)
+    per_item._flow_seen = {"a": 10.0}
+    assert per_item.batch_limit(10.0) == 8
+    per_item._flow_seen = {"a": 10.0, "b": 9.5}
+    assert per_item.batch_limit(10.0) == 2
+    assert per_item.batch_limit(10.6) == 8  # b last asked 1.1 s ago
+    based = _actor_with_cost(0.040, 0.005)
+    based._flow_seen = {"a": 10.0, "b": 10.0}
+    assert based.batch_limit(10.0) == 7
+
+
+async def test_a_flood_is_batched_small_while_another_flow_asks() -> None:
+    """a's backlog behind a running batch, after b asked too: a per-item-bound model
+    closes a's batches at 2, so b's next request waits for 2 of a's, not 8."""
+    system = ActorSystem("test")
+    ex = DeviceExecutors()
+    wf = Recorder(WorkflowManifest.from_dict(MANIFEST))
+    try:
+        loaded = LoadedWorkflow(wf.manifest, wf, Path("."), torch.device("cpu"))
+        actor = ModelActor(loaded, ex, BatchPolicy(8, 0.0))
+        for size in (1, 8, 4, 8):  # a per-item-bound model, known
+            actor.cost.observe(size, 0.001 + 0.01 * size)
+        ref = await system.spawn("model", lambda: actor, mailbox_size=64, fair_by=job_flow)
+        await asyncio.wait_for(
+            asyncio.gather(ref.ask(flow_job(0, "a")), ref.ask(flow_job(1, "b"))), 10
+        )
+        wf.gate = threading.Event()
+        wf.in_forward.clear()
+        wf.seen.clear()
+        running = asyncio.ensure_future(ref.ask(flow_job(2, "a")))
+        await asyncio.get_running_loop().run_in_executor(None, wf.in_forward.wait, 10)
+        flood = [asyncio.ensure_future(ref.ask(flow_job(100 + i, "a"))) for i in range(6)]
+        await asyncio.sleep(0)
+        wf.gate.set()
+        await asyncio.wait_for(asyncio.gather(running, *flood), 20)
+        assert [len(b) for b in wf.seen] == [1, 2, 2, 2]
+    finally:
+        if wf.gate is not None:
+            wf.gate.set()
+        await system.shutdown(timeout_s=5)
+        ex.shutdown()
