@@ -253,13 +253,6 @@ class BatchCostModel:
         base = max(0.0, self._b - per_item * self._n)
         return base, per_item
 
-    @property
-    def size_spread(self) -> float:
-        """The standard deviation of the batch sizes seen lately: below ~0.5 the batches
-        were (nearly) all one size, and base and per-item cost cannot be told apart (the
-        fit then puts it all on the items)."""
-        return math.sqrt(max(0.0, self._nn - self._n * self._n)) if self.samples else 0.0
-
     def batch_seconds(self, size: int) -> float:
         base, per_item = self.coefficients()
         return base + per_item * size

@@ -118,12 +118,10 @@ LAG_WEIGHT = 0.2
 # While several flows (objectives) have asked within ``SHARED_WINDOW_S``, batches are as
 # small as keep this share of a full batch's throughput (by the fitted batch cost): a
 # request of a flow that is not flooding then waits for a shorter batch ahead of it and
-# rides in a shorter one. Never below ``SHARED_MIN_BATCH``; only once the batch sizes
-# seen have varied enough to tell the base cost from the per-item cost.
+# rides in a shorter one. Never below ``SHARED_MIN_BATCH``.
 SHARED_EFFICIENCY = 0.9
 SHARED_WINDOW_S = 1.0
 SHARED_MIN_BATCH = 2
-SHARED_MIN_SPREAD = 0.5  # batch sizes seen must vary this much to tell base from per item
 
 
 class ModelActor(Actor[Job]):
@@ -160,8 +158,8 @@ class ModelActor(Actor[Job]):
             if now - t > SHARED_WINDOW_S:
                 del seen[flow]
         base, per_item = self.cost.coefficients()
-        if len(seen) < 2 or base + per_item <= 0 or self.cost.size_spread < SHARED_MIN_SPREAD:
-            return limit  # one flow, or no telling what a smaller batch would cost
+        if len(seen) < 2 or base + per_item <= 0:
+            return limit
         full = limit / (base + per_item * limit)
         for n in range(min(SHARED_MIN_BATCH, limit), limit):
             if n / (base + per_item * n) >= SHARED_EFFICIENCY * full:

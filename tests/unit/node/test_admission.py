@@ -305,14 +305,3 @@ def test_batch_cost_model_ignores_bad_samples() -> None:
     assert model.samples == 0
     with pytest.raises(ValueError, match="alpha"):
         BatchCostModel(alpha=0.0)
-
-
-def test_batch_cost_model_size_spread_tells_whether_base_and_per_item_are_known() -> None:
-    model = BatchCostModel()
-    assert model.size_spread == 0.0
-    for _ in range(20):
-        model.observe(8, 0.08)  # always full batches: base and per-item cost confounded
-    assert model.size_spread < 0.5
-    for size in (1, 8, 2, 8, 4, 8):
-        model.observe(size, 0.04 + 0.005 * size)
-    assert model.size_spread > 0.5
