@@ -115,13 +115,6 @@ PIPELINE_MAX_BATCH_S = 0.004  # ...while batches are this quick; slower ones go 
 # half a batch.
 PIPELINE_LEAD_S = 0.001
 LAG_WEIGHT = 0.2
-# While several flows (objectives) have asked within ``SHARED_WINDOW_S``, batches are as
-# small as keep this share of a full batch's throughput (by the fitted batch cost): a
-# request of a flow that is not flooding then waits for a shorter batch ahead of it and
-# rides in a shorter one. Never below ``SHARED_MIN_BATCH``.
-SHARED_EFFICIENCY = 0.9
-SHARED_WINDOW_S = 1.0
-SHARED_MIN_BATCH = 2
 
 
 class ModelActor(Actor[Job]):
@@ -145,34 +138,14 @@ class ModelActor(Actor[Job]):
         self.cost = cost if cost is not None else BatchCostModel()
         self.lag_s = 0.0
         """How late the event loop has lately woken this actor (seconds, an average)."""
-        self._flow_seen: dict[Hashable, float] = {}  # flow -> when last batched (loop clock)
-
-    def batch_limit(self, now: float) -> int:
-        """The largest batch to close now: the policy's, or while several flows have
-        asked lately, the smallest that keeps ``SHARED_EFFICIENCY`` of its throughput."""
-        limit = self.policy.max_batch_size
-        seen = self._flow_seen
-        if len(seen) < 2:
-            return limit
-        for flow, t in list(seen.items()):
-            if now - t > SHARED_WINDOW_S:
-                del seen[flow]
-        base, per_item = self.cost.coefficients()
-        if len(seen) < 2 or base + per_item <= 0:
-            return limit
-        full = limit / (base + per_item * limit)
-        for n in range(min(SHARED_MIN_BATCH, limit), limit):
-            if n / (base + per_item * n) >= SHARED_EFFICIENCY * full:
-                return n
-        return limit
 
     async def next_batch(self, mailbox: Mailbox[Job]) -> list[Envelope[Job]]:
         """Block for a first request, take whatever is already queued (up to the max size),
         then wait for more only while the policy keeps the batch open."""
         first = await mailbox.get()
         batch = [first]
+        limit = self.policy.max_batch_size
         loop = asyncio.get_running_loop()
-        limit = self.batch_limit(loop.time())
         while len(batch) < limit:
             env = mailbox.get_nowait()
             if env is None:
@@ -207,8 +180,6 @@ class ModelActor(Actor[Job]):
                 live = [env for env in batch if self._live(env, now)]
                 if not live:
                     continue
-                for env in live:
-                    self._flow_seen[env.message.flow] = now
                 slots = [self._slot(env, now) for env in live]
                 starts = max(now, running[-1].ends) if running else now
                 staged = _Batch(live, slots, starts + self.cost.batch_seconds(len(slots)))
@@ -261,7 +232,7 @@ class ModelActor(Actor[Job]):
                     continue
                 late = max(0.0, loop.time() - target)
                 self.lag_s += LAG_WEIGHT * (late - self.lag_s)
-            if mailbox.qsize() >= self.batch_limit(loop.time()):
+            if mailbox.qsize() >= self.policy.max_batch_size:
                 return  # a backlog: queue a full batch behind the running one
             await asyncio.wait({head.done})
 
@@ -308,7 +279,6 @@ class ModelActor(Actor[Job]):
                 mailbox.put_back(staged.envs[i])
                 staged.envs[i] = env
                 staged.slots[i] = self._slot(env, loop.time())
-                self._flow_seen[flow] = loop.time()
                 counts[biggest] -= 1
                 counts[flow] += 1
 
