@@ -1,15 +1,13 @@
 """The model actor: one per loaded workflow, its mailbox is its batch queue.
 
 The actor takes requests off its bounded mailbox, closes a batch by the
-``BatchPolicy`` (max size or max delay since the first request was enqueued; while
-several objectives ask, a smaller max size that keeps 90 % of the throughput, see
-``ModelActor.batch_limit``), drops requests whose asker gave up or whose deadline has
-passed, and hands the whole batch to its device's worker thread: per request
-``preprocess``, one batched ``forward`` under ``torch.inference_mode()``, per request
-``postprocess``. Under a backlog the next batch waits on the worker behind the running
-one (``ModelActor.run``). A bad input fails only its own request (INVALID_ARGUMENT); a
-failing ``forward`` fails that batch's requests (INTERNAL) and the actor goes on with
-the next batch.
+``BatchPolicy`` (max size or max delay since the first request was enqueued), drops
+requests whose asker gave up or whose deadline has passed, and hands the whole batch
+to its device's worker thread: per request ``preprocess``, one batched ``forward``
+under ``torch.inference_mode()``, per request ``postprocess``. Under a backlog the next
+batch waits on the worker behind the running one (``ModelActor.run``). A bad input fails
+only its own request (INVALID_ARGUMENT); a failing ``forward`` fails that batch's
+requests (INTERNAL) and the actor goes on with the next batch.
 """
 
 from __future__ import annotations
