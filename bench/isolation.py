@@ -71,8 +71,6 @@ def phase(
     the same; each step's server CPU is the node's over that generator's window)."""
     start_at = time.time() + START_DELAY_S
     budget = 120.0 + START_DELAY_S + WARMUP_S + duration_s + DEADLINE_S
-    meter = Meter(node)
-    meter.start()
     gens = {
         obj: Generator(
             command(
@@ -85,6 +83,9 @@ def phase(
         )
         for i, (obj, rate) in enumerate(rates.items())
     }  # fmt: skip
+    time.sleep(max(0.0, start_at - time.time()))  # the node's span starts with the load
+    meter = Meter(node)
+    meter.start()
     loads = {obj: g.wait(f"{label}: {TAG[obj]}") for obj, g in gens.items()}
     usage = meter.stop()
     return {obj: Step(ld.result.name, ld, usage) for obj, ld in loads.items()}
