@@ -168,6 +168,33 @@ class Mailbox(Generic[M]):
         """Next envelope, or ``None`` when empty."""
         return self._take(self._pop()) if self.qsize() else None
 
+    def arrival(self) -> asyncio.Future[None]:
+        """A future resolved at the next put (or close). Await it with others (e.g.
+        ``asyncio.wait``) and, if it did not fire, pass it to :meth:`forget_arrival`."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._getters.append(waiter)
+        return waiter
+
+    def forget_arrival(self, waiter: asyncio.Future[None]) -> None:
+        if waiter in self._getters:
+            self._getters.remove(waiter)
+
+    def flows(self) -> dict[Hashable, int]:
+        """Flow -> envelopes queued; empty for a FIFO mailbox (it knows no flows)."""
+        return {}
+
+    def get_from(self, flow: Hashable) -> Envelope[M] | None:
+        """The next envelope of ``flow`` out of turn, or ``None`` when it has none."""
+        return None
+
+    def put_back(self, env: Envelope[M]) -> None:
+        """Return an envelope taken from this mailbox and not started to the head of the
+        queue (of its flow): it is handed out next. Allowed even when full or closed (it
+        was counted when it was put); its reply stays with whoever holds it."""
+        self._in_flight.discard(env)
+        self._push_front(env)
+        self._wake_getters()
+
     def qsize(self) -> int:
         return len(self._items)
 
@@ -182,6 +209,9 @@ class Mailbox(Generic[M]):
 
     def _pop(self) -> Envelope[M]:
         return self._items.popleft()
+
+    def _push_front(self, env: Envelope[M]) -> None:
+        self._items.appendleft(env)
 
     def _drop_done(self) -> None:
         self._items = deque(e for e in self._items if not e.done)
@@ -278,6 +308,31 @@ class FairMailbox(Mailbox[M]):
             self._flows[flow] = queue  # to the back of the turn order
         self._size -= 1
         return env
+
+    def flows(self) -> dict[Hashable, int]:
+        return self.flow_depths()
+
+    def get_from(self, flow: Hashable) -> Envelope[M] | None:
+        """The next envelope of ``flow`` out of turn (the turn order is left as it is)."""
+        queue = self._flows.get(flow)
+        if not queue:
+            return None
+        env = queue.popleft()
+        if not queue:
+            del self._flows[flow]
+        self._size -= 1
+        return self._take(env)
+
+    def _push_front(self, env: Envelope[M]) -> None:
+        """Back to the head of its flow's queue; a flow with nothing queued takes the
+        first turn (the envelope had its turn already)."""
+        flow = self.flow_of(env.message)
+        queue = self._flows.get(flow)
+        if queue is None:
+            self._flows = {flow: deque([env]), **self._flows}
+        else:
+            queue.appendleft(env)
+        self._size += 1
 
     def _drop_done(self) -> None:
         for flow in list(self._flows):
