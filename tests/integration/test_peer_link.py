@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
 
 import pytest
 
 from shardline.node._proto.shardline.v1 import inference_pb2
 from shardline.node.cluster.peers import PeerPool
-from shardline.node.ops.localcluster import routing_table, wait_ready
+from shardline.node.ops.localcluster import routing_table
 from shardline.node.sdk.client import Client, PredictError, build_request
 from shardline.node.serving.peer_link import DEADLINE, HEADER, MAGIC, MAGIC_OK, REQUEST, frame
 from shardline.router.forward import AttemptFailed
-from tests.etcd_server import EtcdServer, find_etcd
-from tests.integration.test_cluster import FRAUD, Counter, register
+from tests.etcd_server import find_etcd
+from tests.integration.test_cluster import FRAUD, Counter, cluster  # noqa: F401 - the fixture
 from tests.procs import NodeProcess
 
 pytestmark = [
@@ -34,31 +33,11 @@ KEY = "payment_fraud@1"
 WAIT_S = 60.0
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[dict[str, NodeProcess]]:
-    with EtcdServer() as etcd:
-        asyncio.run(register(etcd))
-        address = f"127.0.0.1:{etcd.client_port}"
-        nodes: dict[str, NodeProcess] = {}
-        try:
-            for i in (1, 2, 3):
-                node_id = f"node-{i}"
-                nodes[node_id] = NodeProcess.start(
-                    ["--cluster", "itest", "--node-id", node_id, "--cpu-threads", "1"],
-                    etcd=address,
-                )
-            asyncio.run(wait_ready([n.target for n in nodes.values()], 60, lambda _: None))
-            yield nodes
-        finally:
-            for node in nodes.values():
-                node.stop()
-
-
-async def owners_of(cluster: dict[str, NodeProcess]) -> tuple[list[str], str]:
+async def owners_of(nodes: dict[str, NodeProcess]) -> tuple[list[str], str]:
     """The owners of ``KEY`` and a node that is not one (the ingress of a forward)."""
-    table = await routing_table(cluster["node-1"].target)
+    table = await routing_table(nodes["node-1"].target)
     owners = list(next(p.owners for p in table.placements if p.model_key == KEY))
-    others = [n for n in cluster if n not in owners]
+    others = [n for n in nodes if n not in owners]
     assert others, f"every node owns {KEY}: no forward to test"
     return owners, others[0]
 
@@ -79,7 +58,9 @@ def forward_request(user: str) -> bytes:
     return build_request("payment_fraud", FRAUD, user_id=user, model_override=KEY)
 
 
-async def test_forwards_between_nodes_use_the_link(cluster: dict[str, NodeProcess]) -> None:
+async def test_forwards_between_nodes_use_the_link(
+    cluster: dict[str, NodeProcess],  # noqa: F811 - the fixture
+) -> None:
     owners, ingress = await owners_of(cluster)
     before = sum(link_requests(cluster[o]) for o in owners)
     async with Client(cluster[ingress].target) as client:
@@ -92,7 +73,7 @@ async def test_forwards_between_nodes_use_the_link(cluster: dict[str, NodeProces
 
 
 async def test_a_real_owner_answers_the_same_over_link_and_grpc(
-    cluster: dict[str, NodeProcess],
+    cluster: dict[str, NodeProcess],  # noqa: F811 - the fixture
 ) -> None:
     owners, _ = await owners_of(cluster)
     target = cluster[owners[0]].target
@@ -122,7 +103,7 @@ async def test_a_real_owner_answers_the_same_over_link_and_grpc(
 
 
 async def test_a_hostile_frame_closes_only_its_connection(
-    cluster: dict[str, NodeProcess],
+    cluster: dict[str, NodeProcess],  # noqa: F811 - the fixture
 ) -> None:
     owners, ingress = await owners_of(cluster)
     target = cluster[owners[0]].target
@@ -147,7 +128,7 @@ async def test_a_hostile_frame_closes_only_its_connection(
 
 
 async def test_an_owner_killed_mid_request_fails_no_request(
-    cluster: dict[str, NodeProcess],
+    cluster: dict[str, NodeProcess],  # noqa: F811 - the fixture
 ) -> None:
     """Forwards in flight on the link when the owner dies: CONNECTION, then the other
     owner; the client sees no error. (Last in this module: it kills a node.)"""
