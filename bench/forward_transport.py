@@ -3,13 +3,14 @@
     python -m bench.forward_transport [--duration 6] [--warmup 2] [--concurrency 64]
         [--rounds 3]
 
-Two local 3-node clusters on one etcd, alike but for the transport their nodes forward
-with (``$SHARDLINE_PEER_TRANSPORT``: ``grpc``, ``link``). A grpcio asyncio closed loop in its
-own process (``bench.grpcio_load``) sends ``payment_fraud`` requests (users whose decision is
-``payment_fraud@1`` without a shadow copy) to the node that owns none of it (hops=1), and to
-an owner (hops=0) for reference; a bare grpclib echo server gives the transport floor. In
-alternating rounds (the median round by throughput stands for each setup): req/s, p50/p99,
-server CPU ms per request over every node of the cluster and the ingress's own (``/proc``).
+Two local 3-node clusters (``bench.perf_analyzer.cluster``), alike but for the transport
+their nodes forward with (``shardline serve --peer-transport grpc|link``). A grpcio asyncio
+closed loop in its own process (``bench.grpcio_load``) sends ``payment_fraud`` requests
+(users whose decision is ``payment_fraud@1`` without a shadow copy) to the node that owns
+none of it (hops=1), and to an owner (hops=0) for reference; a bare grpclib echo server
+gives the transport floor. In alternating rounds (the median round by throughput stands for
+each setup): req/s, p50/p99, server CPU ms per request over every node of the cluster and
+the ingress's own (``/proc``).
 
 Under the table: ingress CPU per forwarded request ÷ the echo's CPU per request (the issue's
 target: ≤ 1.25), hops=1 ÷ hops=0 throughput, and link ÷ gRPC for each figure.
@@ -18,7 +19,6 @@ target: ≤ 1.25), hops=1 ÷ hops=0 throughput, and link ÷ gRPC for each figure
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,23 +28,11 @@ from rich.table import Table
 
 from bench.echo_server import ECHO_PATH
 from bench.grpcio_load import LoadRun, fraud_payloads, run_load
+from bench.perf_analyzer import Setup, cluster
+from bench.server_cost import pid_of
 from bench.serving import start_echo
-from shardline.membership.etcd import connect
-from shardline.node.cluster.catalog_ops import catalog, register_tree
-from shardline.node.ops.localcluster import routing_table, wait_ready
-from tests.etcd_server import EtcdServer
-from tests.procs import EXAMPLES, NodeProcess
 
-KEY = "payment_fraud@1"
 TRANSPORTS = ("grpc", "link")
-
-
-@dataclass(frozen=True)
-class Cluster:
-    transport: str
-    owner: NodeProcess
-    ingress: NodeProcess  # owns no replica of KEY: every request is forwarded
-    pids: list[int]
 
 
 @dataclass(frozen=True)
@@ -54,41 +42,22 @@ class Row:
 
 
 @contextlib.contextmanager
-def clusters(etcd: EtcdServer) -> Iterator[dict[str, Cluster]]:
-    """One 3-node cluster per transport, all on ``etcd``."""
-    nodes: list[NodeProcess] = []
-    out: dict[str, Cluster] = {}
-    try:
+def clusters() -> Iterator[dict[str, Cluster]]:
+    """One 3-node cluster per transport (``shardline serve --peer-transport``)."""
+    with contextlib.ExitStack() as stack:
+        out = {}
         for transport in TRANSPORTS:
-            name = f"ft-{transport}"
-
-            async def register(name: str = name) -> None:
-                client = await connect(etcd.endpoint)
-                await register_tree(catalog(client, name), EXAMPLES, EXAMPLES / "objectives")
-                await client.close()
-
-            asyncio.run(register())
-            members = {}
-            for i in (1, 2, 3):
-                node = NodeProcess.start(
-                    ["--cluster", name, "--node-id", f"{transport}-{i}", "--cpu-threads", "1"],
-                    etcd=f"127.0.0.1:{etcd.client_port}",
-                    metrics=False,
-                    env={"SHARDLINE_PEER_TRANSPORT": transport},
-                )
-                nodes.append(node)
-                members[f"{transport}-{i}"] = node
-            asyncio.run(wait_ready([n.target for n in members.values()], 120, lambda _: None))
-            table = asyncio.run(routing_table(members[f"{transport}-1"].target))
-            owners = next(p.owners for p in table.placements if p.model_key == KEY)
-            ingress = next(n for node_id, n in members.items() if node_id not in owners)
-            out[transport] = Cluster(
-                transport, members[owners[0]], ingress, [n.proc.pid for n in members.values()]
-            )
+            owner, ingress = stack.enter_context(cluster(["--peer-transport", transport]))
+            pid = pid_of(ingress.target, ingress.server_pids)
+            out[transport] = Cluster(owner, ingress, pid)
         yield out
-    finally:
-        for node in nodes:
-            node.stop()
+
+
+@dataclass(frozen=True)
+class Cluster:
+    owner: Setup  # an owner of KEY (hops=0)
+    ingress: Setup  # owns no replica of KEY: every request is forwarded
+    ingress_pid: int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,14 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     echo, port = start_echo(120)  # bytes: about a payment_fraud Predict answer
     try:
-        with EtcdServer() as etcd, clusters(etcd) as cs:
+        with clusters() as cs:
             for _ in range(args.rounds):
                 load("echo grpclib", f"127.0.0.1:{port}", [echo.pid], method=ECHO_PATH)
-                load("hops=0", cs["link"].owner.target, cs["link"].pids)
+                load("hops=0", cs["link"].owner.target, cs["link"].owner.server_pids)
                 for transport in TRANSPORTS:
                     c = cs[transport]
-                    load(f"hops=1 over {transport}", c.ingress.target, c.pids,
-                         ingress=c.ingress.proc.pid)  # fmt: skip
+                    load(f"hops=1 over {transport}", c.ingress.target, c.ingress.server_pids,
+                         ingress=c.ingress_pid)  # fmt: skip
     finally:
         echo.kill()
         echo.wait()

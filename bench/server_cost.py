@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "cluster" in setups or "smart" in setups:
             with cluster(node_args) as (owner, other):
                 pids = owner.server_pids
-                ingress_pid = _pid_of(other.target, pids)
+                ingress_pid = pid_of(other.target, pids)
                 for _ in range(args.rounds):
                     if "cluster" in setups:
                         grpcio("hops=0", owner.target, pids)
@@ -258,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _pid_of(target: str, pids: list[int]) -> int:
+def pid_of(target: str, pids: list[int]) -> int:
     """The server process listening on ``target``'s port (its sockets' inodes, matched
     against the listening sockets in /proc/<pid>/net/tcp*)."""
     port = target.rpartition(":")[2]

@@ -179,49 +179,16 @@ def context_params(
     return fields, attributes, synthetic
 
 
-def specs_of(manifest: WorkflowManifest | None, kind: str) -> dict[str, TensorSpec]:
-    if manifest is None:
-        return {}
-    return {s.name: s for s in (manifest.inputs if kind == "inputs" else manifest.outputs)}
-
-
-@dataclass(frozen=True)
-class Specs:
-    """A manifest's tensors by name: what the translation of each request looks up."""
-
-    manifest: WorkflowManifest | None
-    inputs: Mapping[str, TensorSpec]
-    outputs: Mapping[str, TensorSpec]
-
-
-_NO_SPECS = Specs(None, {}, {})
-_MAX_CACHED_SPECS = 4096  # manifests (a catalog's model versions); the cache starts over past it
-
-
 class Translator:
     """A V2 request -> the ``PredictRequest`` that carries it; the answer -> the V2 answer."""
 
     def __init__(self, runtime: NodeRuntime) -> None:
         self.runtime = runtime
-        self._specs: dict[int, Specs] = {}
 
     def manifest(self, target: Target) -> WorkflowManifest | None:
         rt = self.runtime
         key = target.override or rt.objectives[target.objective].default
         return rt.manifest_of(key)
-
-    def specs(self, target: Target) -> Specs:
-        """The tensors of the model ``target`` names by default (cached per manifest)."""
-        manifest = self.manifest(target)
-        if manifest is None:
-            return _NO_SPECS
-        specs = self._specs.get(id(manifest))
-        if specs is None or specs.manifest is not manifest:
-            if len(self._specs) >= _MAX_CACHED_SPECS:
-                self._specs.clear()
-            specs = Specs(manifest, specs_of(manifest, "inputs"), specs_of(manifest, "outputs"))
-            self._specs[id(manifest)] = specs
-        return specs
 
     def request(
         self,
@@ -234,10 +201,11 @@ class Translator:
         and the V2 request itself, whose tensors the node that runs it decodes."""
         target = target_of(req.model_name, req.model_version, self.runtime.objectives)
         check_request(req)
-        declared = self.specs(target).outputs
-        if declared:
+        if req.outputs:  # named outputs: refused before any work when the model has none such
+            manifest = self.manifest(target)
+            declared = [s.name for s in manifest.outputs] if manifest is not None else []
             for output in req.outputs:
-                if output.name not in declared:
+                if declared and output.name not in declared:
                     raise InvalidArgument(
                         f"outputs.{clip(output.name, quote=False)}",
                         f"no such output; the model has {', '.join(declared)}",

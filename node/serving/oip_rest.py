@@ -79,7 +79,12 @@ from shardline.node.serving.oip import (
     model_config_of,
     tensor_meta,
 )
-from shardline.node.serving.oip_tensors import MAX_TENSORS, V2_CONVERTED, V2_DTYPES
+from shardline.node.serving.oip_tensors import (
+    MAX_TENSORS,
+    V2_CONVERTED,
+    V2_DTYPES,
+    split_bytes,
+)
 
 log = logging.getLogger("shardline.oip_rest")
 
@@ -443,16 +448,6 @@ def infer_request(
 # -- response: ModelInferResponse -> JSON (+ binary) -------------------------------------------
 
 
-def _split_strings(raw: bytes) -> list[bytes]:
-    items: list[bytes] = []
-    at = 0
-    while at + 4 <= len(raw):
-        (size,) = _LENGTH.unpack_from(raw, at)
-        items.append(raw[at + 4 : at + 4 + size])
-        at += 4 + size
-    return items
-
-
 def _output_raw(res: Any, i: int, out: Any) -> bytes:
     """The raw bytes of output ``i`` (the answer is raw: every input was sent raw; typed
     contents only for a request without inputs)."""
@@ -483,7 +478,8 @@ def infer_reply(res: Any, wanted: Wanted) -> Reply:
         if not binary:
             if out.datatype == "BYTES":
                 try:
-                    entry["data"] = [item.decode() for item in _split_strings(raw)]
+                    items = split_bytes(f"outputs.{out.name}", raw, math.prod(out.shape))
+                    entry["data"] = [item.decode() for item in items]
                 except UnicodeDecodeError:
                     binary = True  # not text: only the binary form can carry it
             else:
