@@ -73,7 +73,7 @@ def fraud_payloads(users: int = 256) -> list[bytes]:
     return [build_request("payment_fraud", FRAUD, user_id=u) for u in plain_users(users)]
 
 
-def _emit(obj: dict[str, Any]) -> None:
+def emit(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
 
@@ -128,12 +128,12 @@ async def generate(
         workers = [asyncio.create_task(worker(k)) for k in range(concurrency)]
         await asyncio.sleep(warmup_s)
         counting = True
-        _emit({"event": "measuring"})
+        emit({"event": "measuring"})
         t_start, cpu_start = time.monotonic(), time.process_time()
         await asyncio.sleep(duration_s)
         counting = False
         t_end, cpu_end = time.monotonic(), time.process_time()
-        _emit({"event": "measured"})
+        emit({"event": "measured"})
         stop.set()
         await asyncio.gather(*workers)
     finally:
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             metadata=_metadata(args.metadata),
         )
     )
-    _emit(result)
+    emit(result)
     return 0
 
 

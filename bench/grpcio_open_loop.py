@@ -48,15 +48,17 @@ from typing import Any
 
 import grpc
 
-from bench.grpcio_load import PREDICT, REPO, cpu_seconds, read_payloads, write_payloads
+from bench.grpcio_load import (
+    PREDICT,
+    REPO,
+    cpu_seconds,
+    emit,
+    read_payloads,
+    write_payloads,
+)
 from bench.loadgen import CLIENT_OVERRUN, OpenLoopResult
 
 __all__ = ["OpenLoad", "generate", "main", "run_open_load"]
-
-
-def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 async def generate(
@@ -132,7 +134,7 @@ async def generate(
             measured = t >= measure_from
             if measured and not announced:
                 announced = True
-                _emit({"event": "measuring"})
+                emit({"event": "measuring"})
                 t_start, cpu_start = time.monotonic(), time.process_time()
             lag = now - t
             if measured:
@@ -151,13 +153,13 @@ async def generate(
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if not announced:  # a window too short to schedule anything
-            _emit({"event": "measuring"})
+            emit({"event": "measuring"})
             t_start, cpu_start = time.monotonic(), time.process_time()
         await asyncio.sleep(max(0.0, stop_at - loop.time()))
         if tasks:  # every one ends by its deadline
             await asyncio.gather(*tasks)
         t_end, cpu_end = time.monotonic(), time.process_time()
-        _emit({"event": "measured"})
+        emit({"event": "measured"})
     finally:
         for ch in chans:
             await ch.close()
@@ -213,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             method=args.method,
         )
     )
-    _emit(result)
+    emit(result)
     return 0
 
 
