@@ -322,12 +322,16 @@ class NodeMetrics:
         port: int,
         ready: Readiness | None = None,
         mounts: Mapping[str, WsgiApp] | None = None,
+        max_connections: int | None = None,
     ) -> int:
         """Serve /metrics, /healthz and /readyz on a background thread; returns the port.
         ``mounts`` maps a path prefix (``"/v2"``) to the WSGI application that answers it
-        and every path under it."""
+        and every path under it; ``max_connections`` connections are served at once
+        (default ``MAX_HTTP_THREADS``; the kernel's backlog holds the rest)."""
         app = _app(self.registry, ready, dict(mounts or {}))
         server = make_server(host, port, app, _Server, _QuietHandler)
+        if max_connections is not None:
+            server._slots = threading.BoundedSemaphore(max_connections)
         threading.Thread(target=server.serve_forever, daemon=True, name="metrics-http").start()
         return int(server.server_address[1])
 

@@ -232,6 +232,22 @@ def main(log_level: str) -> None:
     "the gRPC port) or over gRPC Peer.Forward (HTTP/2, as nodes before the link did).",
 )
 @click.option(
+    "--peer-link-max-streams",
+    type=click.IntRange(1),
+    default=1024,
+    show_default=True,
+    help="Forwards a peer may have in flight on one peer-link connection (beyond: "
+    "RESOURCE_EXHAUSTED, and the peer fails over).",
+)
+@click.option(
+    "--http-max-connections",
+    type=click.IntRange(1),
+    default=256,
+    show_default=True,
+    help="Connections the HTTP port (--metrics-port: metrics, health, REST V2) serves at "
+    "once; more wait in the listen backlog.",
+)
+@click.option(
     "--drain-grace-s",
     type=click.FloatRange(0, 3600),
     default=None,
@@ -297,6 +313,8 @@ def serve(
     predlog_dir: str | None,
     predlog_rate: float,
     peer_transport: str,
+    peer_link_max_streams: int,
+    http_max_connections: int,
     drain_grace_s: float | None,
     max_context_chars: int,
     max_attributes: int,
@@ -325,6 +343,8 @@ def serve(
             max_resident_models=max_resident_models,
             hot_policy=parse_hot_policy(hot_policy),
             coalesce_writes=coalesce_writes,
+            peer_link_max_streams=peer_link_max_streams,
+            http_max_connections=http_max_connections,
         )  # fmt: skip
         run = _runner(event_loop)
         if standalone:

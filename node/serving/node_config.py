@@ -131,6 +131,11 @@ class NodeConfig:
     # Send the HTTP/2 frames written in one turn of the event loop in one socket write
     # (node/serving/coalesce.py); off only to measure what it saves.
     coalesce_writes: bool = True
+    # Forwards a peer may have in flight on one peer-link connection (beyond:
+    # RESOURCE_EXHAUSTED, which the forwarding node fails over on).
+    peer_link_max_streams: int = 1024
+    # Connections the HTTP port (metrics, health, REST V2) serves at once; more wait.
+    http_max_connections: int = 256
     # Queue budget: refuse (RESOURCE_EXHAUSTED) rather than queue more than this much work.
     max_queue_wait_s: float = 0.25
     # Prediction log: JSON Lines under this directory (None: off), default sample rate.
@@ -160,6 +165,10 @@ class NodeConfig:
         return default_memory_budget()
 
     def __post_init__(self) -> None:
+        for name in ("peer_link_max_streams", "http_max_connections"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"cpu_threads must be >= 1, got {self.cpu_threads}")
         if self.memory_budget_bytes is not None and self.memory_budget_bytes < 1:

@@ -60,6 +60,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from shardline.node._proto_oip import grpc_service_pb2 as v2
+from shardline.node.sdk import tensors
 from shardline.node.sdk.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -80,7 +81,6 @@ from shardline.node.serving.oip import (
     tensor_meta,
 )
 from shardline.node.serving.oip_tensors import (
-    MAX_TENSORS,
     V2_CONVERTED,
     V2_DTYPES,
     split_bytes,
@@ -93,7 +93,7 @@ StartResponse = Callable[..., Any]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 LOOP_GRACE_S = 1.0  # beyond the request's deadline, how long a thread waits for the loop
-MAX_RANK = 32  # dimensions of a tensor's shape
+MAX_RANK = tensors.MAX_DIMS + 1  # a workflow tensor's dimensions, and a batch of one
 MAX_DRAIN_FACTOR = 2  # an oversized body up to this many times the limit is read and dropped
 
 #: V2 datatype -> numpy dtype of its elements (little-endian), BYTES aside.
@@ -369,8 +369,6 @@ def infer_request(
             binary_default = value
         _set_param(req.parameters[key], pfield, value)
     inputs = _list("inputs", doc.get("inputs"))
-    if len(inputs) > MAX_TENSORS:
-        raise InvalidArgument("inputs", f"more than {MAX_TENSORS} tensors ({len(inputs)})")
     at = 0
     for i, item in enumerate(inputs):
         tensor = _object(f"inputs[{i}]", item)
@@ -424,8 +422,6 @@ def infer_request(
         )
     binary_out: dict[str, bool] = {}
     outputs = _list("outputs", doc.get("outputs", []))
-    if len(outputs) > MAX_TENSORS:
-        raise InvalidArgument("outputs", f"more than {MAX_TENSORS} tensors ({len(outputs)})")
     for i, item in enumerate(outputs):
         tensor = _object(f"outputs[{i}]", item)
         oname = _str(f"outputs[{i}].name", tensor.get("name"))

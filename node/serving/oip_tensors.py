@@ -59,7 +59,6 @@ _CONVERTED_CONTENTS: Mapping[str, str] = {
     "UINT32": "uint_contents",
     "UINT64": "uint64_contents",
 }
-MAX_TENSORS = 256  # inputs or requested outputs of one V2 request
 _LENGTH = struct.Struct("<I")
 _DOUBLE = struct.Struct("<d")
 
@@ -88,17 +87,19 @@ def field_of(name: str) -> str:
 
 
 def check_request(req: Any) -> None:
-    """The checks of a whole request, before any tensor: counts of inputs and raw tensors."""
+    """The checks of a whole request, before any tensor: raw tensors for every input or none,
+    and no output named twice. (How many inputs and outputs a request may name is the
+    model's: an unknown or repeated input is refused at the first one, an unknown output
+    too; the request's size is bounded by the node's message limit.)"""
     inputs, raw = req.inputs, req.raw_input_contents
-    if len(inputs) > MAX_TENSORS:
-        raise InvalidArgument("inputs", f"more than {MAX_TENSORS} tensors ({len(inputs)})")
     if raw and len(raw) != len(inputs):
         raise InvalidArgument(
             "raw_input_contents",
             f"{len(raw)} raw tensors for {len(inputs)} inputs: send every input raw, or none",
         )
-    if len(req.outputs) > MAX_TENSORS:
-        raise InvalidArgument("outputs", f"more than {MAX_TENSORS} tensors")
+    outputs = req.outputs
+    if len(outputs) > 1 and len({o.name for o in outputs}) != len(outputs):
+        raise InvalidArgument("outputs", "an output is named more than once")
 
 
 def decode_input(
@@ -357,7 +358,6 @@ def _encode_output(res: Any, name: str, value: Any, batched: bool, raw: bool) ->
 
 
 __all__ = [
-    "MAX_TENSORS",
     "V2_CONVERTED",
     "V2_DTYPES",
     "WIRE_TO_V2",

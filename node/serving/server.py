@@ -161,6 +161,7 @@ class NodeServer:
             self.in_flight,
             self.config.max_message_bytes,
             require_client_cert=self.config.tls is not None,
+            max_streams=self.config.peer_link_max_streams,
         )
         self.server = GracefulServer(
             ServerReflection.extend([*wrapped, health]),
@@ -231,7 +232,11 @@ class NodeServer:
                 in_flight=self.in_flight,
             )
             self.metrics_port = self.runtime.metrics.serve_http(
-                self.config.host, self.config.metrics_port, self.readiness, {"/v2": rest}
+                self.config.host,
+                self.config.metrics_port,
+                self.readiness,
+                {"/v2": rest},
+                max_connections=self.config.http_max_connections,
             )
         self.refresh_health()
         self._health_task = asyncio.create_task(self._health_loop(), name="health")

@@ -40,3 +40,11 @@ def test_the_default_leaves_a_core_to_the_event_loop() -> None:
     assert NodeConfig(cpu_threads=3).torch_cpu_threads == 3
     with pytest.raises(ValueError, match="cpu_threads"):
         NodeConfig(cpu_threads=0)
+
+
+def test_the_peer_link_and_http_limits_are_settings_refused_below_one() -> None:
+    config = NodeConfig(peer_link_max_streams=8, http_max_connections=4)
+    assert (config.peer_link_max_streams, config.http_max_connections) == (8, 4)
+    for name in ("peer_link_max_streams", "http_max_connections"):
+        with pytest.raises(ValueError, match=name):
+            NodeConfig(**{name: 0})
