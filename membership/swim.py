@@ -106,6 +106,7 @@ class Swim(MergeCore):
         self._next_probe_at = now + rng.uniform(0.0, config.probe_interval_s)
         self._next_push_pull_at = now + rng.uniform(0.5, 1.0) * config.push_pull_interval_s
         self._seeds: dict[str, str] = {}
+        self._seeds_given: Mapping[str, str] | None = None
         self._next_join_at: float | None = None
         self._next_reconnect_at = now + config.reconnect_interval_s
 
@@ -116,16 +117,37 @@ class Swim(MergeCore):
 
         Shells call this on every view change: a join round runs at once only when the
         roster changed or no retry is pending (else the retry, every ``join_retry_s``,
-        does it), so a cold start of N members is not N^2 full-state push-pulls."""
-        seeds = {nid: addr for nid, addr in seeds.items() if nid != self.node_id}
-        changed = seeds != self._seeds
-        self._seeds = seeds
+        does it), so a cold start of N members is not N^2 full-state push-pulls. The same
+        mapping object given again is taken as unchanged (give a new one, never mutate it)."""
+        if seeds is self._seeds_given:  # (the same roster again: a fleet's hot path)
+            changed = False
+        else:
+            self._seeds_given = seeds
+            own = {nid: addr for nid, addr in seeds.items() if nid != self.node_id}
+            changed = own != self._seeds
+            self._seeds = own
         if self._left:
             return []
         out: list[Effect] = []
         if changed or self._next_join_at is None:
             self._join(now, out)
         return out
+
+    def settle(self, members: Mapping[str, str], now: float) -> None:
+        """Hold ``members`` (node id -> gossip address) alive at incarnation 0, as a member
+        of a converged cluster holds them: no effects, nothing queued to gossip.
+
+        For a simulated fleet that starts in its steady state (``shardline.sim``, scenario
+        ``cluster.gossip_settled``): a cold start of N members at once is N join rounds of
+        full-state push-pulls, O(N^2) records each round, which is not what a running fleet
+        does and dominates a 1 000-node run."""
+        added = [n for n in sorted(members) if n != self.node_id and n not in self._members]
+        for nid in added:
+            self._members[nid] = Member(nid, members[nid], 0, MemberState.ALIVE, now)
+        self._live_count = None
+        rest = self._probe_order[self._probe_index :] + added
+        self._rng.shuffle(rest)
+        self._probe_order[self._probe_index :] = rest
 
     def set_local_load(self, in_flight: int, load: Load = NO_LOAD) -> None:
         """Publish this node's load; it rides on our own alive record (no incarnation bump).

@@ -11,7 +11,7 @@ its ring from ``view.active()``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -86,20 +86,82 @@ def build_view(
     members: dict[str, ViewMember] = {}
     dead: set[str] = set()
     for node_id, record in snapshot.nodes.items():
-        g = gossip.get(node_id)
-        if node_id == self_id:
-            liveness = Liveness.ALIVE
-        elif g is None:
-            liveness = Liveness.UNKNOWN
-        elif g.state in (MemberState.DEAD, MemberState.LEFT):
+        member = _member(snapshot, node_id, record, gossip.get(node_id), node_id == self_id)
+        if member is None:
             dead.add(node_id)
-            continue
-        elif g.state is MemberState.SUSPECT:
-            liveness = Liveness.SUSPECT
         else:
-            liveness = Liveness.ALIVE
-        in_flight, load = (g.in_flight, g.load) if g is not None else (0, NO_LOAD)
-        loaded = snapshot.loaded.get(node_id)
-        models = loaded.keys if loaded is not None else frozenset()
-        members[node_id] = ViewMember(record, liveness, in_flight, models, load, loaded)
+            members[node_id] = member
     return MembershipView(snapshot.revision, MappingProxyType(members), frozenset(dead))
+
+
+def update_view(
+    view: MembershipView,
+    snapshot: ClusterSnapshot,
+    gossip: Mapping[str, Member],
+    changed: Iterable[str],
+    self_id: str | None = None,
+) -> MembershipView:
+    """``build_view(snapshot, gossip, self_id)`` in time proportional to ``changed``.
+
+    ``view`` must have been built (by either function) from a snapshot and gossip table that
+    differ from these only for the node ids in ``changed``: roster records, loaded sets,
+    gossip members (their state, in-flight and load) — anything else is taken from ``view``
+    as it is. ``self_id`` is always re-read (its own load changes without a gossip event).
+    Returns ``view`` itself when nothing in it changed. A simulated fleet of N nodes calls
+    this on every gossip event each node hears instead of rebuilding N members each time
+    (``shardline.sim.node``); ``tests/unit/membership/test_view.py`` checks it against
+    ``build_view``."""
+    old = view.members
+    members: dict[str, ViewMember] | None = None
+    dead: set[str] | None = None
+    ids = set(changed)
+    if self_id is not None:
+        ids.add(self_id)
+    for node_id in ids:
+        record = snapshot.nodes.get(node_id)
+        member = (
+            None
+            if record is None
+            else _member(snapshot, node_id, record, gossip.get(node_id), node_id == self_id)
+        )
+        was = old.get(node_id)
+        if member is not None and member == was:
+            continue
+        is_dead = record is not None and member is None
+        if member is None and was is None and (node_id in view.dead) == is_dead:
+            continue
+        if members is None:
+            members = dict(old)
+            dead = set(view.dead)
+        assert dead is not None
+        members.pop(node_id, None)
+        dead.discard(node_id)
+        if member is not None:
+            members[node_id] = member
+        elif is_dead:
+            dead.add(node_id)
+    if members is None:
+        if snapshot.revision == view.revision:
+            return view
+        return MembershipView(snapshot.revision, old, view.dead)
+    return MembershipView(snapshot.revision, MappingProxyType(members), frozenset(dead or ()))
+
+
+def _member(
+    snapshot: ClusterSnapshot, node_id: str, record: NodeRecord, g: Member | None, is_self: bool
+) -> ViewMember | None:
+    """One roster member as the view holds it; None when gossip confirmed it dead or gone."""
+    if is_self:
+        liveness = Liveness.ALIVE
+    elif g is None:
+        liveness = Liveness.UNKNOWN
+    elif g.state is MemberState.DEAD or g.state is MemberState.LEFT:
+        return None
+    elif g.state is MemberState.SUSPECT:
+        liveness = Liveness.SUSPECT
+    else:
+        liveness = Liveness.ALIVE
+    in_flight, load = (g.in_flight, g.load) if g is not None else (0, NO_LOAD)
+    loaded = snapshot.loaded.get(node_id)
+    models = loaded.keys if loaded is not None else frozenset()
+    return ViewMember(record, liveness, in_flight, models, load, loaded)

@@ -16,8 +16,9 @@ Safety, checked as it happens:
 Liveness: from the heal on, the cluster is sampled every ``SAMPLE_S``; it has converged
 when every roster record belongs to a running process and every running process is in
 the roster, no join is pending (nor a drain that an active node could take over), and
-every running node has etcd's revision, a view of exactly the roster with nobody dead,
-and the ring over the roster's active members.
+every running node has applied every roster and catalog write (etcd's revision, loaded-set
+records aside: they change with every load and eviction, ``EtcdDouble.state_revision``), a
+view of exactly the roster with nobody dead, and the ring over the roster's active members.
 
 The checkers read the world through ``CheckedWorld`` (what ``shardline.sim.world.World`` is; the
 world builds them and is not imported here); the request path reports to ``Safety`` as
@@ -348,8 +349,11 @@ class Liveness:
             node = world.nodes[node_id]
             if node.frozen:
                 return f"{node_id} is paused"
-            if node.snapshot.revision != etcd.revision:
-                return f"{node_id} is at revision {node.snapshot.revision}, etcd at {etcd.revision}"
+            if node.snapshot.revision < etcd.state_revision:
+                return (
+                    f"{node_id} is at revision {node.snapshot.revision}, etcd's roster and "
+                    f"catalog at {etcd.state_revision}"
+                )
             if set(node.view.members) != set(roster) or node.view.dead:
                 dead = sorted(node.view.dead)
                 return (

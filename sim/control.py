@@ -92,8 +92,9 @@ class Process(Protocol):
     @property
     def snapshot(self) -> ClusterSnapshot: ...
 
-    def on_snapshot(self, snapshot: ClusterSnapshot) -> None:
-        """A newer snapshot of the store."""
+    def on_snapshot(self, snapshot: ClusterSnapshot, events: list[KeyEvent] | None) -> None:
+        """A newer snapshot of the store; ``events`` made it from the previous one (None: a
+        fresh read)."""
 
     def defer(self, fn: Handler, arg: Any) -> None:
         """Run ``fn(arg)`` when the paused process resumes."""
@@ -154,6 +155,7 @@ class ControlClient:
                 return
             items, revision = result
             node = self.node
+            events: list[KeyEvent] | None = None
             if node.snapshot.revision == 0:
                 snapshot = self.world.snapshot_from(items, revision)
             else:  # resume: apply what we missed (the double never compacts)
@@ -163,7 +165,7 @@ class ControlClient:
             self.connected = True
             self.connected_since = self.world.loop.now
             self.last_delivery_at = self.world.loop.now
-            node.on_snapshot(snapshot)
+            node.on_snapshot(snapshot, events)
             if not self._registered:
                 self._register()
 
@@ -203,7 +205,7 @@ class ControlClient:
         if revision <= node.snapshot.revision:
             return
         events = self.world.etcd.events(node.snapshot.revision, revision)
-        node.on_snapshot(self.world.snapshot_apply(node.snapshot, events, revision))
+        node.on_snapshot(self.world.snapshot_apply(node.snapshot, events, revision), events)
 
     # ------------------------------------------------------------------ registration
 

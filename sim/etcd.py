@@ -48,6 +48,10 @@ class EtcdDouble:
 
     def __init__(self, on_commit: Callable[[int], None] | None = None) -> None:
         self.revision = 0
+        self.state_revision = 0
+        """The last revision that wrote anything but a loaded set (``loaded/``): the roster,
+        the catalog. Loaded sets change with every load and eviction; a busy fleet's
+        nodes are rarely all at ``revision`` at one instant, but they all reach this one."""
         self.kv: dict[str, tuple[bytes, int]] = {}  # key -> (value, lease id or 0)
         self.log: list[tuple[KeyEvent, ...]] = [()]  # index = revision
         self.leases: dict[int, Lease] = {}
@@ -62,6 +66,8 @@ class EtcdDouble:
         self.revision += 1
         rev = self.revision
         events = tuple(KeyEvent(key, value, rev) for key, value in changes)
+        if any(not key.startswith("loaded/") for key, _ in changes):
+            self.state_revision = rev
         self.log.append(events)
         if self.on_commit is not None:
             self.on_commit(rev)

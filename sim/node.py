@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, KeysView, Mapping
 from typing import Any, Protocol
 
 from shardline.membership.loaded import LoadedSet
 from shardline.membership.registry import NodeState
-from shardline.membership.snapshot import ClusterSnapshot
+from shardline.membership.snapshot import ClusterSnapshot, KeyEvent
 from shardline.membership.swim import LoadChanged, MemberChanged, Send, Swim
-from shardline.membership.swim_state import Effect, Load, Message, SwimConfig
-from shardline.membership.view import MembershipView, build_view
+from shardline.membership.swim_state import Effect, Load, Member, Message, SwimConfig
+from shardline.membership.view import MembershipView, ViewMember, build_view, update_view
 from shardline.router import handoff
 from shardline.router.handoff import Phase
 from shardline.router.hot_copies import HotState, observe
@@ -64,6 +64,8 @@ class NodeWorld(ControlWorld, Protocol):
 
     def member_changed(self, observer: SimNode, effect: MemberChanged) -> None:
         """``observer``'s gossip changed a member's state (traced, detections)."""
+
+    def keys_changed(self, before: LoadedSet | None, after: LoadedSet | None) -> frozenset[str]: ...
 
     def ring_changed(self, node: SimNode) -> None:
         """``node`` built a new ring (traced)."""
@@ -155,6 +157,9 @@ class SimNode(Host):
     __slots__ = (
         "_activating",
         "_base_replicas",
+        "_desired_ring",
+        "_dirty",
+        "_gossip_ids",
         "_hot",
         "_lazy",
         "_leaving",
@@ -250,14 +255,25 @@ class SimNode(Host):
         self._loaded_version = 0
         self._loaded_seen: Mapping[str, LoadedSet] = {}
         self._stop_by = math.inf
+        # Node ids whose roster record, loaded set or gossip member changed since the view
+        # was built (None: rebuild it whole), and the gossip ids it was built from.
+        self._dirty: set[str] | None = None
+        self._desired_ring: tuple[object, float | None, FleetRing | None] = (None, None, None)
+        self._gossip_ids: KeysView[str] = _NO_IDS
 
     # ------------------------------------------------------------------ lifecycle
 
-    def boot(self, preloaded: set[str] | None = None, lease_id: int = 0) -> None:
+    def boot(
+        self,
+        preloaded: set[str] | None = None,
+        lease_id: int = 0,
+        gossip: Mapping[str, str] | None = None,
+    ) -> None:
         """Start a fresh process: gossip, snapshot, registration as ``joining``.
 
         ``preloaded``/``lease_id``: a node of the initial cluster, already registered
-        ``active`` under that lease and holding those models (the steady state)."""
+        ``active`` under that lease and holding those models (the steady state);
+        ``gossip``: the members its gossip holds alive from the start (``Swim.settle``)."""
         self.epoch += 1
         self._reset()
         self.up = True
@@ -266,6 +282,8 @@ class SimNode(Host):
         now = self.world.loop.now
         swim_rng = derive_rng(self.world.seed, f"swim:{self.node_id}:{self.epoch}")
         self.swim = Swim(self.node_id, self.gossip_address, self.world.swim_config, swim_rng, now)
+        if gossip:
+            self.swim.settle(gossip, now)
         self.control = ControlClient(self)
         if lease_id:
             self.control.adopt(lease_id, NodeState.ACTIVE)
@@ -390,11 +408,15 @@ class SimNode(Host):
             elif type(effect) is MemberChanged:
                 membership = True
                 member = effect.member
+                if self._dirty is not None:
+                    self._dirty.add(member.node_id)
                 self.in_flight_of[member.node_id] = member.in_flight
                 self.limits.clear()
                 world.member_changed(self, effect)
             elif type(effect) is LoadChanged:
                 member = effect.member
+                if self._dirty is not None:
+                    self._dirty.add(member.node_id)
                 self.in_flight_of[member.node_id] = member.in_flight
                 self.limits.clear()
         if membership:
@@ -434,25 +456,44 @@ class SimNode(Host):
 
     # ------------------------------------------------------------------ view and placement
 
-    def on_snapshot(self, snapshot: ClusterSnapshot) -> None:
+    def on_snapshot(self, snapshot: ClusterSnapshot, events: list[KeyEvent] | None) -> None:
+        """``events``: what changed since the previous snapshot (None: anything may have)."""
         previous = self.snapshot
         self.snapshot = snapshot
         fleet = self.world.fleet is not None
+        loaded_ids: Iterable[str] | None = None
+        if events is None:
+            self._dirty = None
+        else:
+            loaded_ids = set()
+            for event in events:
+                section, _, name = event.key.partition("/")
+                if section == "loaded":
+                    loaded_ids.add(name)
+                    if self._dirty is not None:
+                        self._dirty.add(name)
+                elif section == "nodes" and self._dirty is not None:
+                    self._dirty.add(name)
         if snapshot.loaded is not self._loaded_seen:  # who holds which model (etcd records)
             old = self._loaded_seen
             self._loaded_seen = snapshot.loaded
-            for node_id in old.keys() | snapshot.loaded.keys():
+            if loaded_ids is None:
+                loaded_ids = old.keys() | snapshot.loaded.keys()
+            for node_id in loaded_ids:
                 before, after = old.get(node_id), snapshot.loaded.get(node_id)
                 if before is after:
                     continue
-                keys_before = before.keys if before is not None else frozenset()
-                keys_after = after.keys if after is not None else frozenset()
-                if keys_before == keys_after:
+                changed = self.world.keys_changed(before, after)
+                if not changed:
                     continue
-                self.models_of[node_id] = keys_after
-                changed = keys_before ^ keys_after
-                for key in changed:
-                    self.cand.pop(key, None)  # only these keys' candidates can change
+                self.models_of[node_id] = after.keys if after is not None else frozenset()
+                cand = self.cand  # only these keys' candidates can change
+                if len(changed) <= len(cand):
+                    for key in changed:
+                        cand.pop(key, None)
+                else:
+                    for key in [k for k in cand if k in changed]:
+                        del cand[key]
                 self._models_changed = True
                 if fleet and node_id != self.node_id and self._unconcerned(changed):
                     # Placement reads other nodes' loaded sets only for keys on this node's
@@ -497,14 +538,21 @@ class SimNode(Host):
             seeds = {n: r.gossip_address for n, r in nodes if n != self.node_id}
             self._seeds = (self.snapshot, seeds)
         self._dispatch_quiet(swim.set_seeds(self._seeds[1], self.world.loop.now))
-        view = build_view(self.snapshot, swim.members(), self.node_id)
+        gossip = swim.members()
+        dirty = self._dirty_ids(gossip)
+        view = self._view_of(gossip, dirty)
+        self._dirty, self._gossip_ids = set(), gossip.keys()
         self._models_changed = False
-        if view == self.view:
+        old = self.view
+        if view is old:
             return
-        if view.members.keys() != self.view.members.keys():
+        if view.members.keys() != old.members.keys():
             self.cand.clear()  # (liveness and load changes leave the candidates as they are)
         self.view = view
-        ring_key = tuple((m.node_id, m.record.capacity) for m in view.active())
+        if dirty is None or any(_ring_entry(old, n) != _ring_entry(view, n) for n in dirty):
+            ring_key = tuple((m.node_id, m.record.capacity) for m in view.active())
+        else:
+            ring_key = self.ring_key
         if ring_key != self.ring_key:
             self.ring_key = ring_key
             fleet = self.world.fleet
@@ -516,11 +564,30 @@ class SimNode(Host):
             self.world.ring_changed(self)
         # Placement reads the members, their records and models (models: see _dispatch);
         # a change of liveness alone (suspect <-> alive) gives it nothing new to do.
-        placement = tuple([(n, id(m.record)) for n, m in view.members.items()])
+        if dirty is None or any(_record_of(old, n) is not _record_of(view, n) for n in dirty):
+            placement = tuple([(n, id(m.record)) for n, m in view.members.items()])
+        else:
+            placement = self._placement_key
         if placement != self._placement_key:
             self._placement_key = placement
             self._placement_refs = view  # keeps those records alive: their ids stay unique
             self._placement_soon()
+
+    def _dirty_ids(self, gossip: Mapping[str, Member]) -> set[str] | None:
+        """The ids whose members may differ from ``self.view``'s (None: all): the changes
+        heard since it was built, and gossip members added or reaped (reaping is silent)."""
+        if self._dirty is None:
+            return None
+        added_or_reaped = gossip.keys() ^ self._gossip_ids
+        return self._dirty | added_or_reaped if added_or_reaped else self._dirty
+
+    def _view_of(self, gossip: Mapping[str, Member], dirty: set[str] | None) -> MembershipView:
+        """``build_view`` of the current snapshot and gossip, updating ``self.view`` in place
+        of rebuilding every member on each change (``view.update_view``): a fleet's nodes
+        each hear every other node join, O(nodes^2) events in all."""
+        if dirty is None:
+            return build_view(self.snapshot, gossip, self.node_id)
+        return update_view(self.view, self.snapshot, gossip, dirty, self.node_id)
 
     def _dispatch_quiet(self, effects: list[Effect]) -> None:
         for effect in effects:
@@ -543,12 +610,14 @@ class SimNode(Host):
         swim = self.swim
         assert swim is not None and self.control is not None
         view = self.view
-        if self._models_changed:  # the view's load fields are stale: rebuild
-            self._models_changed = False
-            view = build_view(self.snapshot, swim.members(), self.node_id)
-        if self.residency is not None:
+        if self.residency is not None:  # (reads loaded sets from ``models_of``, states from
+            self._models_changed = False  # the view: a roster or gossip change refreshed it)
             self._placement_budget(view)
             return
+        if self._models_changed:  # the view's load fields are stale: bring them up to date
+            self._models_changed = False
+            gossip = swim.members()
+            view = self._view_of(gossip, self._dirty_ids(gossip))
         s = handoff.step(self.node_id, view, self.replicas, set(self.executors), self.in_flight)
         for key in sorted(s.load):
             if key not in self._load_queue and key != self._loading:
@@ -568,21 +637,22 @@ class SimNode(Host):
             self._leave()
 
     def _next_load(self) -> None:
-        if self._loading is not None or not self._load_queue:
-            return
-        key = self._load_queue.pop(0)
-        spec = self.world.workflows[key]
-        if self.residency is not None:  # Residence.load: plan (evict) first, or stay lazy
-            if key in self.executors or key in self._waiting:
-                self._next_load()
-                return
-            if not self._make_room(key, spec.bytes, evict=key in self._may_evict):
-                self._next_load()
-                return
-            self._loading_bytes[key] = spec.bytes
-        self._loading = key
-        took = spec.load_s * (0.8 + 0.4 * self.misc_rng.random())
-        self.world.loop.after(took, self._loaded, (self.epoch, key))
+        """Start the next queued load that can start (keys that stay lazy are dropped)."""
+        busy: set[str] | None = None  # (no request starts or ends within this loop)
+        while self._loading is None and self._load_queue:
+            key = self._load_queue.pop(0)
+            spec = self.world.workflows[key]
+            if self.residency is not None:  # Residence.load: plan (evict) first, or stay lazy
+                if key in self.executors or key in self._waiting:
+                    continue
+                if busy is None:
+                    busy = self._busy()
+                if not self._make_room(key, spec.bytes, evict=key in self._may_evict, busy=busy):
+                    continue
+                self._loading_bytes[key] = spec.bytes
+            self._loading = key
+            took = spec.load_s * (0.8 + 0.4 * self.misc_rng.random())
+            self.world.loop.after(took, self._loaded, (self.epoch, key))
 
     def _loaded(self, arg: tuple[int, str]) -> None:
         epoch, key = arg
@@ -658,12 +728,21 @@ class SimNode(Host):
         me = view.members.get(self.node_id)
         if me is None or me.state is NodeState.DRAINING:
             return set()
-        members = {m.node_id: m.record.capacity for m in view.active()}
-        if me.state is NodeState.JOINING:
-            members[self.node_id] = me.record.capacity
+        joining = me.record.capacity if me.state is NodeState.JOINING else None
         fleet = self.world.fleet
-        if fleet is not None and fleet.covers(members.items()):
-            return set(self._owned_for(fleet.ring(members.items())))
+        if fleet is not None:
+            memo = self._desired_ring
+            if view is self.view and memo[0] is self.ring_key and memo[1] == joining:
+                ring = memo[2]  # (ring_key: this view's active members, as below)
+            else:
+                members = {m.node_id: m.record.capacity for m in view.active()}
+                if joining is not None:
+                    members[self.node_id] = joining
+                ring = fleet.ring(members.items()) if fleet.covers(members.items()) else None
+                if view is self.view:
+                    self._desired_ring = (self.ring_key, joining, ring)
+            if ring is not None:
+                return set(self._owned_for(ring))
         extra = (self.node_id,) if me.state is NodeState.JOINING else ()
         replicas = {k: self._r(k) for k in self._base_replicas}
         return handoff.owned(self.node_id, handoff.ring_of(view, extra), replicas)
@@ -707,7 +786,21 @@ class SimNode(Host):
             # when it becomes ours: a key already lazy was asked before).
             new = load - self._lazy
             handed: set[str] = set()
-            if new:
+            fleet = self.world.fleet
+            if new and fleet is not None and not fleet.fallbacks:  # holders are on a key's walk
+                models_of, members = self.models_of, view.members
+                for key in new:
+                    owners = self.ring.owners(key, self._r(key))
+                    for node_id in fleet.walk.get(key, ()):
+                        if (
+                            node_id != self.node_id
+                            and node_id in members
+                            and node_id not in owners
+                            and key in models_of.get(node_id, ())
+                        ):
+                            handed.add(key)
+                            break
+            elif new:
                 for node_id, keys in self.models_of.items():
                     if node_id == self.node_id or node_id not in view.members:
                         continue
@@ -716,11 +809,14 @@ class SimNode(Host):
                             handed.add(key)
             first = sorted(load & pinned) + sorted(handed - pinned)
             self._may_evict = frozenset(first)
-            rest = sorted(load - pinned - handed)
+            rest: Iterable[str] = load - pinned - handed
             room = self._free_room()
             if room[0] <= 0 or room[1] < 1:  # full: only a key's own load can give it room
                 rest = [k for k in rest if k in self._loading_bytes]
-            eager = first + [k for k in rest if self._fits_free(k, room)]
+            sizes, residency = self.world.workflows, self.residency
+            assert residency is not None
+            fit = fitting(residency, self._loading_bytes, [(k, sizes[k].bytes) for k in rest], room)
+            eager = first + sorted(fit)  # (= fitting over the sorted keys: it keeps their order)
             self._lazy = frozenset(load.difference(eager))
             for key in eager:
                 if key not in self._load_queue and key != self._loading:
@@ -756,19 +852,14 @@ class SimNode(Host):
         assert self.residency is not None
         return free_room(self.residency, self._loading_bytes)
 
-    def _fits_free(self, key: str, room: tuple[int, int]) -> bool:
-        """``Residence.fits_free`` (see ``fits_free``)."""
-        assert self.residency is not None
-        size = self.world.workflows[key].bytes
-        return fits_free(self.residency, self._loading_bytes, key, size, room)
-
-    def _make_room(self, key: str, size: int, *, evict: bool) -> bool:
-        """``Residency.plan`` for a load of ``key``; evict what it names (when allowed)."""
+    def _make_room(self, key: str, size: int, *, evict: bool, busy: set[str] | None = None) -> bool:
+        """``Residency.plan`` for a load of ``key``; evict what it names (when allowed).
+        ``busy``: the models with requests in flight, when the caller has them."""
         assert self.residency is not None
         try:
             plan = self.residency.plan(
-                key, size, pinned=self.world.pinned, busy=self._busy(),
-                loading=self._loading_bytes,
+                key, size, pinned=self.world.pinned,
+                busy=self._busy() if busy is None else busy, loading=self._loading_bytes,
             )  # fmt: skip
         except NoRoom as exc:
             self.world.residency_watch.no_room(self, key, str(exc))
@@ -886,6 +977,22 @@ class SimNode(Host):
         }
 
 
+_NO_IDS: KeysView[str] = {}.keys()
+
+
+def _ring_entry(view: MembershipView, node_id: str) -> float | None:
+    """What the ring reads of a member: its capacity while active, else nothing."""
+    member = view.members.get(node_id)
+    if member is None or member.state is not NodeState.ACTIVE:
+        return None
+    return member.record.capacity
+
+
+def _record_of(view: MembershipView, node_id: str) -> object:
+    member: ViewMember | None = view.members.get(node_id)
+    return None if member is None else member.record
+
+
 def free_room(residency: Residency, loading: Mapping[str, int]) -> tuple[int, int]:
     """Bytes and model slots left under the budget with every load in ``loading`` (key ->
     bytes; resident keys ignored) counted, as ``Residency.plan`` counts them."""
@@ -910,10 +1017,28 @@ def fits_free(
     (tests/sim/test_fleet.py checks it against ``plan``). Answered from that arithmetic with
     ``room`` (``free_room``) computed once per placement pass: ``plan`` with the busy set of
     every executor costs O(resident) per key, and placement asks it for every lazy key."""
-    if key in residency:
-        return True
-    free_bytes, free_count = free_room(residency, loading) if room is None else room
-    own = loading.get(key)
-    if own is not None:
-        free_bytes, free_count = free_bytes + own, free_count + 1
-    return size <= free_bytes and free_count >= 1
+    room = free_room(residency, loading) if room is None else room
+    return bool(fitting(residency, loading, [(key, size)], room))
+
+
+def fitting(
+    residency: Residency,
+    loading: Mapping[str, int],
+    keys: Iterable[tuple[str, int]],
+    room: tuple[int, int],
+) -> list[str]:
+    """The keys of ``keys`` ((key, size) pairs) that ``fits_free`` each alone, in order."""
+    free_bytes, free_count = room
+    resident = residency.resident
+    out: list[str] = []
+    for key, size in keys:
+        if key in resident:
+            out.append(key)
+            continue
+        own = loading.get(key)
+        if own is None:
+            if size <= free_bytes and free_count >= 1:
+                out.append(key)
+        elif size <= free_bytes + own and free_count >= 0:
+            out.append(key)
+    return out

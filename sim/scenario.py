@@ -51,6 +51,10 @@ class ClusterSpec:
     # committed before it fires), as an etcd watch batches events per response. Off: one
     # delivery per revision per node (the default; the traces of the small scenarios).
     watch_batching: bool = False
+    # Start the initial nodes' gossip converged (each holds every initial member alive), as
+    # a running fleet's is; off: they start knowing nobody and join through the roster (a
+    # cold start of them all at once, O(nodes^2) full-state push-pulls at 1 000 nodes).
+    gossip_settled: bool = False
 
     def swim_config(self) -> SwimConfig:
         return SwimConfig(cluster="sim", **dict(self.swim))
@@ -281,8 +285,9 @@ def _cluster(raw: Mapping[str, Any]) -> ClusterSpec:
     ints = {
         k: int(raw[k]) for k in ("memory_budget_bytes", "max_resident_models", "zones") if k in raw
     }
-    if "watch_batching" in raw and not isinstance(raw["watch_batching"], bool):
-        raise ScenarioError("cluster.watch_batching: must be true or false")
+    for flag in ("watch_batching", "gossip_settled"):
+        if flag in raw and not isinstance(raw[flag], bool):
+            raise ScenarioError(f"cluster.{flag}: must be true or false")
     spec = ClusterSpec(
         **{
             **raw,

@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from shardline.membership.loaded import LoadedSet
 from shardline.membership.registry import NodeRecord, NodeState
 from shardline.membership.snapshot import ClusterSnapshot, KeyEvent
 from shardline.membership.swim_state import MemberChanged, MemberState, Send
@@ -76,6 +77,7 @@ class World:
         self.copies: dict[str, int] = {}
         self.fleet: FleetOwners | None = None
         self._snapshots: dict[tuple[int, int], tuple[ClusterSnapshot, ClusterSnapshot]] = {}
+        self._diffs: dict[tuple[int, int], tuple[object, object, frozenset[str]]] = {}
         self._batch_due = False
 
     # ------------------------------------------------------------------ set-up
@@ -114,6 +116,7 @@ class World:
         else:
             ring = Ring(RingMember(n.node_id, n.capacity) for n in initial)
             owned = {n.node_id: handoff.owned(n.node_id, ring, replicas) for n in initial}
+        gossip = {n.node_id: n.gossip_address for n in initial} if cluster.gossip_settled else {}
         for node in initial:  # the steady state: registered active, holding its share
             lease = etcd.grant(cluster.lease_ttl_s, 0.0)
             record = NodeRecord(
@@ -121,7 +124,7 @@ class World:
                 capacity=node.capacity, state=NodeState.ACTIVE, zone=node.zone,
             )  # fmt: skip
             etcd.put(f"nodes/{node.node_id}", record.to_json(), lease)
-            node.boot(preloaded=self._preload(owned[node.node_id]), lease_id=lease)
+            node.boot(self._preload(owned[node.node_id]), lease, gossip)
             self.watch_lease(lease)
         self.engine.client_nodes = list(initial)
         self.chaos.schedule(self.scenario.faults)
@@ -350,6 +353,20 @@ class World:
             subject = self.nodes.get(member.node_id)
             if subject is not None and subject.accepting:
                 self.metrics.false_dead += 1
+
+    def keys_changed(self, before: LoadedSet | None, after: LoadedSet | None) -> frozenset[str]:
+        """The model keys in one of two loaded sets and not the other (nodes sharing a
+        snapshot see the same pair of records: one set difference for all of them)."""
+        key = (id(before), id(after))
+        found = self._diffs.get(key)
+        if found is not None and found[0] is before and found[1] is after:
+            return found[2]
+        empty: frozenset[str] = frozenset()
+        changed = (before.keys if before else empty) ^ (after.keys if after else empty)
+        if len(self._diffs) >= 4096:
+            del self._diffs[next(iter(self._diffs))]
+        self._diffs[key] = (before, after, changed)
+        return changed
 
     def ring_changed(self, node: SimNode) -> None:
         self.metrics.trace("ring", node.index, len(node.ring_key))

@@ -74,6 +74,7 @@ class Net:
     delay_s: tuple[float, float] = (0.001, 0.005)
     config: SwimConfig = CFG
     drop: DropFn | None = None
+    settled: bool = False  # every node starts holding the whole roster alive (Swim.settle)
     now: float = 0.0
     nodes: dict[str, Swim] = field(default_factory=dict)
     crashed: set[str] = field(default_factory=set)
@@ -93,6 +94,8 @@ class Net:
             self.nodes[node_id(i)] = swim
         roster = {node_id(i): address(i) for i in range(self.n)}
         for nid, swim in self.nodes.items():
+            if self.settled:
+                swim.settle(roster, 0.0)
             self._dispatch(nid, swim.set_seeds(roster, 0.0))
 
     # -- scheduling
@@ -222,6 +225,21 @@ def test_cluster_converges_from_roster_seeds() -> None:
     net.run_until(10.0, lambda: converged(net))
     assert converged(net), net.tables()
     assert net.now < 2.0
+
+
+def test_a_settled_member_holds_the_roster_without_joining_and_detects_a_crash() -> None:
+    """``settle`` (a simulated fleet's steady state): converged at once, no join datagrams,
+    no member events; probing then works as after a join (a crash is detected)."""
+    net = Net(10, seed=31, settled=True)
+    assert converged(net)
+    assert not [item for _, _, item in net._heap if isinstance(item, Delivery)]
+    net.run_until(3.0)
+    assert converged(net) and not net.events
+    victim = node_id(9)
+    net.crashed.add(victim)
+    net.run_until(3.0 + detection_bound_s(10) + 1, lambda: net.all_see(victim, DEAD))
+    assert net.all_see(victim, DEAD)
+    assert not [e for e in net.dead_events() if e[2] != victim]
 
 
 # ----------------------------------------------------------------------------- failure detection

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shardline.membership.loaded import LoadedSet
 from shardline.membership.registry import NodeRecord, NodeState
 from shardline.membership.snapshot import ClusterSnapshot
 from shardline.membership.swim_state import Load, Member, MemberState
-from shardline.membership.view import Liveness, build_view
+from shardline.membership.view import Liveness, build_view, update_view
 
 
 def record(node_id: str, state: NodeState = NodeState.ACTIVE) -> NodeRecord:
@@ -51,3 +55,64 @@ def test_unknown_to_gossip_is_kept_and_only_active_members_route() -> None:
 def test_gossip_member_not_in_the_roster_is_ignored() -> None:
     view = build_view(snapshot(record("n1")), {"n9": member("n9", MemberState.ALIVE)}, "n1")
     assert set(view.members) == {"n1"}
+
+
+_IDS = [f"n{i}" for i in range(6)]
+_rosters = st.dictionaries(
+    st.sampled_from(_IDS), st.sampled_from([NodeState.JOINING, NodeState.ACTIVE]), max_size=6
+)
+_gossips = st.dictionaries(
+    st.sampled_from(_IDS),
+    st.tuples(st.sampled_from(list(MemberState)), st.integers(0, 3)),
+    max_size=6,
+)
+_loaded = st.dictionaries(st.sampled_from(_IDS), st.frozensets(st.sampled_from("abc")))
+_Cluster = tuple[
+    dict[str, NodeState], dict[str, tuple[MemberState, int]], dict[str, frozenset[str]]
+]
+
+
+def _state(
+    roster: dict[str, NodeState],
+    gossip: dict[str, tuple[MemberState, int]],
+    loaded: dict[str, frozenset[str]],
+    revision: int,
+) -> tuple[ClusterSnapshot, dict[str, Member]]:
+    snap = ClusterSnapshot(
+        revision=revision,
+        nodes=MappingProxyType({n: record(n, s) for n, s in roster.items()}),
+        loaded=MappingProxyType(
+            {n: LoadedSet(n, len(keys), {k: 1 for k in keys}) for n, keys in loaded.items()}
+        ),
+    )
+    return snap, {n: member(n, s, in_flight=f) for n, (s, f) in gossip.items()}
+
+
+@given(
+    before=st.tuples(_rosters, _gossips, _loaded),
+    after=st.tuples(_rosters, _gossips, _loaded),
+    self_id=st.sampled_from([*_IDS, None]),
+)
+def test_update_view_equals_a_full_rebuild(
+    before: _Cluster,
+    after: _Cluster,
+    self_id: str | None,
+) -> None:
+    """Given the ids whose roster record, gossip member or loaded set changed (the self id
+    aside: it is always re-read), the incremental view is the full rebuild's."""
+    snap0, gossip0 = _state(*before, revision=1)
+    snap1, gossip1 = _state(*after, revision=2)
+    changed = {
+        n
+        for n in _IDS
+        if n != self_id
+        and (
+            snap0.nodes.get(n) != snap1.nodes.get(n)
+            or gossip0.get(n) != gossip1.get(n)
+            or snap0.loaded.get(n) != snap1.loaded.get(n)
+        )
+    }
+    view = update_view(build_view(snap0, gossip0, self_id), snap1, gossip1, changed, self_id)
+    assert view == build_view(snap1, gossip1, self_id)
+    unchanged = build_view(snap1, gossip1, self_id)
+    assert update_view(unchanged, snap1, gossip1, (), self_id) is unchanged
