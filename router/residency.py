@@ -439,3 +439,74 @@ class Residency:
             if freed >= need_bytes and len(out) >= need_count:
                 return tuple(out)
         raise AssertionError("unreachable: the evictable keys were counted to make room")
+
+
+def choose_device(
+    key: str,
+    size: int,
+    devices: Mapping[str, Residency],
+    *,
+    pinned: Set[str] = frozenset(),
+    busy: Set[str] = frozenset(),
+    loading: Mapping[str, Mapping[str, int]] = MappingProxyType({}),
+) -> tuple[str, Plan]:
+    """The device (of ``devices``: name -> its own ``Residency`` under that device's memory
+    budget) a model needing ``size`` bytes of device memory loads on, and what to evict there.
+
+    A device already holding ``key`` is chosen with an empty plan. Otherwise, among the devices
+    whose `Residency.plan` succeeds (``loading``: device -> the loads in progress there), the
+    one whose plan evicts the fewest bytes, then leaves the most bytes free, then evicts the
+    fewest models, then comes first by name: a model goes where it fits without evicting
+    anything, onto the emptiest device, and evicts only when every device is full. Raises
+    `NoRoom` naming each device's numbers when none can make room (``permanent`` when
+    ``size`` exceeds every device's budget). Changes nothing."""
+    if not devices:
+        raise ValueError("choose_device needs at least one device")
+    for name, lru in devices.items():
+        if key in lru:
+            return name, Plan((), lru.resident_bytes)
+    best: tuple[tuple[int, int, int, str], Plan] | None = None
+    refused: list[tuple[str, NoRoom]] = []
+    for name in sorted(devices):
+        lru = devices[name]
+        on = loading.get(name, _NOTHING)
+        try:
+            plan = lru.plan(key, size, pinned=pinned, busy=busy, loading=on)
+        except NoRoom as exc:
+            refused.append((name, exc))
+            continue
+        resident = lru.resident
+        freed = sum(resident[k] for k in plan.evict)
+        pending = sum(b for k, b in on.items() if k != key and k not in resident)
+        free_after = lru.budget_bytes - plan.bytes_after - pending
+        rank = (freed, -free_after, len(plan.evict), name)
+        if best is None or rank < best[0]:
+            best = (rank, plan)
+    if best is not None:
+        return best[0][3], best[1]
+    permanent = all(exc.permanent for _, exc in refused)
+    largest = max((exc for _, exc in refused), key=lambda e: e.budget_bytes)
+    each = "; ".join(
+        f"{name}: budget {_bytes(e.budget_bytes)}, {_bytes(e.resident_bytes)} resident "
+        f"({_bytes(e.pinned_bytes)} pinned, {_bytes(e.busy_bytes)} with requests in flight), "
+        f"{_bytes(e.loading_bytes)} loading"
+        for name, e in refused
+    )
+    advice = (
+        "it can never be resident on this node's devices; raise --device-memory-budget or "
+        "place the model on a node with larger devices"
+        if permanent
+        else "retry once requests in flight or loads finish, or pin fewer models"
+    )
+    raise NoRoom(
+        f"no device can hold model {key} ({_bytes(size)} of device memory): {each}; {advice}",
+        key=key,
+        size=size,
+        budget_bytes=largest.budget_bytes,
+        max_models=largest.max_models,
+        resident_bytes=largest.resident_bytes,
+        pinned_bytes=largest.pinned_bytes,
+        busy_bytes=largest.busy_bytes,
+        loading_bytes=largest.loading_bytes,
+        permanent=permanent,
+    )

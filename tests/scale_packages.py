@@ -56,7 +56,7 @@ Tiny.__init__ = _broken
 MANIFEST = """name = "{name}"
 version = "{version}"
 entrypoint = "workflow.py:Tiny"
-device = "cpu"
+device = "{device}"
 replicas = {replicas}
 pinned = {pinned}
 
@@ -95,6 +95,7 @@ def make_tiny_packages(
     version: str = "1",
     broken: Collection[str] = (),
     pinned: Collection[str] = (),
+    device: str = "cpu",
 ) -> list[Path]:
     """Write ``count`` packages under ``root`` (see the module docstring); their paths."""
     values = max(4, int(kb * 1024) // 4)
@@ -114,6 +115,7 @@ def make_tiny_packages(
                 version=version,
                 replicas=replicas,
                 pinned="true" if name in pinned else "false",
+                device=device,
                 digest=digest,
             )
         )

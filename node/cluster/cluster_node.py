@@ -114,6 +114,7 @@ class ClusterNode:
             path_of=self._artifact_of,
             doc_of=lambda key: self.placement.snapshot.workflows.get(key),
             pinned=lambda: self.placement.pinned(),
+            device_budgets=config.device_budgets(),
         )
         self.router = ClusterRouter(
             self.runtime.executor, self.runtime.shadows, self.peers, residence=self.residence

@@ -15,6 +15,14 @@ budget (``--memory-budget``) and model count (``--max-resident-models``):
   warm (pinned ones, ones a leaving node holds warm, and any while there is free room) and
   ``unload`` for the ones this node no longer owns.
 
+On a node with GPUs each device has a budget of its own (``--device-memory-budget``,
+default 90 % of its memory) and an LRU of its own: a model that runs on CUDA (manifest
+``device`` ``auto`` or ``cuda``) needs its ``[memory] device_bytes`` (else its host
+footprint) on one device; ``router.residency.choose_device`` picks the device where it fits
+without evicting, the emptiest, and evicts the least recently used models of one device
+only when every device is full. A model is resident on the host and on its device at once:
+evicting or unloading it frees both.
+
 Every load, eviction and unload changes the executor's loaded set, which the node
 publishes (gossip summary, etcd record) and counts in metrics.
 """
@@ -30,7 +38,7 @@ from pathlib import Path
 from shardline.node.cluster.catalog_ops import footprint_of
 from shardline.node.sdk.errors import DeadlineExceeded, Unavailable
 from shardline.node.serving.executor import Executor
-from shardline.router.residency import NoRoom, Plan, Residency
+from shardline.router.residency import NoRoom, Plan, Residency, choose_device
 
 log = logging.getLogger("shardline.residence")
 
@@ -47,9 +55,18 @@ class Residence:
         path_of: Callable[[str], Path],
         doc_of: Callable[[str], Mapping[str, object] | None],
         pinned: Callable[[], Set[str]],
+        device_budgets: Mapping[str, int] | None = None,
     ) -> None:
         self.executor = executor
         self.lru = Residency(budget_bytes, max_models=max_models)
+        self.devices = {
+            name: Residency(budget, max_models=max_models)
+            for name, budget in (device_budgets or {}).items()
+        }
+        """GPU name (``cuda:0``...) -> the models resident there, under its own budget."""
+        self.device_of: dict[str, str] = {}
+        """Resident key -> the GPU it runs on (models on the CPU are not in it)."""
+        self._loading_on: dict[str, tuple[str, int]] = {}  # key -> (GPU, bytes) while loading
         self._path_of = path_of
         self._doc_of = doc_of
         self._pinned = pinned
@@ -60,6 +77,8 @@ class Residence:
         self.retry_after_s = 5.0
         self.metrics = executor.metrics
         self.metrics.memory_budget_bytes.set(budget_bytes)
+        for name, lru in self.devices.items():
+            self.metrics.device_budget_bytes.labels(name).set(lru.budget_bytes)
 
     @property
     def budget_bytes(self) -> int:
@@ -70,8 +89,29 @@ class Residence:
         doc = self._doc_of(key)
         return footprint_of(doc) if doc is not None else 0
 
+    def device_bytes(self, key: str) -> int | None:
+        """The device memory a load of ``key`` needs, or None when it runs on the CPU here:
+        this node has no GPU, or the manifest pins ``device = "cpu"``."""
+        if not self.devices:
+            return None
+        doc = self._doc_of(key)
+        manifest = doc.get("manifest") if doc is not None else None
+        if not isinstance(manifest, Mapping):
+            manifest = {}
+        if manifest.get("device", "auto") == "cpu":
+            return None
+        memory = manifest.get("memory")
+        declared = memory.get("device_bytes", 0) if isinstance(memory, Mapping) else 0
+        if isinstance(declared, int) and not isinstance(declared, bool) and declared > 0:
+            return declared
+        return self.declared_bytes(key)
+
     def touch(self, key: str) -> None:
-        self.lru.touch(key, time.monotonic())
+        now = time.monotonic()
+        self.lru.touch(key, now)
+        device = self.device_of.get(key)
+        if device is not None:
+            self.devices[device].touch(key, now)
 
     def fits_free(self, key: str) -> bool:
         """Would ``key`` fit without evicting anything?"""
@@ -82,14 +122,29 @@ class Residence:
         return not plan.evict
 
     def plan(self, key: str) -> Plan:
+        """What to evict so ``key`` fits: host memory, and the device it would load on."""
         loading = {k: self.declared_bytes(k) for k in self._loads if k != key}
-        return self.lru.plan(
-            key,
-            self.declared_bytes(key),
-            pinned=self._pinned(),
-            busy=set(self.executor.busy),
-            loading=loading,
+        pinned, busy = self._pinned(), set(self.executor.busy)
+        plan = self.lru.plan(
+            key, self.declared_bytes(key), pinned=pinned, busy=busy, loading=loading
         )
+        on_device = self._device_plan(key, pinned, busy)
+        if on_device is None or not on_device[1].evict:
+            return plan
+        extra = tuple(k for k in on_device[1].evict if k not in plan.evict)
+        return Plan(plan.evict + extra, plan.bytes_after)
+
+    def _device_plan(self, key: str, pinned: Set[str], busy: Set[str]) -> tuple[str, Plan] | None:
+        """The GPU ``key`` would load on and what to evict there (None: it runs on the CPU);
+        raises NoRoom when no GPU can make room."""
+        size = self.device_bytes(key)
+        if size is None:
+            return None
+        loading: dict[str, dict[str, int]] = {}
+        for k, (device, b) in self._loading_on.items():
+            if k != key:
+                loading.setdefault(device, {})[k] = b
+        return choose_device(key, size, self.devices, pinned=pinned, busy=busy, loading=loading)
 
     def loading(self, key: str) -> bool:
         return key in self._loads
@@ -143,13 +198,19 @@ class Residence:
         executor = self.executor
         try:
             plan = self.plan(key)  # raises NoRoom with the numbers
+            pinned, busy = self._pinned(), set(executor.busy)
+            on_device = self._device_plan(key, pinned, busy)
             for victim in plan.evict:
                 await self.evict(victim)
+            device: str | None = None
+            if on_device is not None:
+                device = on_device[0]
+                self._loading_on[key] = (device, self.device_bytes(key) or 0)
             executor.loading.add(key)
             executor.changed()
             try:
                 path = self._path_of(key)
-                await executor.load_workflow(path, expect_key=key, warm=True)
+                await executor.load_workflow(path, expect_key=key, warm=True, device=device)
             except Exception as exc:
                 reason = f"{key} failed to load on {executor.config.node_id}: {exc}"
                 self.failed[key] = (time.monotonic() + self.retry_after_s, reason)
@@ -158,10 +219,15 @@ class Residence:
                 executor.loading.discard(key)
                 executor.changed()
             self.failed.pop(key, None)
-            self.lru.add(key, executor.footprint(key) or self.declared_bytes(key), time.monotonic())
+            now = time.monotonic()
+            self.lru.add(key, executor.footprint(key) or self.declared_bytes(key), now)
+            if device is not None:
+                self.devices[device].add(key, self.device_bytes(key) or 0, now)
+                self.device_of[key] = device
             self._gauges()
         finally:
             del self._loads[key]
+            self._loading_on.pop(key, None)
 
     async def evict(self, key: str) -> None:
         """Unload a resident model to make room (counted as an eviction)."""
@@ -170,6 +236,7 @@ class Residence:
         log.info("%s: evicting %s (least recently used) to make room",
                  self.executor.config.node_id, key)  # fmt: skip
         self.lru.remove(key, eviction=True)
+        self._forget_device(key, eviction=True)
         self.executor.evictions_total += 1
         self.metrics.evictions.inc()
         await self.executor.unload_workflow(key)
@@ -178,8 +245,14 @@ class Residence:
     async def unload(self, key: str) -> None:
         """Unload a model this node no longer owns (not an eviction)."""
         self.lru.remove(key, eviction=False)
+        self._forget_device(key, eviction=False)
         await self.executor.unload_workflow(key)
         self._gauges()
+
+    def _forget_device(self, key: str, *, eviction: bool) -> None:
+        device = self.device_of.pop(key, None)
+        if device is not None:
+            self.devices[device].remove(key, eviction=eviction)
 
     def adopt(self, key: str) -> None:
         """A model loaded outside ``load`` (e.g. a standalone preload) counts as resident."""
@@ -190,6 +263,8 @@ class Residence:
     def _gauges(self) -> None:
         self.metrics.resident_bytes.set(self.lru.resident_bytes)
         self.metrics.resident_models.set(len(self.lru))
+        for name, lru in self.devices.items():
+            self.metrics.device_resident_bytes.labels(name).set(lru.resident_bytes)
 
 
 __all__ = ["NoRoom", "Residence"]

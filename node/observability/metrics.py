@@ -250,6 +250,17 @@ class NodeMetrics:
             "This node's model memory budget (--memory-budget).",
             registry=r,
         )
+        # One series per GPU of the node (a handful): device memory under its budget.
+        self.device_resident_bytes = Gauge(
+            "shardline_device_resident_model_bytes",
+            "Device memory of the models resident on each GPU of this node.",
+            ["device"], registry=r,
+        )  # fmt: skip
+        self.device_budget_bytes = Gauge(
+            "shardline_device_memory_budget_bytes",
+            "Each GPU's model memory budget (--device-memory-budget).",
+            ["device"], registry=r,
+        )  # fmt: skip
         # Membership and control plane.
         self.gossip_packets = counter(
             "shardline_gossip_packets_total",

@@ -274,6 +274,12 @@ def main(log_level: str) -> None:
     "[default: half of the machine's (or cgroup's) memory].",
 )  # fmt: skip
 @click.option(
+    "--device-memory-budget", default=None, metavar="SIZE",
+    help="Cluster mode, with CUDA: device memory the models resident on each GPU may take; "
+    "a model goes to the GPU where it fits, least recently used models of a full GPU are "
+    "evicted [default: 90%% of each GPU's memory].",
+)  # fmt: skip
+@click.option(
     "--max-resident-models", type=click.IntRange(1), default=DEFAULT_MAX_RESIDENT_MODELS,
     show_default=True, help="Cluster mode: the most models resident on this node at once.",
 )  # fmt: skip
@@ -320,6 +326,7 @@ def serve(
     max_attributes: int,
     max_attribute_chars: int,
     memory_budget: str | None,
+    device_memory_budget: str | None,
     max_resident_models: int,
     hot_policy: str,
 ) -> None:
@@ -340,6 +347,9 @@ def serve(
                 attribute_value_chars=max_attribute_chars,
             ),
             memory_budget_bytes=parse_bytes(memory_budget) if memory_budget else None,
+            device_memory_budget_bytes=(
+                parse_bytes(device_memory_budget) if device_memory_budget else None
+            ),
             max_resident_models=max_resident_models,
             hot_policy=parse_hot_policy(hot_policy),
             coalesce_writes=coalesce_writes,

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from google.protobuf.message import DecodeError
 
 from shardline.membership.loaded import LoadedSet
@@ -105,17 +106,25 @@ class Executor:
     # -- models ----------------------------------------------------------------------------
 
     async def load_workflow(
-        self, package_dir: Path, *, expect_key: str | None = None, warm: bool = False
+        self,
+        package_dir: Path,
+        *,
+        expect_key: str | None = None,
+        warm: bool = False,
+        device: str | None = None,
     ) -> LoadedModel:
         """Load one workflow package and start its model actor (replaces nothing).
 
         With ``warm``, one real batch (the workflow's example request) runs through the
         actor before the model is offered to requests. The time it took (load and warm-up)
-        is observed in ``shardline_model_load_seconds``.
+        is observed in ``shardline_model_load_seconds``. ``device`` (``cuda:1``...): the
+        device a manifest with ``device = "auto"`` or ``"cuda"`` runs on (None: the first
+        GPU, else the CPU); a manifest's ``"cpu"`` stays on the CPU.
         """
         began = time.perf_counter()
+        where = torch.device(device) if device is not None else None
         try:
-            loaded = await asyncio.to_thread(load_package, package_dir)
+            loaded = await asyncio.to_thread(load_package, package_dir, where)
         except Exception:
             self.metrics.loads.labels(expect_key or str(package_dir.name), "error").inc()
             raise

@@ -22,6 +22,7 @@ DEFAULT_MAX_RESIDENT_MODELS = 4096
 # many always fit one record (``shardline.membership.loaded.MAX_RECORD_BYTES``).
 MAX_RESIDENT_MODELS_LIMIT = MAX_RECORD_BYTES // 160
 DEFAULT_BUDGET_SHARE = 0.5
+DEFAULT_DEVICE_BUDGET_SHARE = 0.9  # of each GPU's memory (the rest: activations, CUDA context)
 
 
 def machine_memory_bytes() -> int:
@@ -72,6 +73,19 @@ def default_cpu_threads() -> int:
 def default_memory_budget() -> int:
     """Half of ``machine_memory_bytes``: room for the process, requests and the page cache."""
     return int(machine_memory_bytes() * DEFAULT_BUDGET_SHARE)
+
+
+def gpu_memory() -> dict[str, int]:
+    """Each CUDA device of this process (``cuda:0``...) -> its total memory; {} without
+    CUDA (torch is imported only here: the CLI reads this module without it)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    return {
+        f"cuda:{i}": int(torch.cuda.get_device_properties(i).total_memory)
+        for i in range(torch.cuda.device_count())
+    }
 
 
 def parse_bytes(text: str) -> int:
@@ -149,6 +163,8 @@ class NodeConfig:
     # ``default_memory_budget``) and the most models resident at once.
     memory_budget_bytes: int | None = None
     max_resident_models: int = DEFAULT_MAX_RESIDENT_MODELS
+    # Per GPU: the device memory its resident models may take (None: 90 % of each GPU's).
+    device_memory_budget_bytes: int | None = None
     # Hot copies: when a model this node decides for gains or loses an extra copy.
     hot_policy: HotPolicy = field(default_factory=HotPolicy)
 
@@ -164,6 +180,15 @@ class NodeConfig:
             return self.memory_budget_bytes
         return default_memory_budget()
 
+    def device_budgets(self) -> dict[str, int]:
+        """Each GPU of this node -> its model memory budget ({} without CUDA)."""
+        return {
+            name: self.device_memory_budget_bytes
+            if self.device_memory_budget_bytes is not None
+            else int(total * DEFAULT_DEVICE_BUDGET_SHARE)
+            for name, total in gpu_memory().items()
+        }
+
     def __post_init__(self) -> None:
         for name in ("peer_link_max_streams", "http_max_connections"):
             value = getattr(self, name)
@@ -173,6 +198,9 @@ class NodeConfig:
             raise ValueError(f"cpu_threads must be >= 1, got {self.cpu_threads}")
         if self.memory_budget_bytes is not None and self.memory_budget_bytes < 1:
             raise ValueError(f"memory budget must be > 0 bytes, got {self.memory_budget_bytes}")
+        device = self.device_memory_budget_bytes
+        if device is not None and device < 1:
+            raise ValueError(f"device memory budget must be > 0 bytes, got {device}")
         if not 1 <= self.max_resident_models <= MAX_RESIDENT_MODELS_LIMIT:
             raise ValueError(
                 f"max resident models must be in 1..{MAX_RESIDENT_MODELS_LIMIT} (the node's "

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from shardline.router.residency import NoRoom, Plan, Residency
+from shardline.router.residency import NoRoom, Plan, Residency, choose_device
 
 MB = 1 << 20
 
@@ -538,3 +538,42 @@ def test_budget_and_max_models_may_change_but_stay_valid() -> None:
     with pytest.raises(ValueError, match="max_models"):
         r.max_models = 0
     assert (r.budget_bytes, r.max_models) == (50, 1)
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def test_choose_device_prefers_room_then_the_emptiest_then_the_cheapest_eviction() -> None:
+    gpus = {
+        "cuda:0": filled(10 * MB, {"a": 6 * MB}),
+        "cuda:1": filled(10 * MB, {"b": 2 * MB}),
+    }
+    assert choose_device("new", 3 * MB, gpus) == ("cuda:1", Plan((), 5 * MB))
+    assert choose_device("a", 6 * MB, gpus) == ("cuda:0", Plan((), 6 * MB))  # already there
+    # A load in progress on cuda:1 takes its room: cuda:0 fits without evicting.
+    loading = {"cuda:1": {"c": 7 * MB}}
+    assert choose_device("new", 3 * MB, gpus, loading=loading) == ("cuda:0", Plan((), 9 * MB))
+    # Full everywhere: evict the fewest bytes (b on cuda:1, not a on cuda:0).
+    full = {
+        "cuda:0": filled(10 * MB, {"a": 6 * MB, "a2": 4 * MB}),
+        "cuda:1": filled(10 * MB, {"b": 3 * MB, "b2": 7 * MB}),
+    }
+    assert choose_device("new", 3 * MB, full) == ("cuda:1", Plan(("b",), 10 * MB))
+    # ... unless b is busy: then a2 can't go alone (LRU order: a first), so a goes on cuda:0
+    # (6 MB) or b2 on cuda:1 (7 MB): the fewer bytes win.
+    assert choose_device("new", 3 * MB, full, busy={"b"}) == ("cuda:0", Plan(("a",), 7 * MB))
+
+
+def test_choose_device_refuses_with_each_devices_numbers() -> None:
+    gpus = {"cuda:0": filled(4 * MB, {"a": 4 * MB}), "cuda:1": filled(8 * MB, {"b": 8 * MB})}
+    with pytest.raises(NoRoom) as busy:
+        choose_device("new", 2 * MB, gpus, pinned={"a", "b"})
+    assert not busy.value.permanent
+    assert "cuda:0: budget 4,194,304 B" in str(busy.value)
+    assert "cuda:1: budget 8,388,608 B" in str(busy.value)
+    assert busy.value.budget_bytes == 8 * MB  # (the largest device's numbers)
+    with pytest.raises(NoRoom) as never:
+        choose_device("huge", 9 * MB, gpus)
+    assert never.value.permanent and "--device-memory-budget" in str(never.value)
+    with pytest.raises(ValueError):
+        choose_device("x", 1, {})
