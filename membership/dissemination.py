@@ -2,8 +2,14 @@
 
 ``Disseminator`` holds at most one pending update per member (a newer claim replaces the
 older one and starts its retransmit count over). Each outgoing Ping/Ack/Nack/PingReq
-carries as many pending updates as fit in ``max_packet_bytes``, fewest-transmitted first
-(newest first among equals); an update is dropped after ``limit`` transmissions.
+carries as many pending updates as fit in ``max_packet_bytes``: membership news first (a
+member joined, was suspected, declared dead, left or refuted: its state or incarnation
+changed), then load-only refreshes (the in-flight and load summary riding on an alive
+record), fewest-transmitted first within each, newest first among equals; an update is
+dropped after ``limit`` transmissions. Every member's load changes every few seconds: in a
+fleet of 1 000, fresh load refreshes would otherwise always rank ahead of an older death
+and starve its dissemination (the simulator's zone failure measured it: half the pairs
+still undetected 40 s after the crash).
 
 The ``*_size`` functions compute, without encoding, the exact number of bytes the
 protobuf encoding of ``shardline.gossip.v1.Envelope`` takes (a wire test checks them
@@ -17,7 +23,7 @@ import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from shardline.membership.swim_state import Ack, Body, Nack, Ping, PingReq, Update
+from shardline.membership.swim_state import Ack, Body, MemberState, Nack, Ping, PingReq, Update
 
 # ----------------------------------------------------------------------------- sizes
 
@@ -118,9 +124,10 @@ class _Entry:
     size: int
     transmits: int
     newest: int  # minus the enqueue order: sorts newest first
+    load_only: bool  # a load refresh of an alive member, no membership news
 
 
-_RANK = operator.attrgetter("transmits", "newest")  # fewest transmitted, then newest first
+_RANK = operator.attrgetter("load_only", "transmits", "newest")  # news, fewest sent, newest
 
 
 class Disseminator:
@@ -139,10 +146,23 @@ class Disseminator:
     def pending(self) -> dict[str, Update]:
         return {nid: e.update for nid, e in self._entries.items()}
 
-    def enqueue(self, update: Update) -> None:
-        """Queue ``update`` (replacing any pending update about the same member)."""
+    def enqueue(self, update: Update, *, load_only: bool = False) -> None:
+        """Queue ``update`` (replacing any pending update about the same member).
+
+        ``load_only``: it changes only the member's load (ranked after membership news);
+        replacing pending news about the same state and incarnation, it stays news."""
         self._order += 1
-        self._entries[update.node_id] = _Entry(update, update_entry_size(update), 0, -self._order)
+        if load_only:
+            prev = self._entries.get(update.node_id)
+            load_only = update.state is MemberState.ALIVE and not (
+                prev is not None
+                and not prev.load_only
+                and prev.update.state is update.state
+                and prev.update.incarnation == update.incarnation
+            )
+        self._entries[update.node_id] = _Entry(
+            update, update_entry_size(update), 0, -self._order, load_only
+        )
 
     def drop(self, node_id: str) -> None:
         self._entries.pop(node_id, None)

@@ -163,7 +163,7 @@ class Swim(MergeCore):
         self._in_flight, self._load = in_flight, load
         self._load_seq += 1
         self._refresh_self()
-        self._queue.enqueue(self._self_update())
+        self._queue.enqueue(self._self_update(), load_only=True)
 
     def on_tick(self, now: float) -> list[Effect]:
         """Drive probes, indirect probes, suspicion expiry, reaping, push-pull and joins."""

@@ -198,7 +198,7 @@ class MergeCore:
             self._set(cur, u, now, out)
         elif same and u.load_seq > cur.load_seq:
             self._members[cur.node_id] = self._with_load(cur, u)
-            self._queue.enqueue(self._record(self._members[cur.node_id]))
+            self._queue.enqueue(self._record(self._members[cur.node_id]), load_only=True)
 
     @staticmethod
     def _with_load(member: Member, u: Update) -> Member:

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shardline.membership.dissemination import Disseminator, update_entry_size
 from shardline.membership.swim import (
     Effect,
     LoadChanged,
@@ -490,3 +491,24 @@ def test_chaos_never_leaves_a_live_member_dead_and_is_deterministic(
     net = run_chaos(*params)
     assert converged(net), f"a live member is not ALIVE everywhere after healing: {net.tables()}"
     assert run_chaos(*params).tables() == net.tables(), "same seed, same member tables"
+
+
+def test_membership_news_is_piggybacked_before_load_refreshes() -> None:
+    """A death queued before a flood of fresh load refreshes still goes out first; a load
+    refresh replacing pending news about the same state and incarnation stays news."""
+    queue = Disseminator()
+    queue.enqueue(Update("n9", address(9), 3, DEAD, "n1"))
+    for i in range(8):
+        queue.enqueue(Update(node_id(i), address(i), 1, ALIVE, node_id(i), 5, 2), load_only=True)
+    first = queue.select(budget=10_000, limit=10)
+    assert first[0].node_id == "n9" and len(first) == 9
+    # A join (news), then its load refresh before the join has spread: still first.
+    queue = Disseminator()
+    queue.enqueue(Update("n8", address(8), 2, ALIVE, "n8"))
+    queue.enqueue(Update("n8", address(8), 2, ALIVE, "n8", 1, 7), load_only=True)
+    for i in range(4):  # newer load refreshes of others
+        queue.enqueue(Update(node_id(i), address(i), 1, ALIVE, node_id(i), 5), load_only=True)
+    one = queue.select(
+        budget=update_entry_size(Update("n8", address(8), 2, ALIVE, "n8", 1, 7)), limit=10
+    )
+    assert [u.node_id for u in one] == ["n8"]
