@@ -208,6 +208,7 @@ def make_catalog(root: Path, cfg: Config) -> tuple[Path, Path, int]:
         version="1",
         replicas=REPLICAS,
         pinned="false",
+        device="cpu",
         digest=(tiny[0] / "workflow.toml").read_text().split('sha256 = "')[1].split('"')[0],
     )
     manifest = manifest.replace('entrypoint = "workflow.py:Tiny"', 'entrypoint = "workflow.py:Hot"')
