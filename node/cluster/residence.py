@@ -200,12 +200,12 @@ class Residence:
             plan = self.plan(key)  # raises NoRoom with the numbers
             pinned, busy = self._pinned(), set(executor.busy)
             on_device = self._device_plan(key, pinned, busy)
-            for victim in plan.evict:
-                await self.evict(victim)
             device: str | None = None
-            if on_device is not None:
+            if on_device is not None:  # (counted there at once: a concurrent load plans too)
                 device = on_device[0]
                 self._loading_on[key] = (device, self.device_bytes(key) or 0)
+            for victim in plan.evict:
+                await self.evict(victim)
             executor.loading.add(key)
             executor.changed()
             try:
@@ -257,7 +257,12 @@ class Residence:
     def adopt(self, key: str) -> None:
         """A model loaded outside ``load`` (e.g. a standalone preload) counts as resident."""
         if key in self.executor.models and key not in self.lru:
-            self.lru.add(key, self.executor.footprint(key), time.monotonic())
+            now = time.monotonic()
+            self.lru.add(key, self.executor.footprint(key), now)
+            device = str(self.executor.models[key].loaded.device)
+            if device in self.devices:
+                self.devices[device].add(key, self.device_bytes(key) or 0, now)
+                self.device_of[key] = device
             self._gauges()
 
     def _gauges(self) -> None:

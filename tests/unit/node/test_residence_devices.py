@@ -59,6 +59,11 @@ async def test_models_on_a_device_are_evicted_under_its_own_budget(tmp_path: Pat
         assert a not in device and device.evictions == 1
         await residence.load(b)
         assert residence.device_of == {b: "cpu", c: "cpu"}
+        # A model loaded outside ``load`` (a preload) is counted on its device when adopted.
+        await residence.unload(c)
+        await runtime.executor.load_workflow(paths[c], expect_key=c, device="cpu")
+        residence.adopt(c)
+        assert residence.device_of == {b: "cpu", c: "cpu"} and c in device
     finally:
         await runtime.stop()
 
