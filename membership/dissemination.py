@@ -150,17 +150,24 @@ class Disseminator:
     def enqueue(self, update: Update, *, load_only: bool = False) -> None:
         """Queue ``update`` (replacing any pending update about the same member).
 
-        ``load_only``: it changes only the member's load (ranked after membership news);
-        replacing pending news about the same state and incarnation, it stays news."""
+        ``load_only``: it changes only the member's load (ranked after membership news).
+        Replacing pending news about the same state and incarnation, it carries that news
+        on: it stays news and keeps the news's transmissions and place, so the news still
+        retires after ``limit`` sends however often the member's load changes."""
         self._order += 1
         if load_only:
             prev = self._entries.get(update.node_id)
-            load_only = update.state is MemberState.ALIVE and not (
+            if (
                 prev is not None
                 and not prev.load_only
                 and prev.update.state is update.state
                 and prev.update.incarnation == update.incarnation
-            )
+            ):
+                self._entries[update.node_id] = _Entry(
+                    update, update_entry_size(update), prev.transmits, prev.newest, False
+                )
+                return
+            load_only = update.state is MemberState.ALIVE
         self._entries[update.node_id] = _Entry(
             update, update_entry_size(update), 0, -self._order, load_only
         )

@@ -487,9 +487,9 @@ def choose_device(
     permanent = all(exc.permanent for _, exc in refused)
     largest = max((exc for _, exc in refused), key=lambda e: e.budget_bytes)
     each = "; ".join(
-        f"{name}: budget {_bytes(e.budget_bytes)}, {_bytes(e.resident_bytes)} resident "
-        f"({_bytes(e.pinned_bytes)} pinned, {_bytes(e.busy_bytes)} with requests in flight), "
-        f"{_bytes(e.loading_bytes)} loading"
+        f"{name}: budget {_bytes(e.budget_bytes)} and at most {e.max_models} models, "
+        f"{_bytes(e.resident_bytes)} resident ({_bytes(e.pinned_bytes)} pinned, "
+        f"{_bytes(e.busy_bytes)} with requests in flight), {_bytes(e.loading_bytes)} loading"
         for name, e in refused
     )
     advice = (

@@ -228,7 +228,7 @@ class SimNode(Host):
         self.phase = Phase.GONE
         self._timer_at = math.inf
         self._placement_due = False
-        self._placement_key: tuple[tuple[str, int], ...] = ()
+        self._placement_key: frozenset[tuple[str, int]] = frozenset()
         self._placement_refs = MembershipView()
         self._seeds: tuple[ClusterSnapshot | None, dict[str, str]] = (None, {})
         self._models_changed = False
@@ -565,7 +565,7 @@ class SimNode(Host):
         # Placement reads the members, their records and models (models: see _dispatch);
         # a change of liveness alone (suspect <-> alive) gives it nothing new to do.
         if dirty is None or any(_record_of(old, n) is not _record_of(view, n) for n in dirty):
-            placement = tuple([(n, id(m.record)) for n, m in view.members.items()])
+            placement = frozenset([(n, id(m.record)) for n, m in view.members.items()])
         else:
             placement = self._placement_key
         if placement != self._placement_key:
@@ -787,7 +787,13 @@ class SimNode(Host):
             new = load - self._lazy
             handed: set[str] = set()
             fleet = self.world.fleet
-            if new and fleet is not None and not fleet.fallbacks:  # holders are on a key's walk
+            if (  # holders are on a key's walk (every member is on the fleet's roster)
+                new
+                and fleet is not None
+                and not fleet.fallbacks
+                and isinstance(self.ring, FleetRing)
+                and view.members.keys() <= fleet.capacity.keys()
+            ):
                 models_of, members = self.models_of, view.members
                 for key in new:
                     owners = self.ring.owners(key, self._r(key))

@@ -67,6 +67,7 @@ class Residence:
         self.device_of: dict[str, str] = {}
         """Resident key -> the GPU it runs on (models on the CPU are not in it)."""
         self._loading_on: dict[str, tuple[str, int]] = {}  # key -> (GPU, bytes) while loading
+        self._unloading: dict[str, asyncio.Future[None]] = {}  # evictions still unloading
         self._path_of = path_of
         self._doc_of = doc_of
         self._pinned = pinned
@@ -221,8 +222,9 @@ class Residence:
             self.failed.pop(key, None)
             now = time.monotonic()
             self.lru.add(key, executor.footprint(key) or self.declared_bytes(key), now)
-            if device is not None:
-                self.devices[device].add(key, self.device_bytes(key) or 0, now)
+            if device is not None:  # (declared, else measured: tensors on the device)
+                size = self.device_bytes(key) or executor.footprint(key)
+                self.devices[device].add(key, size, now)
                 self.device_of[key] = device
             self._gauges()
         finally:
@@ -230,16 +232,25 @@ class Residence:
             self._loading_on.pop(key, None)
 
     async def evict(self, key: str) -> None:
-        """Unload a resident model to make room (counted as an eviction)."""
+        """Unload a resident model to make room (counted as an eviction); returns once its
+        memory is free (a concurrent load's plan that named the same victim waits too)."""
         if key not in self.lru:
-            return  # a concurrent load's plan evicted it already
+            unloading = self._unloading.get(key)
+            if unloading is not None:  # a concurrent load's plan is evicting it: wait
+                await asyncio.shield(unloading)
+            return
         log.info("%s: evicting %s (least recently used) to make room",
                  self.executor.config.node_id, key)  # fmt: skip
         self.lru.remove(key, eviction=True)
         self._forget_device(key, eviction=True)
         self.executor.evictions_total += 1
         self.metrics.evictions.inc()
-        await self.executor.unload_workflow(key)
+        task = asyncio.ensure_future(self.executor.unload_workflow(key))
+        self._unloading[key] = task
+        task.add_done_callback(
+            lambda t: self._unloading.pop(key) if self._unloading.get(key) is t else None
+        )
+        await asyncio.shield(task)
         self._gauges()
 
     async def unload(self, key: str) -> None:
@@ -261,7 +272,8 @@ class Residence:
             self.lru.add(key, self.executor.footprint(key), now)
             device = str(self.executor.models[key].loaded.device)
             if device in self.devices:
-                self.devices[device].add(key, self.device_bytes(key) or 0, now)
+                size = self.device_bytes(key) or self.executor.footprint(key)
+                self.devices[device].add(key, size, now)
                 self.device_of[key] = device
             self._gauges()
 

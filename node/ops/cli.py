@@ -277,7 +277,7 @@ def main(log_level: str) -> None:
     "--device-memory-budget", default=None, metavar="SIZE",
     help="Cluster mode, with CUDA: device memory the models resident on each GPU may take; "
     "a model goes to the GPU where it fits, least recently used models of a full GPU are "
-    "evicted [default: 90%% of each GPU's memory].",
+    "evicted [default: 90% of each GPU's memory].",
 )  # fmt: skip
 @click.option(
     "--max-resident-models", type=click.IntRange(1), default=DEFAULT_MAX_RESIDENT_MODELS,

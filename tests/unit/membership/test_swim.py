@@ -512,3 +512,18 @@ def test_membership_news_is_piggybacked_before_load_refreshes() -> None:
         budget=update_entry_size(Update("n8", address(8), 2, ALIVE, "n8", 1, 7)), limit=10
     )
     assert [u.node_id for u in one] == ["n8"]
+
+
+def test_news_carried_by_load_refreshes_still_retires_after_its_sends() -> None:
+    """A member whose load changes all the time must not keep its join news at the top of
+    every queue forever (it would starve a later death)."""
+    queue = Disseminator()
+    queue.enqueue(Update("n8", address(8), 2, ALIVE, "n8"))
+    for seq in range(1, 4):  # a load refresh between each of the news's 3 sends
+        queue.enqueue(Update("n8", address(8), 2, ALIVE, "n8", seq, seq), load_only=True)
+        assert [u.node_id for u in queue.select(budget=10_000, limit=3)] == ["n8"]
+    assert "n8" not in queue  # the news (and the load riding on it) went out 3 times
+    death = Update("n9", address(9), 1, DEAD, "n1")
+    queue.enqueue(death)
+    queue.enqueue(Update("n8", address(8), 2, ALIVE, "n8", 4, 4), load_only=True)
+    assert queue.select(budget=update_entry_size(death), limit=3) == (death,)
