@@ -10,7 +10,7 @@ dropped after ``limit`` transmissions. Every member's load changes every few sec
 fleet of 1 000, fresh load refreshes would otherwise always rank ahead of an older death
 and starve its dissemination (the simulator's zone failure, 100 of 1 000 nodes: detection
 took a median of 40 s, 31 % of the pairs still undetected 60 s after the crash; 15.9 s and
-0.4 % with news first).
+0.02 % with news first).
 
 The ``*_size`` functions compute, without encoding, the exact number of bytes the
 protobuf encoding of ``shardline.gossip.v1.Envelope`` takes (a wire test checks them
