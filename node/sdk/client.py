@@ -32,6 +32,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,7 +61,7 @@ from shardline.node.sdk.targets import (
 )
 from shardline.node.sdk.tls import TlsFiles, client_context
 from shardline.router.objectives import ObjectiveConfig
-from shardline.router.replica import rendezvous
+from shardline.router.replica import choose_replica
 from shardline.router.rules import OverrideNotAllowed, RequestContext, evaluate
 
 
@@ -326,8 +328,12 @@ class SmartClient:
 
     It fetches the table (members, placements, objective configs) from any node, decides
     the model version locally with the same pure rules the nodes use, and sends the
-    request to a warm owner (rendezvous-sticky per user), where it is served without a
-    hop. When the table is older than ``refresh_s`` it is refreshed; when the owner fails
+    request to a warm owner, where it is served without a hop: the owner this client is
+    sticky to (rendezvous on a random id per client, so different clients spread over the
+    owners and one client keeps one owner warm), unless that owner holds more of this
+    client's requests in flight than the others by the replicas' bound
+    (``router.replica.choose_replica``, the rule a node uses between replicas). When the
+    table is older than ``refresh_s`` it is refreshed; when the owner fails
     (UNAVAILABLE or no connection) the table is refreshed and the request goes to any
     other node, which routes it.
     """
@@ -354,6 +360,9 @@ class SmartClient:
         self._nodes: list[str] = []
         self._refreshing: asyncio.Task[None] | None = None
         """The one table refresh in flight (requests meanwhile use the table they have)."""
+        self._affinity = os.urandom(8).hex()  # this client's sticky key among owners
+        self._in_flight: dict[str, int] = {}  # node address -> this client's requests there
+        self._rng = random.Random()
 
     def _client(self, target: str) -> Client:
         client = self._clients.get(target)
@@ -413,7 +422,9 @@ class SmartClient:
         except OverrideNotAllowed:
             return None
         owners = self._owners.get(decision.model_key)
-        return rendezvous(context.user_id, owners) if owners else None
+        if not owners:
+            return None
+        return choose_replica(owners, self._affinity, self._in_flight, self._rng)
 
     async def predict(
         self,
@@ -438,7 +449,9 @@ class SmartClient:
         attempts = [target] if target else []
         attempts += fallbacks[:1] if target else fallbacks[:2]
         last: PredictError | None = None
+        in_flight = self._in_flight
         for i, node in enumerate(attempts):
+            in_flight[node] = in_flight.get(node, 0) + 1
             try:
                 answer = await self._client(node).predict_raw(raw, timeout_s=timeout_s)
                 return parse_response(answer)
@@ -447,6 +460,8 @@ class SmartClient:
                 if exc.status not in (Status.UNAVAILABLE,) or i == len(attempts) - 1:
                     raise
                 self._fetched_at = -1e9  # stale: refresh on the next call
+            finally:
+                in_flight[node] -= 1
         assert last is not None
         raise last
 

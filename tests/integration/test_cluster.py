@@ -17,6 +17,7 @@ from shardline.membership.etcd import connect
 from shardline.node.cluster.catalog_ops import catalog, register_tree
 from shardline.node.ops.localcluster import routing_table, wait_ready
 from shardline.node.sdk.client import Client, PredictError, SmartClient
+from shardline.router.rules import RequestContext
 from tests.etcd_server import EtcdServer, find_etcd
 from tests.integration.test_standalone_node import metric
 from tests.procs import EXAMPLES, REPO, NodeProcess
@@ -164,6 +165,30 @@ async def test_smart_client_goes_straight_to_an_owner(cluster: dict[str, NodePro
         client._owners = {key: ["127.0.0.1:1"] for key in client._owners}
         a = await client.predict("payment_fraud", FRAUD, user_id="after-stale")
         assert a.model_key.startswith("payment_fraud@")
+
+
+async def test_smart_client_keeps_one_owner_warm_and_spreads_when_it_is_loaded(
+    cluster: dict[str, NodeProcess],
+) -> None:
+    """One request at a time: every user's requests go to this client's sticky owner (one
+    warm node, as a direct client's). Many at once: they spread over the model's owners."""
+    async with SmartClient([cluster["node-1"].target]) as client:
+        await client.refresh()
+        one_by_one: dict[str, set[str]] = {}  # model version -> the nodes that served it
+        for i in range(20):
+            a = await client.predict("payment_fraud", FRAUD, user_id=f"seq-{i}")
+            if client.owner_for("payment_fraud", RequestContext(user_id=f"seq-{i}")):
+                one_by_one.setdefault(a.model_key, set()).add(a.node_id)  # (routed here)
+        assert one_by_one and all(len(n) == 1 for n in one_by_one.values()), one_by_one
+        many = await asyncio.gather(
+            *(client.predict("payment_fraud", FRAUD, user_id=f"par-{i}") for i in range(48))
+        )
+        spread: dict[str, set[str]] = {}
+        for a in many:
+            if a.hops == 0:
+                spread.setdefault(a.model_key, set()).add(a.node_id)
+        assert any(len(nodes) >= 2 for nodes in spread.values()), spread
+        assert not any(client._in_flight.values())  # every request was counted out
 
 
 async def test_smart_client_refreshes_its_table_once_for_concurrent_requests(
