@@ -124,28 +124,26 @@ class Residence:
 
     def plan(self, key: str) -> Plan:
         """What to evict so ``key`` fits: host memory, and the device it would load on."""
+        return self._plan(key)[0]
+
+    def _plan(self, key: str) -> tuple[Plan, str | None]:
+        """``plan(key)`` and the GPU it would load on (None: it runs on the CPU); raises
+        NoRoom when the host or every GPU cannot make room."""
         loading = {k: self.declared_bytes(k) for k in self._loads if k != key}
         pinned, busy = self._pinned(), set(self.executor.busy)
         plan = self.lru.plan(
             key, self.declared_bytes(key), pinned=pinned, busy=busy, loading=loading
         )
-        on_device = self._device_plan(key, pinned, busy)
-        if on_device is None or not on_device[1].evict:
-            return plan
-        extra = tuple(k for k in on_device[1].evict if k not in plan.evict)
-        return Plan(plan.evict + extra, plan.bytes_after)
-
-    def _device_plan(self, key: str, pinned: Set[str], busy: Set[str]) -> tuple[str, Plan] | None:
-        """The GPU ``key`` would load on and what to evict there (None: it runs on the CPU);
-        raises NoRoom when no GPU can make room."""
         size = self.device_bytes(key)
         if size is None:
-            return None
-        loading: dict[str, dict[str, int]] = {}
-        for k, (device, b) in self._loading_on.items():
+            return plan, None
+        on: dict[str, dict[str, int]] = {}
+        for k, (gpu, b) in self._loading_on.items():
             if k != key:
-                loading.setdefault(device, {})[k] = b
-        return choose_device(key, size, self.devices, pinned=pinned, busy=busy, loading=loading)
+                on.setdefault(gpu, {})[k] = b
+        device, there = choose_device(key, size, self.devices, pinned=pinned, busy=busy, loading=on)
+        extra = tuple(k for k in there.evict if k not in plan.evict)
+        return Plan(plan.evict + extra, plan.bytes_after), device
 
     def loading(self, key: str) -> bool:
         return key in self._loads
@@ -198,12 +196,8 @@ class Residence:
     async def _load(self, key: str) -> None:
         executor = self.executor
         try:
-            plan = self.plan(key)  # raises NoRoom with the numbers
-            pinned, busy = self._pinned(), set(executor.busy)
-            on_device = self._device_plan(key, pinned, busy)
-            device: str | None = None
-            if on_device is not None:  # (counted there at once: a concurrent load plans too)
-                device = on_device[0]
+            plan, device = self._plan(key)  # raises NoRoom with the numbers
+            if device is not None:  # (counted there at once: a concurrent load plans too)
                 self._loading_on[key] = (device, self.device_bytes(key) or 0)
             for victim in plan.evict:
                 await self.evict(victim)
