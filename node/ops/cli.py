@@ -174,6 +174,13 @@ def main(log_level: str) -> None:
     help="Send the HTTP/2 frames of one event-loop turn in one socket write.",
 )
 @click.option(
+    "--http2",
+    type=click.Choice(["lean", "h2"]),
+    default="lean",
+    show_default=True,
+    help="HTTP/2 under grpclib: lean (shardline's connection, node/sdk/http2.py) or h2.",
+)
+@click.option(
     "--admin-token-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
@@ -306,6 +313,7 @@ def serve(
     cpu_threads: int | None,
     event_loop: str,
     coalesce_writes: bool,
+    http2: str,
     admin_token_file: Path | None,
     artifact_store: Path | None,
     tls_ca: str | None,
@@ -353,6 +361,7 @@ def serve(
             max_resident_models=max_resident_models,
             hot_policy=parse_hot_policy(hot_policy),
             coalesce_writes=coalesce_writes,
+            http2=http2,
             peer_link_max_streams=peer_link_max_streams,
             http_max_connections=http_max_connections,
         )  # fmt: skip

@@ -22,7 +22,12 @@ import asyncio
 from typing import Any, cast
 
 from grpclib.client import Channel, Handler
-from grpclib.protocol import H2Protocol
+from grpclib.protocol import Connection, EventsProcessor, H2Protocol, _set_nodelay
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.settings import SettingCodes
+
+from shardline.node.sdk.http2 import LeanH2Connection
 
 
 class CoalescingTransport(asyncio.Transport):
@@ -91,19 +96,60 @@ class CoalescingTransport(asyncio.Transport):
 
 
 class CoalescingH2Protocol(H2Protocol):
-    """grpclib's HTTP/2 protocol writing through a ``CoalescingTransport``."""
+    """grpclib's HTTP/2 protocol writing through a ``CoalescingTransport`` (``coalesce``)
+    and speaking HTTP/2 through ``http2.LeanH2Connection`` instead of h2 (``lean``)."""
+
+    def __init__(
+        self,
+        handler: Any,
+        config: Any,
+        h2_config: H2Configuration,
+        *,
+        coalesce: bool = True,
+        lean: bool = True,
+    ) -> None:
+        super().__init__(handler, config, h2_config)
+        self.coalesce = coalesce
+        self.lean = lean
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports are not asyncio.Transport subclasses; they quack alike.)
         stream = cast(asyncio.Transport, transport)
-        super().connection_made(CoalescingTransport(stream, asyncio.get_running_loop()))
+        if self.coalesce:
+            stream = CoalescingTransport(stream, asyncio.get_running_loop())
+        if not self.lean:
+            super().connection_made(stream)
+            return
+        # grpclib's H2Protocol.connection_made with the lean connection in h2's place
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            _set_nodelay(sock)
+        h2_conn = LeanH2Connection(client_side=self.h2_config.client_side)
+        h2_conn.initiate_connection()
+        initial = h2_conn.local_settings.initial_window_size
+        conn_delta = self.config.http2_connection_window_size - initial
+        stream_delta = self.config.http2_stream_window_size - initial
+        if conn_delta:
+            h2_conn.increment_flow_control_window(conn_delta)
+        if stream_delta:
+            h2_conn.update_settings(
+                {SettingCodes.INITIAL_WINDOW_SIZE: self.config.http2_stream_window_size}
+            )
+        self.connection = Connection(cast(H2Connection, h2_conn), stream, config=self.config)
+        self.connection.flush()
+        self.connection.initialize()
+        self.processor = EventsProcessor(self.handler, self.connection)
 
 
 class CoalescingChannel(Channel):
-    """grpclib's client channel, writing through a ``CoalescingTransport``."""
+    """grpclib's client channel over ``CoalescingH2Protocol`` (``lean``: h2 or not)."""
+
+    def __init__(self, *args: Any, lean: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lean = lean
 
     def _protocol_factory(self) -> H2Protocol:
-        return CoalescingH2Protocol(Handler(), self._config, self._h2_config)
+        return CoalescingH2Protocol(Handler(), self._config, self._h2_config, lean=self._lean)
 
 
 __all__ = ["CoalescingChannel", "CoalescingH2Protocol", "CoalescingTransport"]

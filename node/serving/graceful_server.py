@@ -88,6 +88,7 @@ class GracefulServer(Server):
         self,
         *args: Any,
         coalesce_writes: bool = True,
+        lean_http2: bool = True,
         peer_link: LinkServing | None = None,
         **kwargs: Any,
     ) -> None:
@@ -96,13 +97,21 @@ class GracefulServer(Server):
         self._links: weakref.WeakSet[LinkConnection] = weakref.WeakSet()
         self.coalesce_writes = coalesce_writes
         """Send the frames of one turn of the loop in one write (``coalesce``)."""
+        self.lean_http2 = lean_http2
+        """Speak HTTP/2 through ``sdk.http2.LeanH2Connection`` (False: h2's)."""
         self.peer_link = peer_link
         """Serve the peer link on this port too (None: HTTP/2 only)."""
 
     def _h2_factory(self) -> H2Protocol:
         protocol = super()._protocol_factory()
-        if self.coalesce_writes:  # the same protocol, writing through a CoalescingTransport
-            protocol = CoalescingH2Protocol(protocol.handler, protocol.config, protocol.h2_config)
+        if self.coalesce_writes or self.lean_http2:
+            protocol = CoalescingH2Protocol(
+                protocol.handler,
+                protocol.config,
+                protocol.h2_config,
+                coalesce=self.coalesce_writes,
+                lean=self.lean_http2,
+            )
         self._protocols.add(protocol)
         return protocol
 

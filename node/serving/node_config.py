@@ -145,6 +145,9 @@ class NodeConfig:
     # Send the HTTP/2 frames written in one turn of the event loop in one socket write
     # (node/serving/coalesce.py); off only to measure what it saves.
     coalesce_writes: bool = True
+    # HTTP/2 under grpclib: "lean" (node/sdk/http2.py, the default) or "h2" (h2's state
+    # machine, as stock grpclib; kept to compare and to fall back on).
+    http2: str = "lean"
     # Forwards a peer may have in flight on one peer-link connection (beyond:
     # RESOURCE_EXHAUSTED, which the forwarding node fails over on).
     peer_link_max_streams: int = 1024

@@ -167,6 +167,7 @@ class NodeServer:
             ServerReflection.extend([*wrapped, health]),
             codec=WireCodec(self.config.max_message_bytes, MAX_CONTROL_BYTES),
             coalesce_writes=self.config.coalesce_writes,
+            lean_http2=self.config.http2 == "lean",
             peer_link=self.peer_link,
         )
         self.bound_port = 0
