@@ -82,6 +82,7 @@ MAX_HEADER_LIST = 65536
 MAX_HEADER_BLOCK = 256 * 1024  # HEADERS + CONTINUATION bytes before the block must end
 MAX_STREAMS = 100  # concurrent streams a peer may open here (h2's default)
 DECODE_CACHE = 256  # header blocks remembered per connection
+RECENTLY_CLOSED = 1024  # closed streams remembered per connection (how each closed)
 ENCODE_CACHE = 4096  # encoded fields remembered per process
 
 _HEAD = struct.Struct(">HBBBL")  # length (24 bits as 16 + 8), type, flags, stream id
@@ -306,6 +307,7 @@ class LeanH2Connection:
         self._decoder.max_allowed_table_size = self.local_settings.header_table_size
         self._decoded: dict[bytes, tuple[int, list[tuple[str, str]]]] = {}
         self._closed_error = False
+        self._recently_closed: dict[int, bool] = {}  # stream id -> reset by this side
 
     # -- what grpclib calls ------------------------------------------------------------
 
@@ -320,6 +322,7 @@ class LeanH2Connection:
         if self.client_side:
             settings[SettingCodes.ENABLE_PUSH] = 0
             self._data_to_send += PREFACE
+        self._pending_settings.append(settings)  # (the peer's first ACK is for these)
         self._data_to_send += self._settings_frame(settings)
 
     def update_settings(self, new_settings: dict[Any, int]) -> None:
@@ -418,9 +421,9 @@ class LeanH2Connection:
         self.send_data(stream_id, b"", end_stream=True)
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
-        if stream_id not in self.streams:
-            raise StreamClosedError(stream_id)
+        self._stream(stream_id)
         del self.streams[stream_id]
+        self._closed(stream_id, reset_here=True)
         self._data_to_send += _frame(RST_STREAM, 0, stream_id, _U32.pack(int(error_code)))
 
     def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None:
@@ -523,8 +526,10 @@ class LeanH2Connection:
         elif kind == SETTINGS:
             self._on_settings(flags, stream_id, view, start, length, events)
         elif kind == PING:
-            if stream_id or length != 8:
-                raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "a malformed PING")
+            if stream_id:
+                raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "PING on a stream")
+            if length != 8:
+                raise _ConnectionError(ErrorCodes.FRAME_SIZE_ERROR, f"a {length}-byte PING")
             payload = bytes(view[start : start + 8])
             if flags & ACK:
                 events.append(_new(PingAckReceived, ping_data=payload))
@@ -549,8 +554,10 @@ class LeanH2Connection:
         elif kind == CONTINUATION:
             self._on_continuation(flags, stream_id, view, start, length, events)
         elif kind == PRIORITY:
-            if not stream_id or length != 5:
-                raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "a malformed PRIORITY")
+            if not stream_id:
+                raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "PRIORITY on stream 0")
+            if length != 5:
+                raise _ConnectionError(ErrorCodes.FRAME_SIZE_ERROR, f"a {length}-byte PRIORITY")
         elif kind == PUSH_PROMISE:
             raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "server push is disabled")
         # any other type: ignored (RFC 9113 4.1)
@@ -657,7 +664,7 @@ class LeanH2Connection:
         generation = table.generation
         hit = self._decoded.get(block)
         if hit is not None and hit[0] == generation:
-            return hit[1]
+            return list(hit[1])  # (each event its own list)
         try:
             raw = self._decoder.decode(block, raw=True)
         except (HPACKError, IndexError, ValueError) as exc:
@@ -677,24 +684,32 @@ class LeanH2Connection:
         ended = bool(flags & END_STREAM)
         if stream is None:
             inbound_odd = 0 if self.client_side else 1
-            if stream_id % 2 != inbound_odd:
-                if stream_id <= self.highest_outbound_stream_id:
-                    return  # one of ours, already closed
+            ours = stream_id % 2 != inbound_odd
+            highest = self.highest_outbound_stream_id if ours else self.highest_inbound_stream_id
+            if stream_id <= highest:
+                closed = self._recently_closed.get(stream_id)
+                if closed is None:  # never opened (ids only grow), or closed long ago
+                    raise _ConnectionError(
+                        ErrorCodes.PROTOCOL_ERROR, f"HEADERS on stream {stream_id}, not open"
+                    )
+                if closed:
+                    return  # reset here: the peer may not have seen it yet (RFC 9113 5.1)
+                raise _ConnectionError(
+                    ErrorCodes.STREAM_CLOSED, f"HEADERS on closed stream {stream_id}"
+                )
+            if ours:
                 raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "HEADERS on an idle stream")
-            if stream_id <= self.highest_inbound_stream_id:
-                return  # closed (reset here, or done): ignored
             if self.client_side:
                 raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "a stream the server opened")
             self.highest_inbound_stream_id = stream_id
-            if self.state_machine.state is ConnectionState.CLOSED:
+            if (
+                self.state_machine.state is ConnectionState.CLOSED
+                or len(self.streams) >= self.local_settings.max_concurrent_streams
+            ):
                 self._data_to_send += _frame(
                     RST_STREAM, 0, stream_id, _U32.pack(ErrorCodes.REFUSED_STREAM)
                 )
-                return
-            if len(self.streams) >= self.local_settings.max_concurrent_streams:
-                self._data_to_send += _frame(
-                    RST_STREAM, 0, stream_id, _U32.pack(ErrorCodes.REFUSED_STREAM)
-                )
+                self._closed(stream_id, reset_here=True)
                 return
             stream = LeanStream(
                 stream_id,
@@ -767,12 +782,15 @@ class LeanH2Connection:
     def _on_rst(
         self, stream_id: int, view: memoryview, start: int, length: int, events: list[Event]
     ) -> None:
-        if not stream_id or length != 4:
-            raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "a malformed RST_STREAM")
+        if not stream_id:
+            raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if length != 4:
+            raise _ConnectionError(ErrorCodes.FRAME_SIZE_ERROR, f"a {length}-byte RST_STREAM")
         stream = self.streams.pop(stream_id, None)
         if stream is None:
             self._check_not_idle(stream_id, "RST_STREAM")
             return
+        self._closed(stream_id, reset_here=False)
         code = _U32.unpack_from(view, start)[0]
         events.append(
             _new(StreamReset, stream_id=stream_id, error_code=_error_code(code), remote_reset=True)
@@ -798,10 +816,20 @@ class LeanH2Connection:
             changed = {}
             for code, value in applied.items():
                 before = self.local_settings.get(code)
-                self.local_settings.set(code, value)
-                changed[_setting_code(code)] = ChangedSetting(code, before, value)
-            window = applied.get(SettingCodes.INITIAL_WINDOW_SIZE)
-            if window is not None and window < self._stream_inbound_initial:
+                if before != value:
+                    self.local_settings.set(code, value)
+                    changed[_setting_code(code)] = ChangedSetting(code, before, value)
+            # lowered windows apply from the ACK on (raised ones applied when sent), unless a
+            # SETTINGS still unacknowledged raises it again
+            window = max(
+                [self.local_settings.initial_window_size]
+                + [
+                    p[SettingCodes.INITIAL_WINDOW_SIZE]
+                    for p in self._pending_settings
+                    if SettingCodes.INITIAL_WINDOW_SIZE in p
+                ]
+            )
+            if window < self._stream_inbound_initial:
                 delta = window - self._stream_inbound_initial
                 self._stream_inbound_initial = window
                 for stream in self.streams.values():
@@ -814,8 +842,10 @@ class LeanH2Connection:
         changes: dict[Any, ChangedSetting] = {}
         for offset in range(start, start + length, 6):
             code, value = struct.unpack_from(">HL", view, offset)
-            if code == SettingCodes.ENABLE_PUSH and value > 1:
-                raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "ENABLE_PUSH must be 0 or 1")
+            if code == SettingCodes.ENABLE_PUSH and (value > 1 or (value and self.client_side)):
+                raise _ConnectionError(
+                    ErrorCodes.PROTOCOL_ERROR, "ENABLE_PUSH must be 0 or 1 (0 from a server)"
+                )
             if code == SettingCodes.INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
                     raise _ConnectionError(ErrorCodes.FLOW_CONTROL_ERROR, "window over 2**31-1")
@@ -847,11 +877,13 @@ class LeanH2Connection:
 
     def _open_outbound(self, stream_id: int) -> LeanStream:
         if not self.client_side:
-            raise NoSuchStreamError(stream_id)  # (no server push)
+            self._stream(stream_id)  # raises: closed, or never opened (no server push)
+        if stream_id <= self.highest_outbound_stream_id:
+            raise StreamClosedError(stream_id)
         if self.state_machine.state is ConnectionState.CLOSED:
             raise ProtocolError("the connection is closed (GOAWAY)")
-        if stream_id % 2 != 1 or stream_id <= self.highest_outbound_stream_id:
-            raise ProtocolError(f"stream {stream_id} cannot be opened now")
+        if stream_id % 2 != 1:
+            raise ProtocolError(f"a client opens odd streams, not {stream_id}")
         if len(self.streams) >= self.remote_settings.max_concurrent_streams:
             raise TooManyStreamsError("the peer's concurrent stream limit is reached")
         stream = LeanStream(
@@ -875,16 +907,27 @@ class LeanH2Connection:
     def _end_local(self, stream: LeanStream) -> None:
         stream.local_ended = True
         if stream.remote_ended:
-            self.streams.pop(stream.stream_id, None)
+            del self.streams[stream.stream_id]
+            self._closed(stream.stream_id, reset_here=False)
 
     def _end_remote(self, stream: LeanStream, events: list[Event]) -> None:
         stream.remote_ended = True
         events.append(_new(StreamEnded, stream_id=stream.stream_id))
         if stream.local_ended:
-            self.streams.pop(stream.stream_id, None)
+            del self.streams[stream.stream_id]
+            self._closed(stream.stream_id, reset_here=False)
+
+    def _closed(self, stream_id: int, *, reset_here: bool) -> None:
+        """Remember how a stream closed (the last ``RECENTLY_CLOSED``): HEADERS that arrive
+        late on one this side reset are ignored, on any other closed one they are an error."""
+        recent = self._recently_closed
+        if len(recent) >= RECENTLY_CLOSED:
+            del recent[next(iter(recent))]
+        recent[stream_id] = reset_here
 
     def _stream_error(self, stream: LeanStream, code: ErrorCodes, events: list[Event]) -> None:
         self.streams.pop(stream.stream_id, None)
+        self._closed(stream.stream_id, reset_here=True)
         self._data_to_send += _frame(RST_STREAM, 0, stream.stream_id, _U32.pack(code))
         events.append(
             _new(StreamReset, stream_id=stream.stream_id, error_code=code, remote_reset=False)
