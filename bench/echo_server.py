@@ -1,11 +1,14 @@
 """A bare grpclib server answering one unary method with fixed bytes: the transport floor.
 
-    python -m bench.echo_server PORT REPLY_BYTES [--grpcio]
+    python -m bench.echo_server PORT REPLY_BYTES [--grpcio | --node-stack]
 
 It speaks the same codec as a node (``WireCodec`` with raw bytes, no message decoding),
 so the difference to ``Predict`` is everything shardline does per request. ``--grpcio``
 serves the same method from grpcio's asyncio server (C-core HTTP/2) instead: the floor a
 node would stand on had it changed transport (grpcio is installed anyway, for aetcd).
+``--node-stack`` serves it from the same bare grpclib server on the transport a node stands
+on: uvloop (when installed), one socket write per loop turn and ``sdk.http2.LeanH2Connection``
+in place of h2 (``sdk.coalesce.CoalescingH2Protocol``): the floor of the node's own stack.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from grpclib.const import Cardinality, Handler
 from grpclib.server import Server, Stream
 
+from shardline.node.sdk.coalesce import CoalescingH2Protocol
 from shardline.node.sdk.codec import RawBytes, WireCodec
 
 ECHO_PATH = "/bench.Echo/Call"
@@ -34,8 +38,17 @@ class Echo:
         return {ECHO_PATH: Handler(self.call, Cardinality.UNARY_UNARY, RawBytes, RawBytes)}
 
 
-async def main(port: int, reply_bytes: int) -> None:
-    server = Server([Echo(b"x" * reply_bytes)], codec=WireCodec())
+class NodeStackServer(Server):
+    """grpclib's server on a node's HTTP/2 protocol (coalesced writes, lean HTTP/2)."""
+
+    def _protocol_factory(self) -> Any:
+        base = super()._protocol_factory()
+        return CoalescingH2Protocol(base.handler, base.config, base.h2_config)
+
+
+async def main(port: int, reply_bytes: int, node_stack: bool = False) -> None:
+    kind = NodeStackServer if node_stack else Server
+    server = kind([Echo(b"x" * reply_bytes)], codec=WireCodec())
     await server.start("127.0.0.1", port)
     bound = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     print(f"echo serving on 127.0.0.1:{bound}", flush=True)
@@ -64,5 +77,15 @@ async def main_grpcio(port: int, reply_bytes: int) -> None:
 
 
 if __name__ == "__main__":
-    serve = main_grpcio if "--grpcio" in sys.argv[3:] else main
-    asyncio.run(serve(int(sys.argv[1]), int(sys.argv[2])))
+    port, reply_bytes, flags = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+    if "--grpcio" in flags:
+        asyncio.run(main_grpcio(port, reply_bytes))
+    elif "--node-stack" in flags:
+        try:
+            import uvloop
+        except ImportError:  # (the [fast] extra is not installed: as a node, asyncio's loop)
+            asyncio.run(main(port, reply_bytes, node_stack=True))
+        else:
+            uvloop.run(main(port, reply_bytes, node_stack=True))
+    else:
+        asyncio.run(main(port, reply_bytes))

@@ -11,6 +11,8 @@ throughput stands for each), ``payment_fraud`` requests over users whose decisio
 
   echo grpclib      a bare grpclib server answering fixed bytes of a Predict answer's size
   echo grpc.aio     the same on grpcio's asyncio server (C-core HTTP/2)
+  echo node stack   the same bare grpclib server on a node's transport: uvloop, coalesced
+                    writes, ``sdk.http2.LeanH2Connection`` instead of h2
   standalone        one node, Predict
   hops=0            3-node cluster, the client calls an owner of payment_fraud@1
   hops=1            3-node cluster, the client calls the node that owns none (it forwards)
@@ -216,10 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             reply = 120  # bytes: about a payment_fraud Predict answer
             echo, port = start_echo(reply)
             echo_aio, port_aio = start_echo(reply, "--grpcio")
-            procs += [echo, echo_aio]
+            echo_node, port_node = start_echo(reply, "--node-stack")
+            procs += [echo, echo_aio, echo_node]
             for _ in range(args.rounds):
                 grpcio("echo grpclib", f"127.0.0.1:{port}", [echo.pid], ECHO_PATH)
                 grpcio("echo grpc.aio", f"127.0.0.1:{port_aio}", [echo_aio.pid], ECHO_PATH)
+                grpcio("echo node stack", f"127.0.0.1:{port_node}", [echo_node.pid], ECHO_PATH)
         if "standalone" in setups or "client" in setups:
             with standalone(node_args) as (node,):
                 for _ in range(args.rounds):
@@ -322,6 +326,15 @@ def report(rows: dict[str, list[Row]], args: argparse.Namespace) -> Table:
         standalone_cpu = med["standalone"].run.server_cpu_ms_per_request
         lines.append(f"standalone Predict CPU / grpclib echo: {standalone_cpu / echo:.2f} "
                      "(target <= 1.3)")  # fmt: skip
+    stack = cpu("echo node stack")
+    if stack and "standalone" in med:  # what shardline adds on its own transport
+        standalone_cpu = med["standalone"].run.server_cpu_ms_per_request
+        ingress = med["hops=1"].ingress_cpu_ms if "hops=1" in med else None
+        lines.append(
+            "on the node's own transport (echo node stack): "
+            f"standalone {standalone_cpu / stack:.2f}x"
+            + (f", ingress per forward {ingress / stack:.2f}x" if ingress else "")
+        )
     c = args.concurrency
     smart, direct = med.get(f"smart (SDK, {c} in flight)"), med.get(f"direct (SDK, {c} in flight)")
     if smart and direct:

@@ -258,3 +258,32 @@ async def test_standalone_without_objectives_serves_each_workflow_by_name(tmp_pa
         assert answer.model_key == "payment_fraud@2"
     finally:
         assert node.stop() == 0
+
+
+async def test_h2_fallback_answers_as_the_lean_http2_does(node: NodeProcess) -> None:
+    """``--http2 h2`` (h2's state machine under grpclib, as stock grpclib) serves the same
+    answers as the default lean HTTP/2 connection, to the SDK and to grpcio."""
+    import grpc
+
+    from shardline.node.sdk.client import build_request
+
+    fallback = NodeProcess.start(["--http2", "h2"], metrics=False)
+    try:
+        answers = []
+        for target in (node.target, fallback.target):
+            async with Client(target) as client:
+                answers.append(await client.predict("payment_fraud", FRAUD, user_id="u42"))
+        lean, h2 = answers
+        assert (lean.model_key, lean.cell) == (h2.model_key, h2.cell)
+        assert float(lean.outputs["probability"]) == pytest.approx(
+            float(h2.outputs["probability"]), rel=1e-5, abs=1e-6
+        )
+        async with grpc.aio.insecure_channel(fallback.target) as channel:
+            call = channel.unary_unary("/shardline.v1.Inference/Predict")
+            raw = await call(build_request("payment_fraud", FRAUD, user_id="u42"), timeout=10)
+            assert raw and lean.model_key.encode() in raw
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(build_request("no_such_objective", FRAUD), timeout=10)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value
+    finally:
+        fallback.stop()
