@@ -125,6 +125,9 @@ class CoalescingH2Protocol(H2Protocol):
         if sock is not None:
             _set_nodelay(sock)
         h2_conn = LeanH2Connection(client_side=self.h2_config.client_side)
+        if self.h2_config.client_side:  # near the last stream id: calls move to a new
+            h2_conn.on_retire = self._retire  # connection, this one closes when done
+            h2_conn.on_retired = self._retired
         h2_conn.initiate_connection()
         initial = h2_conn.local_settings.initial_window_size
         conn_delta = self.config.http2_connection_window_size - initial
@@ -139,6 +142,13 @@ class CoalescingH2Protocol(H2Protocol):
         self.connection.flush()
         self.connection.initialize()
         self.processor = EventsProcessor(self.handler, self.connection)
+
+    def _retire(self) -> None:
+        # grpclib's Channel connects anew for the next call once its handler says lost
+        self.handler.connection_lost = True  # type: ignore[attr-defined]
+
+    def _retired(self) -> None:
+        asyncio.get_running_loop().call_soon(self.connection.close)
 
 
 class CoalescingChannel(Channel):

@@ -8,34 +8,41 @@ py-spy profile). ``LeanH2Connection`` speaks the same protocol with the same API
 same events (h2's own event classes, which grpclib dispatches on) and does only what gRPC
 over HTTP/2 needs, in straight-line code:
 
-- frames are parsed in place from one receive buffer (no frame objects) and written with
-  ``struct``; DATA frames are sliced, never copied twice;
+- frames are parsed in place from what the socket delivered (only a partial frame is kept
+  for the next read; no frame objects) and written with ``struct``;
 - streams are a small record each (two flags and four windows), removed as soon as both
   sides have ended or one reset; flow control is h2's (a WINDOW_UPDATE once half a window
   has been consumed, so a unary exchange over the default 4 MiB windows sends none);
 - headers are decoded by hpack's ``Decoder`` (the dynamic table and Huffman coding a peer
-  may use), a header block that leaves the dynamic table untouched is decoded once per
-  connection (a gRPC client sends the same block, all indexed, for each call on a method);
+  may use); a small header block (<= 512 bytes) that left the dynamic table untouched is
+  kept (64 per connection) and not decoded again while the table stays as it was;
 - headers are encoded without the dynamic table (static-table indexes where RFC 7541's
   table has the field, literals otherwise), so an encoding is a pure function of the field
-  and is cached: ``:status: 200``, ``content-type: application/grpc`` and ``grpc-status: 0``
-  cost a dictionary lookup.
+  and short fields are cached: ``:status: 200``, ``content-type: application/grpc`` and
+  ``grpc-status: 0`` cost a dictionary lookup. A peer that lowers its table size gets the
+  size update RFC 7541 4.2 asks for (to 0) at the start of the next block.
 
 What it refuses is what RFC 9113 calls a connection error (bad preface, a frame over
-16 KiB, a frame on the wrong stream, a flow-control violation, a broken header block, a
-CONTINUATION out of place, a header block over 256 KiB): it queues a GOAWAY naming the
-error and raises h2's ``ProtocolError``, on which grpclib closes the connection. Stream
-errors (DATA after the peer ended its side, a stream window overrun, a stream over the
-concurrency limit) reset that stream only. Frames for streams already closed are ignored
-(their DATA still counts against, and is given back to, the connection window); unknown
-frame types are ignored; server push is disabled and refused. ``--http2 h2`` (nodes) and
-``Http2.H2`` (SDK) put h2 back.
+16 KiB, a frame on the wrong stream or of the wrong size, a flow-control violation, a broken
+header block, a CONTINUATION out of place, a header block over 256 KiB, HEADERS on a stream
+not open that this side did not reset): it queues a GOAWAY naming the error and raises h2's
+``ProtocolError``, on which grpclib closes the connection. Stream errors (DATA after the
+peer ended its side, a stream window overrun, a stream over the concurrency limit) reset
+that stream only. Late frames on streams this side reset (the last 1 024) are ignored, and
+DATA for any closed stream still counts against, and is given back to, the connection
+window; unknown frame types are ignored; server push is disabled and refused. A client
+connection 10 000 calls short of the last stream id (2**31-1) retires: grpclib's channel
+opens the next calls on a new connection, and this one closes after its last answer
+(``on_retire``/``on_retired``, wired by ``coalesce.CoalescingH2Protocol``).
+``--http2 h2`` (nodes) and ``CoalescingChannel(lean=False)`` put h2 back.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from h2.errors import ErrorCodes
@@ -57,6 +64,7 @@ from h2.events import (
 from h2.exceptions import (
     FlowControlError,
     FrameTooLargeError,
+    NoAvailableStreamIDError,
     NoSuchStreamError,
     ProtocolError,
     StreamClosedError,
@@ -81,9 +89,13 @@ MAX_FRAME = 16384  # what this side accepts (the protocol's default; never raise
 MAX_HEADER_LIST = 65536
 MAX_HEADER_BLOCK = 256 * 1024  # HEADERS + CONTINUATION bytes before the block must end
 MAX_STREAMS = 100  # concurrent streams a peer may open here (h2's default)
-DECODE_CACHE = 256  # header blocks remembered per connection
-RECENTLY_CLOSED = 1024  # closed streams remembered per connection (how each closed)
+DECODE_CACHE = 64  # header blocks remembered per connection
+DECODE_CACHE_BLOCK = 512  # bytes: larger blocks are decoded every time (never kept)
+RESET_REMEMBERED = 1024  # streams reset here remembered per connection (late HEADERS)
 ENCODE_CACHE = 4096  # encoded fields remembered per process
+ENCODE_CACHE_VALUE = 64  # characters: longer values (messages, ids) are encoded every time
+MAX_STREAM_ID = 2**31 - 1
+RETIRE_MARGIN = 2 * 10_000  # ids left when a client connection retires (see ``on_retire``)
 
 _HEAD = struct.Struct(">HBBBL")  # length (24 bits as 16 + 8), type, flags, stream id
 _U32 = struct.Struct(">L")
@@ -223,10 +235,10 @@ def _hpack_string(data: bytes) -> bytes:
     return _hpack_int(len(data), 7, 0) + data  # (not Huffman-coded)
 
 
-def encode_field(name: str, value: str) -> bytes:
+def encode_field(name: str | bytes, value: str | bytes) -> bytes:
     """One header field in HPACK without touching the dynamic table."""
-    n = name.encode("utf-8")
-    v = value.encode("utf-8")
+    n = name.encode("utf-8") if isinstance(name, str) else bytes(name)
+    v = value.encode("utf-8") if isinstance(value, str) else bytes(value)
     index = _STATIC_FULL.get((n, v))
     if index is not None:
         return _hpack_int(index, 7, 0x80)
@@ -240,7 +252,7 @@ _encoded: dict[tuple[str, str], bytes] = {}
 
 
 def encode_headers(headers: Any) -> bytes:
-    """A header list in HPACK (fields cached: most repeat on every call)."""
+    """A header list in HPACK (short fields cached: most repeat on every call)."""
     cache = _encoded
     parts = []
     for field in headers:
@@ -248,14 +260,11 @@ def encode_headers(headers: Any) -> bytes:
         key = (name, value)
         encoded = cache.get(key)
         if encoded is None:
-            if isinstance(name, bytes):
-                name = name.decode("utf-8")
-            if isinstance(value, bytes):
-                value = value.decode("utf-8")
             encoded = encode_field(name, value)
-            if len(cache) >= ENCODE_CACHE:
-                cache.clear()
-            cache[key] = encoded
+            if len(value) <= ENCODE_CACHE_VALUE:
+                if len(cache) >= ENCODE_CACHE:
+                    cache.clear()
+                cache[key] = encoded
         parts.append(encoded)
     return b"".join(parts)
 
@@ -307,7 +316,14 @@ class LeanH2Connection:
         self._decoder.max_allowed_table_size = self.local_settings.header_table_size
         self._decoded: dict[bytes, tuple[int, list[tuple[str, str]]]] = {}
         self._closed_error = False
-        self._recently_closed: dict[int, bool] = {}  # stream id -> reset by this side
+        self._reset_here: OrderedDict[int, None] = OrderedDict()  # the last resets sent
+        self._table_size_update = False  # the peer lowered its table: say so (RFC 7541 4.2)
+        self.on_retire: Callable[[], None] | None = None
+        """Called once when a client connection nears the last stream id: the owner opens
+        new calls elsewhere (a new connection); ``on_retired`` follows when its last stream
+        is done."""
+        self.on_retired: Callable[[], None] | None = None
+        self.retiring = False
 
     # -- what grpclib calls ------------------------------------------------------------
 
@@ -351,6 +367,8 @@ class LeanH2Connection:
 
     def data_to_send(self, amount: int | None = None) -> bytes:
         data = self._data_to_send
+        if not data:
+            return b""
         if amount is None or amount >= len(data):
             self._data_to_send = bytearray()
             return bytes(data)
@@ -388,6 +406,9 @@ class LeanH2Connection:
         elif stream.local_ended:
             raise StreamClosedError(stream_id)
         block = encode_headers(headers)
+        if self._table_size_update:  # (this encoder keeps no dynamic table: size 0)
+            self._table_size_update = False
+            block = b"\x20" + block
         limit = self.remote_settings.max_frame_size
         flags = END_STREAM if end_stream else 0
         if len(block) <= limit:
@@ -413,7 +434,9 @@ class LeanH2Connection:
             raise FlowControlError(f"{n} bytes exceed the flow-control window")
         self.outbound_flow_control_window -= n
         stream.outbound_window -= n
-        self._data_to_send += _frame(DATA, END_STREAM if end_stream else 0, stream_id, data)
+        out = self._data_to_send
+        out += _HEAD.pack(n >> 8, n & 0xFF, DATA, END_STREAM if end_stream else 0, stream_id)
+        out += data
         if end_stream:
             self._end_local(stream)
 
@@ -465,8 +488,9 @@ class LeanH2Connection:
             self._receive(data, events)
         except _ConnectionError as exc:
             self._closed_error = True
-            self.close_connection(exc.code, str(exc).encode("ascii", "replace")[:256])
-            error = ProtocolError(str(exc))
+            why = str(exc)[:256]
+            self.close_connection(exc.code, why.encode("ascii", "replace"))
+            error = ProtocolError(why)
             error.error_code = exc.code
             raise error from None
         return events
@@ -474,13 +498,19 @@ class LeanH2Connection:
     # -- receiving ---------------------------------------------------------------------
 
     def _receive(self, data: bytes, events: list[Event]) -> None:
-        buf = self._inbound
-        buf += data
+        buf: bytes | bytearray
+        if self._inbound:
+            buf = self._inbound
+            buf += data
+        else:
+            buf = data  # (nothing left over: parse in place, keep only a partial tail)
         pos = 0
         if self._preface_pending:
             if len(buf) < len(PREFACE):
                 if not PREFACE.startswith(bytes(buf)):
                     raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "not an HTTP/2 preface")
+                if buf is data:
+                    self._inbound = bytearray(data)
                 return
             if buf[: len(PREFACE)] != PREFACE:
                 raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "not an HTTP/2 preface")
@@ -503,7 +533,11 @@ class LeanH2Connection:
                 self._dispatch(kind, flags, stream_id & 0x7FFFFFFF, view, start, length, events)
         finally:
             view.release()
-        del buf[:pos]
+        if buf is data:
+            if pos < len(data):
+                self._inbound = bytearray(data[pos:])
+        else:
+            del self._inbound[:pos]
 
     def _dispatch(
         self,
@@ -672,7 +706,8 @@ class LeanH2Connection:
                 ErrorCodes.COMPRESSION_ERROR, f"undecodable headers: {exc}"
             ) from None
         headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw]
-        if table.generation == generation:  # the table did not change: reusable
+        if table.generation == generation and len(block) <= DECODE_CACHE_BLOCK:
+            # the table did not change: the same block decodes the same while it stays so
             if len(self._decoded) >= DECODE_CACHE:
                 self._decoded.clear()
             self._decoded[block] = (generation, headers)
@@ -687,15 +722,11 @@ class LeanH2Connection:
             ours = stream_id % 2 != inbound_odd
             highest = self.highest_outbound_stream_id if ours else self.highest_inbound_stream_id
             if stream_id <= highest:
-                closed = self._recently_closed.get(stream_id)
-                if closed is None:  # never opened (ids only grow), or closed long ago
-                    raise _ConnectionError(
-                        ErrorCodes.PROTOCOL_ERROR, f"HEADERS on stream {stream_id}, not open"
-                    )
-                if closed:
+                if stream_id in self._reset_here:
                     return  # reset here: the peer may not have seen it yet (RFC 9113 5.1)
+                # closed after both sides ended, or never opened (ids only grow)
                 raise _ConnectionError(
-                    ErrorCodes.STREAM_CLOSED, f"HEADERS on closed stream {stream_id}"
+                    ErrorCodes.PROTOCOL_ERROR, f"HEADERS on stream {stream_id}, not open"
                 )
             if ours:
                 raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "HEADERS on an idle stream")
@@ -733,6 +764,8 @@ class LeanH2Connection:
         elif self.client_side and not stream.headers_seen:
             status = next((v for n, v in headers if n == ":status"), "")
             if status.startswith("1"):
+                if ended:  # (RFC 9113 8.1: malformed)
+                    self._stream_error(stream, ErrorCodes.PROTOCOL_ERROR, events)
                 return  # an informational response: nothing for grpclib
             stream.headers_seen = True
             events.append(
@@ -856,6 +889,8 @@ class LeanH2Connection:
                         raise _ConnectionError(
                             ErrorCodes.FLOW_CONTROL_ERROR, "a stream window overflowed"
                         )
+            if code == SettingCodes.HEADER_TABLE_SIZE and value < remote.header_table_size:
+                self._table_size_update = True
             if code == SettingCodes.MAX_FRAME_SIZE and not MAX_FRAME <= value <= 2**24 - 1:
                 raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
             before = remote.get(code)
@@ -884,6 +919,12 @@ class LeanH2Connection:
             raise ProtocolError("the connection is closed (GOAWAY)")
         if stream_id % 2 != 1:
             raise ProtocolError(f"a client opens odd streams, not {stream_id}")
+        if stream_id > MAX_STREAM_ID:
+            raise NoAvailableStreamIDError("this connection has used every stream id")
+        if stream_id >= MAX_STREAM_ID - RETIRE_MARGIN and not self.retiring:
+            self.retiring = True
+            if self.on_retire is not None:
+                self.on_retire()
         if len(self.streams) >= self.remote_settings.max_concurrent_streams:
             raise TooManyStreamsError("the peer's concurrent stream limit is reached")
         stream = LeanStream(
@@ -918,12 +959,17 @@ class LeanH2Connection:
             self._closed(stream.stream_id, reset_here=False)
 
     def _closed(self, stream_id: int, *, reset_here: bool) -> None:
-        """Remember how a stream closed (the last ``RECENTLY_CLOSED``): HEADERS that arrive
-        late on one this side reset are ignored, on any other closed one they are an error."""
-        recent = self._recently_closed
-        if len(recent) >= RECENTLY_CLOSED:
-            del recent[next(iter(recent))]
-        recent[stream_id] = reset_here
+        """A stream left ``streams``. The last ``RESET_REMEMBERED`` reset here are
+        remembered: HEADERS that arrive late on them are ignored (on any other stream not
+        open they are a connection error)."""
+        if reset_here:
+            recent = self._reset_here
+            if len(recent) >= RESET_REMEMBERED:
+                recent.popitem(last=False)
+            recent[stream_id] = None
+        if self.retiring and not self.streams and self.on_retired is not None:
+            retired, self.on_retired = self.on_retired, None
+            retired()
 
     def _stream_error(self, stream: LeanStream, code: ErrorCodes, events: list[Event]) -> None:
         self.streams.pop(stream.stream_id, None)

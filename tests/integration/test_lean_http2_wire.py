@@ -280,3 +280,46 @@ async def test_lean_grpclib_client_against_grpcio_server(
         assert await echo(b"after", timeout=WAIT_S) == b"retfa"
     finally:
         channel.close()
+
+
+async def test_a_channel_moves_to_a_new_connection_before_stream_ids_run_out(
+    served: Served,
+) -> None:
+    """A client connection nearing the last stream id (2**31-1; a billion calls) retires:
+    grpclib's channel opens the next calls on a new connection, the old one closes once
+    its last call is answered, and no call fails."""
+    from shardline.node.sdk import http2
+
+    port = served.server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    channel = CoalescingChannel("127.0.0.1", port, codec=RawCodec(), lean=True)
+    try:
+        echo = UnaryUnaryMethod[bytes, bytes](channel, "/test.Lean/Echo", bytes, bytes)
+        assert await echo(b"first", timeout=WAIT_S) == b"tsrif"
+        old = channel._protocol
+        assert old is not None
+        lean = old.connection._connection
+        assert isinstance(lean, LeanH2Connection)
+        lost = asyncio.Event()
+        original = old.connection_lost
+
+        def on_lost(exc: BaseException | None) -> None:
+            original(exc)
+            lost.set()
+
+        old.connection_lost = on_lost  # type: ignore[method-assign]
+        near = http2.MAX_STREAM_ID - http2.RETIRE_MARGIN - 20  # (odd, like client ids)
+        lean._next_stream_id = near
+        lean.highest_outbound_stream_id = near - 2
+        replies = await asyncio.wait_for(
+            asyncio.gather(*(echo(f"{i}".encode(), timeout=WAIT_S) for i in range(40))),
+            WAIT_S * 2,
+        )
+        assert replies == [f"{i}".encode()[::-1] for i in range(40)]
+        assert lean.retiring
+        new = channel._protocol
+        assert new is not None and new is not old
+        assert await echo(b"later", timeout=WAIT_S) == b"retal"
+        await asyncio.wait_for(lost.wait(), WAIT_S)  # the old connection closed
+        assert old.handler.connection_lost
+    finally:
+        channel.close()

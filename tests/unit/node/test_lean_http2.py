@@ -1423,3 +1423,128 @@ def test_split_anywhere_gives_the_same_events(cuts: list[int]) -> None:
 
 def test_byte_at_a_time_gives_the_same_events() -> None:
     assert _run_split([VALID_STREAM[i : i + 1] for i in range(len(VALID_STREAM))]) == WHOLE
+
+
+# -- what a review found (fixed) --------------------------------------------------------
+
+
+def test_decode_cache_keeps_only_small_blocks_and_few_of_them() -> None:
+    """A peer sending distinct large literal blocks (which leave the dynamic table alone)
+    must not make one connection hold them: blocks over DECODE_CACHE_BLOCK bytes are
+    decoded every time and never kept, and at most DECODE_CACHE small ones are."""
+    from shardline.node.sdk import http2
+
+    lean = raw_server()
+    encoder = Encoder()
+    for i in range(0, 2 * 300, 2):
+        big = [*REQUEST, ("x-pad", f"{i}-" + "y" * 4000)]
+        block_ = encoder.encode([(n, v, True) for n, v in big])  # never indexed: no table use
+        events = lean.receive_data(raw(HEADERS, END_HEADERS | END_STREAM, i + 1, block_))
+        assert events[0].headers[-1] == ("x-pad", f"{i}-" + "y" * 4000)
+        lean.reset_stream(i + 1)
+    assert not lean._decoded
+    for i in range(600, 600 + 2 * 200, 2):
+        small = encoder.encode([(n, v, True) for n, v in [*REQUEST, ("x-i", str(i))]])
+        lean.receive_data(raw(HEADERS, END_HEADERS | END_STREAM, i + 1, small))
+        lean.reset_stream(i + 1)
+    assert 0 < len(lean._decoded) <= http2.DECODE_CACHE
+    assert all(len(k) <= http2.DECODE_CACHE_BLOCK for k in lean._decoded)
+
+
+def test_late_headers_on_a_reset_stream_are_ignored_after_many_other_streams() -> None:
+    lean, server = lean_client_pair()
+    lean.send_headers(1, REQUEST, end_stream=True)
+    pump(lean, server)
+    lean.reset_stream(1)
+    for stream_id in range(3, 3 + 2 * 1100, 2):  # 1 100 calls complete in between
+        lean.send_headers(stream_id, REQUEST, end_stream=True)
+        pump(lean, server)
+        server.send_headers(stream_id, RESPONSE)
+        server.send_headers(stream_id, TRAILERS, end_stream=True)
+        pump(lean, server)
+    assert not lean.streams
+    # an answer to stream 1 sent before the server saw the reset arrives only now
+    # (stateless HPACK: valid whatever the server's encoder table holds)
+    late = raw(HEADERS, END_HEADERS, 1, encode_headers(RESPONSE))
+    assert lean.receive_data(late) == []
+    assert lean.state_machine.state is ConnectionState.OPEN
+
+
+def test_headers_on_a_stream_closed_normally_are_a_connection_error() -> None:
+    lean = raw_server()
+    lean.receive_data(raw(HEADERS, END_HEADERS | END_STREAM, 1, block()))
+    lean.send_headers(1, RESPONSE, end_stream=True)
+    assert 1 not in lean.streams
+    with pytest.raises(ProtocolError):
+        lean.receive_data(raw(HEADERS, END_HEADERS | END_STREAM, 1, block()))
+
+
+def test_a_lowered_header_table_size_is_signalled_in_the_next_block() -> None:
+    """RFC 7541 4.2: the peer's smaller SETTINGS_HEADER_TABLE_SIZE is acknowledged by a
+    dynamic table size update at the start of the next header block (once)."""
+    lean, server = lean_client_pair()
+    server.update_settings({SettingCodes.HEADER_TABLE_SIZE: 0})
+    pump(lean, server)
+    lean.send_headers(1, REQUEST, end_stream=True)
+    (headers,) = parse(lean.data_to_send())
+    assert isinstance(headers, HeadersFrame)
+    assert headers.data[:1] == b"\x20"
+    server.receive_data(headers.serialize())  # h2's decoder accepts it
+    lean.send_headers(3, REQUEST, end_stream=True)
+    (again,) = parse(lean.data_to_send())
+    assert again.data[:1] != b"\x20"
+    (request,) = of(server.receive_data(again.serialize()), ev.RequestReceived)
+    assert text(request.headers) == REQUEST
+
+
+def test_an_informational_response_that_ends_the_stream_resets_it() -> None:
+    lean = raw_client()
+    lean.send_headers(1, REQUEST, end_stream=True)
+    lean.data_to_send()
+    informational = encode_headers([(":status", "100")])
+    (reset,) = lean.receive_data(raw(HEADERS, END_HEADERS | END_STREAM, 1, informational))
+    assert isinstance(reset, ev.StreamReset)
+    assert reset.error_code == ErrorCodes.PROTOCOL_ERROR
+    assert 1 not in lean.streams
+
+
+def test_a_client_connection_retires_before_its_stream_ids_run_out() -> None:
+    from h2.exceptions import NoAvailableStreamIDError
+
+    from shardline.node.sdk import http2
+
+    lean, server = lean_client_pair()
+    retired: list[str] = []
+    lean.on_retire = lambda: retired.append("retire")
+    lean.on_retired = lambda: retired.append("retired")
+    last = http2.MAX_STREAM_ID - http2.RETIRE_MARGIN
+    lean.highest_outbound_stream_id = last - 4  # (as if a billion calls had been made)
+    lean._next_stream_id = last - 2
+    server.highest_outbound_stream_id = 0
+    lean.send_headers(last - 2, REQUEST, end_stream=True)
+    assert retired == []
+    lean.send_headers(last, REQUEST, end_stream=True)
+    assert retired == ["retire"] and lean.retiring
+    lean.reset_stream(last - 2)
+    assert retired == ["retire"]  # one stream still open
+    lean.reset_stream(last)
+    assert retired == ["retire", "retired"]
+    lean.highest_outbound_stream_id = http2.MAX_STREAM_ID
+    with pytest.raises(NoAvailableStreamIDError):
+        lean.send_headers(http2.MAX_STREAM_ID + 2, REQUEST)
+
+
+def test_encoder_caches_short_fields_only_and_takes_bytes() -> None:
+    from shardline.node.sdk import http2
+
+    http2._encoded.clear()
+    long_message = "m" * 500
+    block_ = encode_headers([("grpc-status", "13"), ("grpc-message", long_message)])
+    assert ("grpc-status", "13") in http2._encoded
+    assert ("grpc-message", long_message) not in http2._encoded
+    raw_value = bytes(range(128, 160))  # not UTF-8
+    mixed = encode_headers([(b"x-raw", raw_value)])
+    decoder = H2Connection(H2Configuration(client_side=False)).decoder
+    decoded = decoder.decode(block_ + mixed, raw=True)
+    assert decoded[-1] == (b"x-raw", raw_value)
+    assert decoded[1] == (b"grpc-message", long_message.encode())
