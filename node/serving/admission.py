@@ -223,12 +223,38 @@ class BatchCostModel:
     queued ones takes: the full batches ahead of it, then its own batch with the leftover
     requests and itself — never a full batch it will not be in."""
 
+    # Batches are no larger than pays: the smallest size whose device time per request is
+    # within BATCH_SLACK of a full batch's. A model whose batch time is mostly per item
+    # (little fixed cost to share) runs small batches, so a request waits behind less.
+    BATCH_SLACK = 0.10
+    BATCH_LIMIT_SAMPLES = 8  # batches seen before the limit moves from the manifest's size
+    BATCH_LIMIT_SPREAD = 0.25  # variance of recent sizes needed to refit the limit
+
     def __init__(self, alpha: float = 0.1) -> None:
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
         self.alpha = alpha
         self.samples = 0
         self._n = self._b = self._nn = self._nb = 0.0
+        self._limit: int | None = None
+
+    def batch_limit(self, max_batch: int) -> int:
+        """The batch size worth closing, at most ``max_batch``: the smallest ``n`` with
+        ``base / n + per_item <= (1 + BATCH_SLACK) * (base / max_batch + per_item)``.
+        Refitted only while recent batches differ in size (else the fit cannot tell a
+        fixed cost from a per-item one, and the last limit stands)."""
+        if self.samples < self.BATCH_LIMIT_SAMPLES:
+            return max_batch
+        if self._nn - self._n * self._n < self.BATCH_LIMIT_SPREAD:
+            return min(self._limit or max_batch, max_batch)
+        base, per_item = self.coefficients()
+        room = (1.0 + self.BATCH_SLACK) * (base / max_batch + per_item) - per_item
+        if per_item <= 0.0 or room <= 0.0:
+            limit = max_batch
+        else:
+            limit = max(1, min(max_batch, math.ceil(base / room - 1e-9)))
+        self._limit = limit
+        return limit
 
     def observe(self, size: int, batch_s: float) -> None:
         if size < 1 or not math.isfinite(batch_s) or batch_s < 0:

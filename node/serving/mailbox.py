@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
@@ -266,10 +268,15 @@ class FairMailbox(Mailbox[M]):
     """A bounded mailbox shared fairly by flows (e.g. the objectives calling one model).
 
     Each message belongs to a flow (``flow_of(message)``); envelopes queue per flow and
-    ``get`` takes one from each flow with queued work in turn (round robin), so a flow
-    that queues many messages delays another flow's next message by at most one of its
-    own per turn. The capacity bounds all flows together, as for :class:`Mailbox`.
+    ``get`` takes the next message of the flow with queued work that has been served least
+    lately (each flow's count of messages taken, decaying with a ``SERVICE_HALF_LIFE_S``
+    half-life; ties in turn, round robin). A flow that asks less than its share of the
+    actor is therefore served before a flow that asks more, bursts included, and two flows
+    that both ask more than their share alternate; no flow starves, as a flow served first
+    is soon served most. The capacity bounds all flows together, as for :class:`Mailbox`.
     """
+
+    SERVICE_HALF_LIFE_S = 1.0
 
     def __init__(
         self, capacity: int, flow_of: Callable[[M], Hashable], *, name: str = "<unnamed>"
@@ -278,6 +285,36 @@ class FairMailbox(Mailbox[M]):
         self.flow_of = flow_of
         self._flows: dict[Hashable, deque[Envelope[M]]] = {}  # insertion order = turn order
         self._size = 0
+        self._served: dict[Hashable, tuple[float, float]] = {}  # flow -> (count, as of)
+        self._decay = math.log(2.0) / self.SERVICE_HALF_LIFE_S
+
+    def served(self, flow: Hashable, now: float | None = None) -> float:
+        """How much ``flow`` has been served lately (decayed count of messages taken)."""
+        entry = self._served.get(flow)
+        if entry is None:
+            return 0.0
+        count, at = entry
+        now = time.monotonic() if now is None else now
+        return count * math.exp(-self._decay * max(0.0, now - at))
+
+    def active_flows(self, now: float | None = None) -> int:
+        """How many flows have been served lately (at least one message's worth, decayed)."""
+        now = time.monotonic() if now is None else now
+        return sum(1 for flow in self._served if self.served(flow, now) >= 1.0)
+
+    def _next_flow(self) -> Hashable:
+        """The flow whose message goes next: least served lately, ties in turn order."""
+        flows = self._flows
+        if len(flows) == 1:
+            return next(iter(flows))
+        now = time.monotonic()
+        best: Hashable = None
+        least = math.inf
+        for flow in flows:
+            s = self.served(flow, now)
+            if s < least:
+                best, least = flow, s
+        return best
 
     def qsize(self) -> int:
         return self._size
@@ -286,11 +323,20 @@ class FairMailbox(Mailbox[M]):
         return {flow: len(q) for flow, q in self._flows.items()}
 
     def depth_ahead(self, flow: Hashable) -> int:
-        """Round robin: a new envelope of ``flow`` waits for its flow's queue and, from
-        each other flow, as many envelopes as that queue plus itself (or all it has)."""
+        """A new envelope of ``flow`` waits for its flow's queue (``turns - 1`` envelopes)
+        and, from each other flow, for the envelopes taken while that flow has been served
+        less: as many as its lead over the other flow plus ``turns`` (round robin when
+        both were served alike), at most all it has."""
         own = self._flows.get(flow)
         turns = (len(own) if own else 0) + 1
-        return sum(min(len(q), turns) for q in self._flows.values() if q is not own) + turns - 1
+        now = time.monotonic()
+        mine = self.served(flow, now)
+        ahead = turns - 1
+        for other, queue in self._flows.items():
+            if queue is not own:
+                lead = math.floor(mine - self.served(other, now))
+                ahead += min(len(queue), max(0, lead + turns))
+        return ahead
 
     def _push(self, env: Envelope[M]) -> None:
         flow = self.flow_of(env.message)
@@ -301,13 +347,22 @@ class FairMailbox(Mailbox[M]):
         self._size += 1
 
     def _pop(self) -> Envelope[M]:
-        flow = next(iter(self._flows))  # the flow whose turn it is
+        flow = self._next_flow()
         queue = self._flows.pop(flow)
         env = queue.popleft()
         if queue:
             self._flows[flow] = queue  # to the back of the turn order
         self._size -= 1
+        self._count(flow)
         return env
+
+    def _count(self, flow: Hashable) -> None:
+        now = time.monotonic()
+        self._served[flow] = (self.served(flow, now) + 1.0, now)
+        if len(self._served) > 4 * len(self._flows) + 64:  # forget flows long gone
+            for f in [f for f in self._served if f not in self._flows]:
+                if self.served(f, now) < 0.01:
+                    del self._served[f]
 
     def flows(self) -> dict[Hashable, int]:
         return self.flow_depths()
@@ -321,6 +376,7 @@ class FairMailbox(Mailbox[M]):
         if not queue:
             del self._flows[flow]
         self._size -= 1
+        self._count(flow)
         return self._take(env)
 
     def _push_front(self, env: Envelope[M]) -> None:
@@ -333,6 +389,8 @@ class FairMailbox(Mailbox[M]):
         else:
             queue.appendleft(env)
         self._size += 1
+        now = time.monotonic()  # (not served after all)
+        self._served[flow] = (max(0.0, self.served(flow, now) - 1.0), now)
 
     def _drop_done(self) -> None:
         for flow in list(self._flows):

@@ -27,7 +27,7 @@ import numpy as np
 from shardline.node.sdk.errors import DeadlineExceeded, Internal, InvalidArgument
 from shardline.node.serving.actors import Actor
 from shardline.node.serving.admission import BatchCostModel
-from shardline.node.serving.mailbox import Envelope, Mailbox
+from shardline.node.serving.mailbox import Envelope, FairMailbox, Mailbox
 from shardline.workflows.batching import BatchPolicy
 from shardline.workflows.devices import DeviceExecutors
 from shardline.workflows.loader import LoadedWorkflow
@@ -142,7 +142,7 @@ class ModelActor(Actor[Job]):
         then wait for more only while the policy keeps the batch open."""
         first = await mailbox.get()
         batch = [first]
-        limit = self.policy.max_batch_size
+        limit = self._limit(mailbox)
         loop = asyncio.get_running_loop()
         while len(batch) < limit:
             env = mailbox.get_nowait()
@@ -230,7 +230,7 @@ class ModelActor(Actor[Job]):
                     continue
                 late = max(0.0, loop.time() - target)
                 self.lag_s += LAG_WEIGHT * (late - self.lag_s)
-            if mailbox.qsize() >= self.policy.max_batch_size:
+            if mailbox.qsize() >= self._limit(mailbox):
                 return  # a backlog: queue a full batch behind the running one
             await asyncio.wait({head.done})
 
@@ -282,13 +282,24 @@ class ModelActor(Actor[Job]):
 
     def _lead_s(self) -> float:
         """How long before the running batch's expected end the next one is closed."""
-        half = self.cost.batch_seconds(self.policy.max_batch_size) / 2.0
+        half = self.cost.batch_seconds(self._limit()) / 2.0
         return min(half, PIPELINE_LEAD_S + 2.0 * self.lag_s)
 
     def _quick(self) -> bool:
         """Whether a full batch is expected to take under ``PIPELINE_MAX_BATCH_S`` (or
         nothing is known yet)."""
-        return self.cost.batch_seconds(self.policy.max_batch_size) < PIPELINE_MAX_BATCH_S
+        return self.cost.batch_seconds(self._limit()) < PIPELINE_MAX_BATCH_S
+
+    def _limit(self, mailbox: Mailbox[Job] | None = None) -> int:
+        """The batch size to close: the policy's, or, while several flows share the model
+        (served lately: ``FairMailbox.active_flows``), less where batching does not pay
+        (``BatchCostModel.batch_limit``): a request of one flow then waits behind short
+        batches of another's. A flow alone gets full batches (throughput first: nobody
+        else waits behind them)."""
+        full = self.policy.max_batch_size
+        if isinstance(mailbox, FairMailbox) and mailbox.active_flows() < 2:
+            return full
+        return self.cost.batch_limit(full)
 
     def _deliver(self, staged: _Batch, done: asyncio.Future[float]) -> None:
         """Runs on the loop when a batch finished on the device."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -644,12 +645,13 @@ async def test_actor_spawned_fair_by_serves_a_late_flow_before_an_early_backlog(
     await asyncio.sleep(0)  # the actor takes 0 and waits at the gate
     asks.append(asyncio.ensure_future(ref.ask(100, timeout_s=5.0)))
     await asyncio.sleep(0)
-    # Queued: 1 2 3 4 (flow 0), 100 (flow 1). Another flow-1 message would wait for 1,
-    # 100 and 2; a message of a new flow for one turn of each.
-    assert ref.depth_ahead(1) == 3 and ref.depth_ahead(2) == 2 and ref.mailbox_depth == 5
+    # Queued: 1 2 3 4 (flow 0, served once already), 100 (flow 1, never served). Flow 1
+    # goes first (least served lately); another flow-1 message would wait for 100 and 1
+    # (then both flows were served alike); a message of a new flow, for 100 only.
+    assert ref.depth_ahead(1) == 2 and ref.depth_ahead(2) == 1 and ref.mailbox_depth == 5
     gate.set()
     assert await asyncio.gather(*asks) == [0, 1, 2, 3, 4, 100]
-    assert seen == [0, 1, 100, 2, 3, 4]
+    assert seen == [0, 100, 1, 2, 3, 4]
     await system.shutdown()
 
 
@@ -674,6 +676,7 @@ def test_fair_mailbox_loses_nothing_keeps_flow_order_and_bounds_the_wait(ops: li
         # What the box promised is what happens if nothing else arrives.
         probe: FairMailbox[str] = FairMailbox(1000, _flow, name="probe")
         probe._flows = {f: type(q)(q) for f, q in box._flows.items()}
+        probe._served = dict(box._served)
         probe._size = box.qsize()
         assert _drain(probe).index(message) <= promised
     got += _drain(box)
@@ -681,3 +684,33 @@ def test_fair_mailbox_loses_nothing_keeps_flow_order_and_bounds_the_wait(ops: li
     for flow in "abcd":
         mine = [m for m in got if m[0] == flow]
         assert mine == sorted(mine)  # each flow in its own order
+
+
+def test_fair_mailbox_serves_a_flow_under_its_share_before_a_backlogged_one() -> None:
+    """Least served lately goes first: a light flow's burst is not interleaved with a
+    heavy flow's backlog (round robin would make it wait one heavy message per message),
+    and two flows that are both backlogged alternate."""
+    box: FairMailbox[str] = FairMailbox(1000, _flow, name="fair")
+    _put(box, *(f"a{i:03d}" for i in range(20)))
+    assert _drain(box)[:10] == [f"a{i:03d}" for i in range(10)]  # (a alone: served 20)
+    _put(box, *(f"a{i:03d}" for i in range(20, 40)))
+    _put(box, "b001", "b002", "b003")
+    assert box.depth_ahead("b") == 3  # b's next waits only for its own queue
+    assert box.depth_ahead("a") > 3
+    got = _drain(box)
+    assert got[:3] == ["b001", "b002", "b003"]
+    assert got[3:] == [f"a{i:03d}" for i in range(20, 40)]
+    # both backlogged and served alike lately: they alternate
+    fresh: FairMailbox[str] = FairMailbox(1000, _flow, name="fresh")
+    _put(fresh, "a1", "a2", "a3", "b1", "b2", "b3")
+    assert _drain(fresh) == ["a1", "b1", "a2", "b2", "a3", "b3"]
+
+
+def test_fair_mailbox_forgets_old_service() -> None:
+    box: FairMailbox[str] = FairMailbox(1000, _flow, name="fair")
+    _put(box, "a1", "a2")
+    _drain(box)
+    now = time.monotonic()
+    assert box.served("a", now) == pytest.approx(2.0, rel=0.05)
+    later = now + 10 * FairMailbox.SERVICE_HALF_LIFE_S
+    assert box.served("a", later) < 0.01

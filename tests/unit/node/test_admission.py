@@ -305,3 +305,39 @@ def test_batch_cost_model_ignores_bad_samples() -> None:
     assert model.samples == 0
     with pytest.raises(ValueError, match="alpha"):
         BatchCostModel(alpha=0.0)
+
+
+def _fitted(base: float, per_item: float, sizes: list[int]) -> BatchCostModel:
+    model = BatchCostModel()
+    for n in sizes:
+        model.observe(n, base + per_item * n)
+    return model
+
+
+def test_batch_limit_is_small_where_batching_does_not_pay() -> None:
+    """A model whose batch time is all per item (8 ms a request, no fixed cost to share)
+    closes batches of 1; one whose time is mostly a fixed cost keeps its full batches; in
+    between, the smallest size within BatchCostModel.BATCH_SLACK of a full batch's cost per
+    request."""
+    sizes = [1, 8, 3, 8, 2, 8, 5, 8, 1, 8, 4, 8]
+    assert _fitted(0.0, 0.008, sizes).batch_limit(8) == 1
+    assert _fitted(0.050, 0.0001, sizes).batch_limit(8) == 8
+    mixed = _fitted(0.010, 0.005, sizes)  # full batch: 1.25 + 5 = 6.25 ms a request
+    limit = mixed.batch_limit(8)
+    per_request = [0.010 / n + 0.005 for n in range(1, 9)]
+    assert per_request[limit - 1] <= 1.10 * per_request[7] < per_request[limit - 2]
+    assert limit == 6
+
+
+def test_batch_limit_waits_for_evidence_and_keeps_its_last_fit_when_sizes_stop_varying() -> None:
+    model = BatchCostModel()
+    assert model.batch_limit(8) == 8  # nothing seen: the manifest's size
+    for _ in range(BatchCostModel.BATCH_LIMIT_SAMPLES - 1):
+        model.observe(1, 0.008)
+    assert model.batch_limit(8) == 8  # too few batches yet
+    model = _fitted(0.0, 0.008, [1, 8, 2, 8, 1, 8, 3, 8, 1, 8])
+    assert model.batch_limit(8) == 1
+    for _ in range(200):  # then only batches of 1: the sizes no longer tell base from per item
+        model.observe(1, 0.008)
+    assert model.batch_limit(8) == 1  # the last fit stands
+    assert model.batch_limit(4) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from shardline.node.serving.actors import ActorSystem
+from shardline.node.serving.admission import BatchCostModel
 from shardline.node.serving.mailbox import Envelope, FairMailbox
 from shardline.node.serving.model_actor import PIPELINE_DEPTH, Job, ModelActor, job_flow
 from shardline.workflows.batching import BatchPolicy
@@ -173,3 +175,68 @@ async def test_fair_mailbox_takes_a_flow_out_of_turn_and_puts_back_at_its_head()
     assert not arrival.done()
     mb.put_nowait(Envelope(("b", 2), enqueued_at=loop.time()))
     assert arrival.done()
+
+
+class PerItem(Doubler):
+    """A model whose batch time is all per request (``per_item_s`` each): batching it
+    saves nothing."""
+
+    per_item_s = 0.02
+
+    def forward(self, batch: list[Any]) -> list[Any]:
+        time.sleep(self.per_item_s * len(batch))
+        return super().forward(batch)
+
+
+async def test_a_model_that_batching_does_not_pay_for_runs_small_batches_under_a_backlog() -> None:
+    """Once the actor has seen batches of different sizes take time in proportion to
+    their size, it closes batches of one even with a backlog (a request then waits behind
+    single requests, not whole batches); a model whose time is a fixed cost per batch
+    keeps full batches (the test above)."""
+    system = ActorSystem("test")
+    ex = DeviceExecutors()
+    wf = PerItem(WorkflowManifest.from_dict(MANIFEST))
+    try:
+        loaded = LoadedWorkflow(wf.manifest, wf, Path("."), torch.device("cpu"))
+        actor = ModelActor(loaded, ex, BatchPolicy(4, 0.0))
+        ref = await system.spawn("model", lambda: actor, mailbox_size=256)
+        for round_ in range(12):  # bursts of 1..4: batches of varied sizes to fit on
+            size = 1 + round_ % 4
+            await asyncio.gather(*(ref.ask(job(i)) for i in range(size)))
+        assert actor.cost.samples >= BatchCostModel.BATCH_LIMIT_SAMPLES
+        assert actor._limit() == 1
+        wf.batches.clear()
+        await asyncio.wait_for(asyncio.gather(*(ref.ask(job(i)) for i in range(24))), 20)
+        assert wf.batches == [1] * 24
+    finally:
+        await system.shutdown(timeout_s=5)
+        ex.shutdown()
+
+
+async def test_short_batches_while_flows_share_the_model_full_ones_for_a_flow_alone() -> None:
+    """With the node's fair mailbox: one flow alone with a backlog gets full batches (no one
+    else waits behind them); while two flows are served, the same per-request model runs
+    batches of one, so neither waits behind a long batch of the other."""
+    system = ActorSystem("test")
+    ex = DeviceExecutors()
+    wf = PerItem(WorkflowManifest.from_dict(MANIFEST))
+    try:
+        loaded = LoadedWorkflow(wf.manifest, wf, Path("."), torch.device("cpu"))
+        actor = ModelActor(loaded, ex, BatchPolicy(4, 0.0))
+        ref = await system.spawn("model", lambda: actor, mailbox_size=256, fair_by=job_flow)
+        for round_ in range(12):  # varied sizes to fit on, one flow
+            size = 1 + round_ % 4
+            await asyncio.gather(*(ref.ask(flow_job(i, "a")) for i in range(size)))
+        assert actor.cost.batch_limit(4) == 1
+        wf.batches.clear()
+        await asyncio.wait_for(asyncio.gather(*(ref.ask(flow_job(i, "a")) for i in range(16))), 20)
+        assert wf.batches == [4, 4, 4, 4]  # "a" alone
+        wf.batches.clear()
+        both = [flow_job(i, "ab"[i % 2]) for i in range(16)]
+        await asyncio.wait_for(asyncio.gather(*(ref.ask(j) for j in both)), 20)
+        # "b" counts as sharing once it has been served: after the first batch, ones
+        first = wf.batches[0]
+        assert wf.batches[1:] == [1] * (16 - first)
+    finally:
+        await system.shutdown(timeout_s=5)
+        ex.shutdown()
