@@ -237,6 +237,8 @@ class BatchCostModel:
         self.samples = 0
         self._n = self._b = self._nn = self._nb = 0.0
         self._limit: int | None = None
+        self.closing: int | None = None
+        """The batch size the model's actor closes now (None: not yet known)."""
 
     def batch_limit(self, max_batch: int) -> int:
         """The batch size worth closing, at most ``max_batch``: the smallest ``n`` with

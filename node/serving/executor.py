@@ -337,7 +337,7 @@ class Executor:
         if model.ref.mailbox_depth == 0 and timeout_s > 1.0:
             return  # nothing queued ahead and time to spare: the common, unloaded case
         depth = model.ref.depth_ahead(flow)
-        max_batch = cost.batch_limit(model.manifest.batching.max_batch_size)
+        max_batch = cost.closing or model.manifest.batching.max_batch_size
         wait = cost.wait_seconds(depth, max_batch)
         own = cost.own_batch_seconds(depth, max_batch)
         if should_shed(timeout_s, wait, own):

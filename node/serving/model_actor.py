@@ -136,13 +136,14 @@ class ModelActor(Actor[Job]):
         self.cost = cost if cost is not None else BatchCostModel()
         self.lag_s = 0.0
         """How late the event loop has lately woken this actor (seconds, an average)."""
+        self._mailbox: Mailbox[Job] | None = None  # (set by ``run``)
 
     async def next_batch(self, mailbox: Mailbox[Job]) -> list[Envelope[Job]]:
         """Block for a first request, take whatever is already queued (up to the max size),
         then wait for more only while the policy keeps the batch open."""
         first = await mailbox.get()
         batch = [first]
-        limit = self._limit(mailbox)
+        limit = self._limit()
         loop = asyncio.get_running_loop()
         while len(batch) < limit:
             env = mailbox.get_nowait()
@@ -170,6 +171,7 @@ class ModelActor(Actor[Job]):
         requests only."""
         loop = asyncio.get_running_loop()
         running: collections.deque[_Batch] = collections.deque()
+        self._mailbox = mailbox
         try:
             while True:
                 await self._wait_for_device(mailbox, running)
@@ -230,7 +232,7 @@ class ModelActor(Actor[Job]):
                     continue
                 late = max(0.0, loop.time() - target)
                 self.lag_s += LAG_WEIGHT * (late - self.lag_s)
-            if mailbox.qsize() >= self._limit(mailbox):
+            if mailbox.qsize() >= self._limit():
                 return  # a backlog: queue a full batch behind the running one
             await asyncio.wait({head.done})
 
@@ -290,16 +292,20 @@ class ModelActor(Actor[Job]):
         nothing is known yet)."""
         return self.cost.batch_seconds(self._limit()) < PIPELINE_MAX_BATCH_S
 
-    def _limit(self, mailbox: Mailbox[Job] | None = None) -> int:
+    def _limit(self) -> int:
         """The batch size to close: the policy's, or, while several flows share the model
         (served lately: ``FairMailbox.active_flows``), less where batching does not pay
         (``BatchCostModel.batch_limit``): a request of one flow then waits behind short
         batches of another's. A flow alone gets full batches (throughput first: nobody
-        else waits behind them)."""
+        else waits behind them). Published as ``cost.closing`` for the node's shedding."""
         full = self.policy.max_batch_size
+        mailbox = self._mailbox
         if isinstance(mailbox, FairMailbox) and mailbox.active_flows() < 2:
-            return full
-        return self.cost.batch_limit(full)
+            limit = full
+        else:
+            limit = self.cost.batch_limit(full)
+        self.cost.closing = limit
+        return limit
 
     def _deliver(self, staged: _Batch, done: asyncio.Future[float]) -> None:
         """Runs on the loop when a batch finished on the device."""

@@ -676,7 +676,7 @@ def test_fair_mailbox_loses_nothing_keeps_flow_order_and_bounds_the_wait(ops: li
         # What the box promised is what happens if nothing else arrives.
         probe: FairMailbox[str] = FairMailbox(1000, _flow, name="probe")
         probe._flows = {f: type(q)(q) for f, q in box._flows.items()}
-        probe._served = dict(box._served)
+        probe._score, probe._epoch = dict(box._score), box._epoch
         probe._size = box.qsize()
         assert _drain(probe).index(message) <= promised
     got += _drain(box)
@@ -714,3 +714,21 @@ def test_fair_mailbox_forgets_old_service() -> None:
     assert box.served("a", now) == pytest.approx(2.0, rel=0.05)
     later = now + 10 * FairMailbox.SERVICE_HALF_LIFE_S
     assert box.served("a", later) < 0.01
+
+
+def test_a_flood_that_begins_goes_first_only_until_its_count_catches_up() -> None:
+    """A flood beginning beside a steady flow goes first while it has been served less
+    lately, then they alternate: its head start is the steady flow's recent count, which
+    halves every SERVICE_HALF_LIFE_S."""
+    box: FairMailbox[str] = FairMailbox(1000, _flow, name="fair")
+    for i in range(10):  # "a" steady: served one at a time
+        _put(box, f"a{i:03d}")
+        _drain(box)
+    lead = box.served("a")
+    assert 0 < lead <= 10
+    _put(box, *(f"f{i:03d}" for i in range(100)))  # the flood begins
+    _put(box, "a100", "a101")
+    order = _drain(box)
+    assert order.index("a100") <= lead + 1
+    assert order.index("a101") - order.index("a100") <= 2  # then in turn
+    assert FairMailbox.SERVICE_HALF_LIFE_S <= 0.2
