@@ -184,13 +184,6 @@ class _ConnectionError(Exception):
         self.code = code
 
 
-class _Config:
-    """What of h2's ``H2Configuration`` the connection needs."""
-
-    def __init__(self, client_side: bool) -> None:
-        self.client_side = client_side
-
-
 class _CountingTable(HeaderTable):
     """hpack's dynamic table, counting its changes (a decode cache's validity)."""
 
@@ -288,7 +281,6 @@ class LeanH2Connection:
     def __init__(self, config: Any = None, *, client_side: bool | None = None) -> None:
         if client_side is None:
             client_side = bool(getattr(config, "client_side", True))
-        self.config = _Config(client_side)
         self.client_side = client_side
         self.state_machine = _StateMachine()
         self.local_settings = Settings(client_side=client_side)
@@ -456,13 +448,15 @@ class LeanH2Connection:
         stream = self.streams.get(stream_id)
         if stream is not None and not stream.remote_ended:
             stream.inbound_unacked += acknowledged_size
-            maximum = self._stream_inbound_initial
-            if stream.inbound_unacked >= maximum // 2 or (
-                stream.inbound_window <= 0 and stream.inbound_unacked >= min(1024, maximum // 4)
-            ):
-                increment, stream.inbound_unacked = stream.inbound_unacked, 0
+            increment = self._window_update(
+                stream_id,
+                stream.inbound_unacked,
+                stream.inbound_window,
+                self._stream_inbound_initial,
+            )
+            if increment:
+                stream.inbound_unacked = 0
                 stream.inbound_window += increment
-                self._data_to_send += _frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(increment))
 
     def ping(self, opaque_data: bytes) -> None:
         if len(opaque_data) != 8:
@@ -980,15 +974,22 @@ class LeanH2Connection:
         )
 
     def _give_back(self, size: int) -> None:
-        """Connection-level flow control: return consumed bytes (h2's rule)."""
+        """Connection-level flow control: return consumed bytes."""
         self._inbound_unacked += size
-        maximum = self._inbound_max
-        if self._inbound_unacked >= maximum // 2 or (
-            self._inbound_window <= 0 and self._inbound_unacked >= min(1024, maximum // 4)
-        ):
-            increment, self._inbound_unacked = self._inbound_unacked, 0
+        increment = self._window_update(
+            0, self._inbound_unacked, self._inbound_window, self._inbound_max
+        )
+        if increment:
+            self._inbound_unacked = 0
             self._inbound_window += increment
-            self._data_to_send += _frame(WINDOW_UPDATE, 0, 0, _U32.pack(increment))
+
+    def _window_update(self, stream_id: int, unacked: int, window: int, maximum: int) -> int:
+        """h2's rule: give ``unacked`` bytes back (a WINDOW_UPDATE, returning the increment)
+        once half the window is consumed, or a little when the window is exhausted; else 0."""
+        if unacked >= maximum // 2 or (window <= 0 and unacked >= min(1024, maximum // 4)):
+            self._data_to_send += _frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(unacked))
+            return unacked
+        return 0
 
     @staticmethod
     def _settings_frame(settings: dict[int, int]) -> bytes:

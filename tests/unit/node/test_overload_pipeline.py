@@ -188,6 +188,12 @@ class PerItem(Doubler):
         return super().forward(batch)
 
 
+async def _fit_on_varied_sizes(ref: Any, make: Any) -> None:
+    """Bursts of 1..4 requests: batches of varied sizes for the cost model to fit on."""
+    for round_ in range(12):
+        await asyncio.gather(*(ref.ask(make(i)) for i in range(1 + round_ % 4)))
+
+
 async def test_a_model_that_batching_does_not_pay_for_runs_small_batches_under_a_backlog() -> None:
     """Once the actor has seen batches of different sizes take time in proportion to
     their size, it closes batches of one even with a backlog (a request then waits behind
@@ -200,9 +206,7 @@ async def test_a_model_that_batching_does_not_pay_for_runs_small_batches_under_a
         loaded = LoadedWorkflow(wf.manifest, wf, Path("."), torch.device("cpu"))
         actor = ModelActor(loaded, ex, BatchPolicy(4, 0.0))
         ref = await system.spawn("model", lambda: actor, mailbox_size=256)
-        for round_ in range(12):  # bursts of 1..4: batches of varied sizes to fit on
-            size = 1 + round_ % 4
-            await asyncio.gather(*(ref.ask(job(i)) for i in range(size)))
+        await _fit_on_varied_sizes(ref, job)
         assert actor.cost.samples >= BatchCostModel.BATCH_LIMIT_SAMPLES
         assert actor._limit() == 1
         wf.batches.clear()
@@ -224,9 +228,7 @@ async def test_short_batches_while_flows_share_the_model_full_ones_for_a_flow_al
         loaded = LoadedWorkflow(wf.manifest, wf, Path("."), torch.device("cpu"))
         actor = ModelActor(loaded, ex, BatchPolicy(4, 0.0))
         ref = await system.spawn("model", lambda: actor, mailbox_size=256, fair_by=job_flow)
-        for round_ in range(12):  # varied sizes to fit on, one flow
-            size = 1 + round_ % 4
-            await asyncio.gather(*(ref.ask(flow_job(i, "a")) for i in range(size)))
+        await _fit_on_varied_sizes(ref, lambda i: flow_job(i, "a"))  # one flow
         assert actor.cost.batch_limit(4) == 1
         wf.batches.clear()
         await asyncio.wait_for(asyncio.gather(*(ref.ask(flow_job(i, "a")) for i in range(16))), 20)
